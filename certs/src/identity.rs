@@ -1,0 +1,220 @@
+//! Own identities: the certificate chain and key of each hosted domain, and the store that
+//! picks one by SNI (or by the stream `to`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
+
+use crate::error::CertError;
+use crate::failure::CertFailure;
+use crate::names::{NameMatch, check_name, parse_cert};
+use crate::pem::{parse_certs, parse_key, read_file};
+use crate::provider::crypto_provider;
+
+/// One own identity: the certificate chain and key of a hosted domain.
+#[derive(Clone)]
+pub struct Identity {
+    /// The hosted domain this identity is for (as configured).
+    pub domain: String,
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Chain and signing key, ready for rustls.
+    pub certified: Arc<CertifiedKey>,
+    /// Expiry of the leaf certificate, unix seconds.
+    pub not_after: i64,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity")
+            .field("domain", &self.domain)
+            .field("chain_len", &self.chain.len())
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads a chain (leaf first) and a private key from PEM files. Errors name the file.
+    pub fn load(domain: &str, cert_path: &Path, key_path: &Path) -> Result<Self, CertError> {
+        let cert_pem = read_file(cert_path)?;
+        let key_pem = read_file(key_path)?;
+        Self::from_pem_bytes(
+            domain,
+            &cert_pem,
+            &cert_path.display().to_string(),
+            &key_pem,
+            &key_path.display().to_string(),
+        )
+    }
+
+    /// Builds an identity from PEM text (chain leaf first, and a PKCS#8/PKCS#1/SEC1 key).
+    /// Checks that the key belongs to the leaf certificate.
+    pub fn from_pem(domain: &str, cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        Self::from_pem_bytes(
+            domain,
+            cert_pem.as_bytes(),
+            &format!("certificate PEM of {domain}"),
+            key_pem.as_bytes(),
+            &format!("key PEM of {domain}"),
+        )
+    }
+
+    fn from_pem_bytes(
+        domain: &str,
+        cert_pem: &[u8],
+        cert_source: &str,
+        key_pem: &[u8],
+        key_source: &str,
+    ) -> Result<Self, CertError> {
+        let chain = parse_certs(cert_pem, cert_source)?;
+        let key = parse_key(key_pem, key_source)?;
+        let leaf = parse_cert(&chain[0]).map_err(|f| CertError::BadCertificate {
+            source_name: cert_source.to_owned(),
+            detail: f.detail,
+        })?;
+        let not_after = leaf.validity().not_after.timestamp();
+        let provider = crypto_provider();
+        let signing_key =
+            provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| CertError::BadKey {
+                    source_name: key_source.to_owned(),
+                    detail: e.to_string(),
+                })?;
+        let certified = CertifiedKey::new(chain.clone(), signing_key);
+        match certified.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                tracing::debug!(domain, "cannot tell whether key and certificate match");
+            }
+            Err(rustls::Error::InconsistentKeys(_)) => {
+                return Err(CertError::KeyMismatch {
+                    domain: domain.to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(CertError::BadCertificate {
+                    source_name: cert_source.to_owned(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        Ok(Identity {
+            domain: domain.to_owned(),
+            chain,
+            certified: Arc::new(certified),
+            not_after,
+        })
+    }
+
+    /// The leaf certificate.
+    pub fn leaf(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+
+    /// Whether the leaf names `domain` (a lint for configuration: the certificate of a hosted
+    /// domain should cover it and its aliases).
+    pub fn covers(&self, domain: &str) -> Result<NameMatch, CertFailure> {
+        check_name(self.leaf(), domain)
+    }
+}
+
+/// Lowercase without trailing dot: the key of the store.
+fn store_key(domain: &str) -> String {
+    domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase()
+}
+
+/// Own identities by hosted domain.
+///
+/// Picks by SNI (or by stream `to` via [`get`](IdentityStore::get)); the TLS resolver falls back
+/// to the default identity (the first one added) when SNI is absent or unknown.
+#[derive(Default, Clone)]
+pub struct IdentityStore {
+    by_domain: HashMap<String, Arc<Identity>>,
+    /// Insertion order of the keys; the first is the default.
+    order: Vec<String>,
+}
+
+impl fmt::Debug for IdentityStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityStore")
+            .field("domains", &self.order)
+            .finish()
+    }
+}
+
+impl IdentityStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an identity, replacing one of the same domain (which keeps its place in the order,
+    /// so replacing the default keeps it the default).
+    pub fn insert(&mut self, id: Identity) {
+        let key = store_key(&id.domain);
+        if self.by_domain.insert(key.clone(), Arc::new(id)).is_none() {
+            self.order.push(key);
+        }
+    }
+
+    /// The identity of a hosted domain (case-insensitive, trailing dot tolerant); no fallback.
+    pub fn get(&self, domain: &str) -> Option<Arc<Identity>> {
+        self.by_domain.get(&store_key(domain)).cloned()
+    }
+
+    /// The identity for `domain`, or the default when there is none (what TLS uses).
+    pub fn get_or_default(&self, domain: Option<&str>) -> Option<Arc<Identity>> {
+        domain
+            .and_then(|d| self.get(d))
+            .or_else(|| self.default_identity())
+    }
+
+    /// The default identity: the first added.
+    pub fn default_identity(&self) -> Option<Arc<Identity>> {
+        self.order
+            .first()
+            .and_then(|k| self.by_domain.get(k))
+            .cloned()
+    }
+
+    /// The hosted domains, in insertion order (normalized: lowercase, no trailing dot).
+    pub fn domains(&self) -> Vec<String> {
+        self.order.clone()
+    }
+
+    /// Number of identities.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// Identities in insertion order (e.g. for expiry gauges).
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Identity>> {
+        self.order.iter().filter_map(|k| self.by_domain.get(k))
+    }
+}
+
+impl ResolvesServerCert for IdentityStore {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = client_hello.server_name();
+        let id = self.get_or_default(sni)?;
+        if let Some(sni) = sni
+            && store_key(sni) != store_key(&id.domain)
+        {
+            tracing::debug!(sni, default = %id.domain, "unknown SNI, using default identity");
+        }
+        Some(id.certified.clone())
+    }
+}

@@ -1,0 +1,210 @@
+//! rustls configurations for XMPP s2s (and the other TLS links of fedgate).
+//!
+//! # Peer certificates are accepted at the TLS level, and judged afterwards
+//!
+//! The verifiers installed here accept **any** certificate chain the peer presents (and, on the
+//! server side, also no certificate at all). The handshake signatures are still checked with
+//! the provider's `verify_tls12_signature` / `verify_tls13_signature`, so the peer does hold the
+//! private key of the certificate it presents.
+//!
+//! This is deliberate. In XMPP the decision about a peer's certificate is taken by the XMPP
+//! layer after the stream header, once the peer's domain is known (stream `from`/`to`, and
+//! each further multiplexed domain pair): [`PeerVerifier`](crate::PeerVerifier) says whether
+//! SASL EXTERNAL may be used (XEP-0178); if not, the stream continues with dialback
+//! (XEP-0220, XEP-0185) or is closed by policy (RFC 6120 §13.7.2). Refusing an untrusted or
+//! self-signed certificate in the TLS handshake would make dialback impossible.
+//!
+//! So: **never treat a completed handshake from these configs as an authenticated peer**.
+//! Take `peer_certificates()` from the connection and run [`PeerVerifier::verify`](crate::PeerVerifier::verify).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::identity::{Identity, IdentityStore};
+use crate::provider::crypto_provider;
+
+/// TLS 1.3 and 1.2 (RFC 7590: TLS 1.2 or later).
+static VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Accepts any peer certificate chain at the TLS level; checks handshake signatures.
+/// See the module documentation for why.
+#[derive(Debug)]
+struct DeferredPeerCheck {
+    provider: Arc<CryptoProvider>,
+}
+
+impl DeferredPeerCheck {
+    fn new() -> Arc<Self> {
+        Arc::new(DeferredPeerCheck {
+            provider: crypto_provider(),
+        })
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+impl ServerCertVerifier for DeferredPeerCheck {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // Deferred to PeerVerifier at the XMPP layer (module docs).
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+impl ClientCertVerifier for DeferredPeerCheck {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        // Requested, not required: a peer without a certificate can still do dialback.
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No CA hints: any certificate is welcome, the XMPP layer decides.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        // Deferred to PeerVerifier at the XMPP layer (module docs).
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes()
+    }
+}
+
+/// Presents one fixed identity as client certificate.
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Server side (inbound s2s, direct TLS or STARTTLS): the certificate is picked from `store`
+/// by SNI (default identity otherwise); a client certificate is **requested, not required**,
+/// and accepted at the TLS level whatever it is (see the module docs: check it afterwards with
+/// [`PeerVerifier`](crate::PeerVerifier)). TLS 1.3 and 1.2; `alpn` as given (e.g.
+/// `b"xmpp-server"` for XEP-0368).
+pub fn server_config(store: Arc<IdentityStore>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_client_cert_verifier(DeferredPeerCheck::new())
+        .with_cert_resolver(store);
+    config.alpn_protocols = alpn;
+    Arc::new(config)
+}
+
+/// Client side (outbound s2s): presents `client_identity` as client certificate when given
+/// (for SASL EXTERNAL at the peer); the server's certificate is accepted at the TLS level
+/// whatever it is (see the module docs: check it afterwards with
+/// [`PeerVerifier`](crate::PeerVerifier) with `peer_is_client = false`). SNI is sent (it must
+/// be the peer's XMPP domain, XEP-0368). TLS 1.3 and 1.2; `alpn` as given.
+pub fn client_config(client_identity: Option<Arc<Identity>>, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(VERSIONS)
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(DeferredPeerCheck::new());
+    let mut config = match client_identity {
+        Some(id) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.certified.clone()))),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn;
+    Arc::new(config)
+}

@@ -1,0 +1,209 @@
+//! The accepting side of a XEP-0114 component stream, sans-IO: the handshake
+//! (SHA-1 of stream id + shared secret) and the check that every stanza comes from the
+//! component's own domain.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ring::digest;
+
+use crate::dialback::{constant_time_eq, hex};
+use crate::element::{Element, NS_COMPONENT, NS_CONTENT, NS_STREAM};
+use crate::wire::{Header, StreamError, stanza_domains};
+use crate::xml::StreamEvent;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Send(Vec<u8>),
+    /// The component for `domain` completed the handshake.
+    Authenticated(String),
+    Stanza(Element, usize),
+    Close(StreamError),
+    PeerClosed,
+}
+
+pub struct ComponentStream {
+    secrets: Arc<HashMap<String, String>>,
+    stream_id: String,
+    domain: Option<String>,
+    authenticated: bool,
+    closed: bool,
+    out: Vec<Action>,
+}
+
+impl ComponentStream {
+    /// `secrets`: component domain → shared secret.
+    pub fn new(secrets: Arc<HashMap<String, String>>, stream_id: String) -> Self {
+        Self {
+            secrets,
+            stream_id,
+            domain: None,
+            authenticated: false,
+            closed: false,
+            out: Vec::new(),
+        }
+    }
+
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub fn domain(&self) -> Option<&str> {
+        self.domain.as_deref()
+    }
+
+    fn close(&mut self, e: StreamError) {
+        self.closed = true;
+        self.out.push(Action::Close(e));
+    }
+
+    pub fn handle(&mut self, ev: StreamEvent) {
+        if self.closed {
+            return;
+        }
+        match ev {
+            StreamEvent::Open(h) => {
+                let to = h.to.as_deref().map(str::to_ascii_lowercase);
+                self.out.push(Action::Send(
+                    Header {
+                        content_ns: NS_COMPONENT,
+                        from: to.as_deref(),
+                        to: None,
+                        id: Some(&self.stream_id.clone()),
+                        version: false,
+                        dialback: false,
+                    }
+                    .to_bytes(),
+                ));
+                if h.default_ns != NS_COMPONENT {
+                    return self.close(StreamError::new(
+                        "invalid-namespace",
+                        "this port serves jabber:component:accept streams",
+                    ));
+                }
+                match to {
+                    Some(d) if self.secrets.contains_key(&d) => self.domain = Some(d),
+                    Some(d) => {
+                        return self.close(StreamError::new(
+                            "host-unknown",
+                            format!("no component is configured for {d}"),
+                        ));
+                    }
+                    None => {
+                        return self.close(StreamError::new(
+                            "improper-addressing",
+                            "component stream without 'to'",
+                        ));
+                    }
+                }
+            }
+            StreamEvent::Close => {
+                self.closed = true;
+                self.out.push(Action::PeerClosed);
+            }
+            StreamEvent::Element(el, size) => self.on_element(el, size),
+        }
+    }
+
+    fn on_element(&mut self, el: Element, size: usize) {
+        let Some(domain) = self.domain.clone() else {
+            return self.close(StreamError::new("not-authorized", "no stream header"));
+        };
+        if !self.authenticated {
+            if !el.is("handshake", NS_CONTENT) {
+                return self.close(StreamError::new("not-authorized", "handshake first"));
+            }
+            let secret = &self.secrets[&domain];
+            let mut input = self.stream_id.clone();
+            input.push_str(secret);
+            let expected = hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, input.as_bytes()).as_ref());
+            let given = el.text().trim().to_ascii_lowercase();
+            if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
+                return self.close(StreamError::new("not-authorized", "wrong component secret"));
+            }
+            self.authenticated = true;
+            self.out.push(Action::Send(b"<handshake/>".to_vec()));
+            self.out.push(Action::Authenticated(domain));
+            return;
+        }
+        if el.is("error", NS_STREAM) {
+            self.closed = true;
+            self.out.push(Action::PeerClosed);
+            return;
+        }
+        if el.ns != NS_CONTENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            return self.close(StreamError::new(
+                "unsupported-stanza-type",
+                format!("unexpected <{}/>", el.name),
+            ));
+        }
+        match stanza_domains(&el) {
+            (Some(from), Some(_)) => {
+                let from = from.to_ascii_lowercase();
+                if from != domain && !from.ends_with(&format!(".{domain}")) {
+                    return self.close(StreamError::new(
+                        "invalid-from",
+                        format!("the component for {domain} may not send as {from}"),
+                    ));
+                }
+                self.out.push(Action::Stanza(el, size));
+            }
+            _ => self.close(StreamError::new(
+                "improper-addressing",
+                "stanza without valid from and to",
+            )),
+        }
+    }
+}
+
+/// The handshake value a component sends (for our own test clients and `fedgate demo`).
+pub fn handshake(stream_id: &str, secret: &str) -> String {
+    hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{stream_id}{secret}").as_bytes()).as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::{Limits, StreamParser};
+
+    fn run(m: &mut ComponentStream, p: &mut StreamParser, s: &str) -> Vec<Action> {
+        p.feed(s.as_bytes());
+        let mut v = Vec::new();
+        while let Some(ev) = p.next_event().unwrap() {
+            m.handle(ev);
+            v.extend(m.take_actions());
+        }
+        v
+    }
+
+    const HDR: &str = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='example.test'>";
+
+    #[test]
+    fn handshake_and_from_check() {
+        let secrets = Arc::new([("example.test".to_owned(), "pw".to_owned())].into());
+        let mut m = ComponentStream::new(secrets, "abc".into());
+        let mut p = StreamParser::new(Limits::default());
+        let acts = run(&mut m, &mut p, HDR);
+        assert!(matches!(&acts[..], [Action::Send(b)] if String::from_utf8_lossy(b).contains("id='abc'")));
+        let acts = run(&mut m, &mut p, &format!("<handshake>{}</handshake>", handshake("abc", "pw")));
+        assert_eq!(acts[1], Action::Authenticated("example.test".into()));
+        let acts = run(&mut m, &mut p, "<message from='a@example.test' to='b@remote.test'/>");
+        assert!(matches!(&acts[..], [Action::Stanza(..)]));
+        let acts = run(&mut m, &mut p, "<message from='a@evil.test' to='b@remote.test'/>");
+        assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"));
+    }
+
+    #[test]
+    fn wrong_secret_and_unknown_domain() {
+        let secrets: Arc<HashMap<String, String>> = Arc::new([("example.test".to_owned(), "pw".to_owned())].into());
+        let mut m = ComponentStream::new(secrets.clone(), "abc".into());
+        let mut p = StreamParser::new(Limits::default());
+        run(&mut m, &mut p, HDR);
+        let acts = run(&mut m, &mut p, &format!("<handshake>{}</handshake>", handshake("abc", "nope")));
+        assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "not-authorized"));
+        let mut m = ComponentStream::new(secrets, "abc".into());
+        let mut p = StreamParser::new(Limits::default());
+        let acts = run(&mut m, &mut p, &HDR.replace("example.test", "other.test"));
+        assert!(matches!(acts.last(), Some(Action::Close(e)) if e.condition == "host-unknown"));
+    }
+}

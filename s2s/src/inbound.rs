@@ -1,0 +1,768 @@
+//! The receiving side of an s2s stream, sans-IO: STARTTLS, SASL EXTERNAL (XEP-0178), Server
+//! Dialback as receiving and as authoritative server (XEP-0220) with piggy-backed domain pairs,
+//! and the per-stanza check that `from`/`to` belong to a domain pair authorized on this stream.
+//!
+//! The driver feeds parsed [`StreamEvent`]s and I/O results in and carries out the [`Action`]s.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+use crate::dialback::DialbackSecret;
+use crate::element::{
+    Element, NS_CONTENT, NS_DIALBACK, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS, escape, jid_domain,
+};
+use crate::wire::{Header, StreamError, stanza_domains};
+use crate::xml::StreamEvent;
+
+/// Which authentication methods the gateway accepts (global today; per domain with policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthMethods {
+    pub certificate: bool,
+    pub dialback: bool,
+}
+
+impl Default for AuthMethods {
+    fn default() -> Self {
+        Self {
+            certificate: true,
+            dialback: true,
+        }
+    }
+}
+
+/// How a domain pair was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    /// SASL EXTERNAL with a certificate valid for the domain (XEP-0178).
+    SaslExternal,
+    /// Dialback answered without a verify round trip because the certificate is valid (XEP-0344).
+    DialbackCert,
+    /// Dialback with a verify round trip to the authoritative server (XEP-0220).
+    Dialback,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SaslExternal => "sasl-external",
+            Self::DialbackCert => "dialback-cert",
+            Self::Dialback => "dialback",
+        }
+    }
+}
+
+/// Settings an inbound stream needs.
+#[derive(Clone)]
+pub struct InboundSettings {
+    /// Domains this gateway serves (stream `to`, dialback `to`).
+    pub hosted: Arc<HashSet<String>>,
+    pub tls_required: bool,
+    pub auth: AuthMethods,
+    pub secret: DialbackSecret,
+}
+
+/// Checks the peer's certificate for a domain: `Ok` if valid for it, else the failure text.
+pub type CertCheck = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Send(Vec<u8>),
+    /// `<proceed/>` was queued: flush it, then run the TLS server handshake and call
+    /// [`Inbound::tls_established`]; the parser must be reset.
+    StartTls,
+    /// A new stream begins on the same transport (after SASL success): reset the parser.
+    ResetParser,
+    /// Verify a dialback key with the authoritative server of `remote` (XEP-0220 §2.1.2), then
+    /// call [`Inbound::dialback_verified`].
+    VerifyKey {
+        local: String,
+        remote: String,
+        stream_id: String,
+        key: String,
+    },
+    Authenticated {
+        local: String,
+        remote: String,
+        method: AuthMethod,
+    },
+    /// A stanza from an authorized pair, to hand to the router.
+    Stanza(Element, usize),
+    /// Send the stream error and close.
+    Close(StreamError),
+    /// The peer closed the stream: answer with our closing tag and close.
+    PeerClosed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitHeader,
+    Open,
+    Closed,
+}
+
+pub struct Inbound {
+    settings: InboundSettings,
+    state: State,
+    stream_id: String,
+    tls: bool,
+    cert: Option<CertCheck>,
+    sasl_done: bool,
+    /// The `to` of the current stream header (our domain the peer addressed).
+    local: Option<String>,
+    /// The `from` of the current stream header.
+    peer: Option<String>,
+    authorized: HashSet<(String, String)>,
+    pending: HashSet<(String, String)>,
+    out: Vec<Action>,
+}
+
+impl Inbound {
+    /// `stream_id` must be unpredictable (it feeds dialback keys); `tls` is true for direct TLS.
+    pub fn new(settings: InboundSettings, stream_id: String, tls: bool) -> Self {
+        Self {
+            settings,
+            state: State::AwaitHeader,
+            stream_id,
+            tls,
+            cert: None,
+            sasl_done: false,
+            local: None,
+            peer: None,
+            authorized: HashSet::new(),
+            pending: HashSet::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// After a direct-TLS accept (before any event) or after STARTTLS completes.
+    pub fn tls_established(&mut self, cert: Option<CertCheck>) {
+        self.tls = true;
+        self.cert = cert;
+        self.state = State::AwaitHeader;
+    }
+
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        !self.authorized.is_empty()
+    }
+
+    pub fn authorized_pairs(&self) -> impl Iterator<Item = &(String, String)> {
+        self.authorized.iter()
+    }
+
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn send(&mut self, b: Vec<u8>) {
+        self.out.push(Action::Send(b));
+    }
+
+    fn close(&mut self, e: StreamError) {
+        self.state = State::Closed;
+        self.out.push(Action::Close(e));
+    }
+
+    pub fn handle(&mut self, ev: StreamEvent) {
+        if self.state == State::Closed {
+            return;
+        }
+        match ev {
+            StreamEvent::Open(h) => self.on_header(h),
+            StreamEvent::Close => {
+                self.state = State::Closed;
+                self.out.push(Action::PeerClosed);
+            }
+            StreamEvent::Element(el, size) => self.on_element(el, size),
+        }
+    }
+
+    fn on_header(&mut self, h: crate::xml::StreamHeader) {
+        let local = h.to.as_deref().map(str::to_ascii_lowercase);
+        // Answer with a header first so that a stream error is well-formed.
+        let reply_from = local.clone();
+        self.send(
+            Header {
+                content_ns: NS_SERVER,
+                from: reply_from.as_deref(),
+                to: h.from.as_deref(),
+                id: Some(&self.stream_id.clone()),
+                version: h.version.is_some(),
+                dialback: true,
+            }
+            .to_bytes(),
+        );
+        if h.default_ns != NS_SERVER {
+            return self.close(StreamError::new(
+                "invalid-namespace",
+                format!("this port serves jabber:server streams, not {}", h.default_ns),
+            ));
+        }
+        if let Some(l) = &local
+            && !self.settings.hosted.contains(l)
+        {
+            return self.close(StreamError::new(
+                "host-unknown",
+                format!("{l} is not served here"),
+            ));
+        }
+        self.local = local;
+        self.peer = h.from.as_deref().map(str::to_ascii_lowercase);
+        self.state = State::Open;
+        if h.version.as_deref() != Some("1.0") {
+            // A pre-RFC 3920 peer: no features; only dialback without TLS can work.
+            if self.settings.tls_required && !self.tls {
+                return self.close(StreamError::new(
+                    "policy-violation",
+                    "policy: TLS is required and this peer does not speak XMPP 1.0",
+                ));
+            }
+            return;
+        }
+        let features = self.features();
+        self.send(features.into_bytes());
+    }
+
+    fn features(&self) -> String {
+        let mut f = String::from("<stream:features>");
+        if !self.tls {
+            f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
+            if self.settings.tls_required {
+                f.push_str("<required/>");
+            }
+            f.push_str("</starttls>");
+            if self.settings.tls_required {
+                f.push_str("</stream:features>");
+                return f;
+            }
+        }
+        if !self.sasl_done && self.settings.auth.certificate && self.tls {
+            let offer = match (&self.cert, &self.peer) {
+                (Some(check), Some(peer)) => check(peer).is_ok(),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if offer {
+                f.push_str(
+                    "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+                     <mechanism>EXTERNAL</mechanism></mechanisms>",
+                );
+            }
+        }
+        if self.settings.auth.dialback {
+            f.push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
+        }
+        f.push_str("</stream:features>");
+        f
+    }
+
+    fn on_element(&mut self, el: Element, size: usize) {
+        if self.state != State::Open {
+            return self.close(StreamError::new("not-authorized", "stream not open"));
+        }
+        if el.ns == NS_TLS && el.name == "starttls" {
+            if self.tls {
+                return self.close(StreamError::new(
+                    "policy-violation",
+                    "TLS is already established",
+                ));
+            }
+            self.send(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>".to_vec());
+            self.out.push(Action::StartTls);
+            return;
+        }
+        let may_authenticate = self.tls || !self.settings.tls_required;
+        if el.ns == NS_SASL && el.name == "auth" {
+            return self.on_sasl_auth(&el);
+        }
+        if el.ns == NS_DIALBACK {
+            if !may_authenticate {
+                return self.close(StreamError::new(
+                    "policy-violation",
+                    "policy: TLS is required before dialback",
+                ));
+            }
+            match el.name.as_str() {
+                "result" => return self.on_db_result(&el),
+                "verify" => return self.on_db_verify(&el),
+                _ => {}
+            }
+        }
+        if el.ns == NS_STREAM && el.name == "error" {
+            let (cond, text) = crate::wire::parse_stream_error(&el);
+            tracing::info!(condition = %cond, text = %text, "peer sent stream error");
+            self.state = State::Closed;
+            self.out.push(Action::PeerClosed);
+            return;
+        }
+        if el.ns != NS_CONTENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+            return self.close(StreamError::new(
+                "unsupported-stanza-type",
+                format!("unexpected <{}/> in {}", el.name, el.ns),
+            ));
+        }
+        if self.authorized.is_empty() {
+            return self.close(StreamError::new(
+                "not-authorized",
+                "stanza before authentication",
+            ));
+        }
+        match stanza_domains(&el) {
+            (Some(from), Some(to)) => {
+                let pair = (to.to_ascii_lowercase(), from.to_ascii_lowercase());
+                if !self.authorized.contains(&pair) {
+                    if !self.authorized.iter().any(|(_, r)| *r == pair.1) {
+                        return self.close(StreamError::new(
+                            "invalid-from",
+                            format!("{} is not authenticated on this stream", pair.1),
+                        ));
+                    }
+                    let cond = if self.settings.hosted.contains(&pair.0) {
+                        "invalid-from"
+                    } else {
+                        "host-unknown"
+                    };
+                    return self.close(StreamError::new(
+                        cond,
+                        format!("{} -> {} is not an authenticated domain pair", pair.1, pair.0),
+                    ));
+                }
+                self.out.push(Action::Stanza(el, size));
+            }
+            _ => self.close(StreamError::new(
+                "improper-addressing",
+                "stanza without valid from and to",
+            )),
+        }
+    }
+
+    fn on_sasl_auth(&mut self, el: &Element) {
+        let fail = |this: &mut Self, cond: &str, text: &str| {
+            this.send(
+                format!(
+                    "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{cond}/><text>{}</text></failure>",
+                    escape(text)
+                )
+                .into_bytes(),
+            );
+        };
+        if !self.tls || !self.settings.auth.certificate || self.sasl_done {
+            return fail(self, "invalid-mechanism", "EXTERNAL is not offered");
+        }
+        if el.attr("mechanism") != Some("EXTERNAL") {
+            return fail(self, "invalid-mechanism", "only EXTERNAL is offered");
+        }
+        let payload = el.text();
+        let authzid = match payload.trim() {
+            "" | "=" => None,
+            b64 => match base64::engine::general_purpose::STANDARD.decode(b64) {
+                Ok(b) => String::from_utf8(b).ok(),
+                Err(_) => return fail(self, "incorrect-encoding", "bad base64"),
+            },
+        };
+        let Some(domain) = authzid
+            .or_else(|| self.peer.clone())
+            .map(|d| d.to_ascii_lowercase())
+        else {
+            return fail(self, "invalid-authzid", "no authorization identity and no stream from");
+        };
+        if self.peer.as_ref().is_some_and(|p| *p != domain) {
+            return fail(self, "invalid-authzid", "authzid differs from the stream's from");
+        }
+        let Some(local) = self.local.clone() else {
+            return fail(self, "not-authorized", "stream header had no 'to'");
+        };
+        let verdict = match &self.cert {
+            Some(check) => check(&domain),
+            None => Err("no-certificate: the peer presented no certificate".into()),
+        };
+        match verdict {
+            Ok(()) => {
+                self.sasl_done = true;
+                self.send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_vec());
+                self.out.push(Action::ResetParser);
+                self.authorize(local, domain, AuthMethod::SaslExternal);
+                self.state = State::AwaitHeader;
+            }
+            Err(text) => fail(self, "not-authorized", &text),
+        }
+    }
+
+    fn authorize(&mut self, local: String, remote: String, method: AuthMethod) {
+        self.pending.remove(&(local.clone(), remote.clone()));
+        if self.authorized.insert((local.clone(), remote.clone())) {
+            self.out.push(Action::Authenticated {
+                local,
+                remote,
+                method,
+            });
+        }
+    }
+
+    fn on_db_result(&mut self, el: &Element) {
+        if el.attr("type").is_some() {
+            // A result type on an inbound stream makes no sense.
+            return self.close(StreamError::new("unsupported-stanza-type", "db:result with type on inbound stream"));
+        }
+        let (Some(from), Some(to)) = (
+            el.attr("from").and_then(jid_domain),
+            el.attr("to").and_then(jid_domain),
+        ) else {
+            return self.close(StreamError::new(
+                "improper-addressing",
+                "db:result needs from and to",
+            ));
+        };
+        let (remote, local) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let reply_error = |this: &mut Self, etype: &str, cond: &str| {
+            this.send(
+                format!(
+                    "<db:result from='{}' to='{}' type='error'><error type='{etype}'><{cond} \
+                     xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+                    escape(&local),
+                    escape(&remote)
+                )
+                .into_bytes(),
+            );
+        };
+        if !self.settings.hosted.contains(&local) {
+            return reply_error(self, "cancel", "item-not-found");
+        }
+        if !self.settings.auth.dialback {
+            return reply_error(self, "auth", "not-authorized");
+        }
+        if self.authorized.contains(&(local.clone(), remote.clone())) {
+            self.send(db_result_valid(&local, &remote));
+            return;
+        }
+        // XEP-0344: a certificate valid for the originating domain makes the verify round trip
+        // unnecessary.
+        if let Some(check) = &self.cert
+            && check(&remote).is_ok()
+        {
+            self.send(db_result_valid(&local, &remote));
+            return self.authorize(local, remote, AuthMethod::DialbackCert);
+        }
+        if !self.pending.insert((local.clone(), remote.clone())) {
+            return;
+        }
+        self.out.push(Action::VerifyKey {
+            local,
+            remote,
+            stream_id: self.stream_id.clone(),
+            key: el.text().trim().to_owned(),
+        });
+    }
+
+    /// The authoritative server's answer to a [`Action::VerifyKey`].
+    pub fn dialback_verified(&mut self, local: &str, remote: &str, valid: bool, why: &str) {
+        let pair = (local.to_owned(), remote.to_owned());
+        if self.state == State::Closed || !self.pending.contains(&pair) {
+            return;
+        }
+        if valid {
+            self.send(db_result_valid(local, remote));
+            self.authorize(pair.0, pair.1, AuthMethod::Dialback);
+        } else {
+            self.pending.remove(&pair);
+            tracing::info!(local, remote, why, "dialback key not verified");
+            self.send(
+                format!(
+                    "<db:result from='{}' to='{}' type='invalid'/>",
+                    escape(local),
+                    escape(remote)
+                )
+                .into_bytes(),
+            );
+            // XEP-0220 §2.4: an invalid key ends the stream only if nothing else is authorized.
+            if self.authorized.is_empty() && self.pending.is_empty() {
+                self.close(StreamError::new(
+                    "not-authorized",
+                    format!("auth: dialback key for {remote} was not verified: {why}"),
+                ));
+            }
+        }
+    }
+
+    /// We are the authoritative server: check a key one of our nodes issued (XEP-0185).
+    fn on_db_verify(&mut self, el: &Element) {
+        let (Some(from), Some(to), Some(id)) = (
+            el.attr("from").and_then(jid_domain),
+            el.attr("to").and_then(jid_domain),
+            el.attr("id"),
+        ) else {
+            return self.close(StreamError::new(
+                "improper-addressing",
+                "db:verify needs from, to and id",
+            ));
+        };
+        let (receiving, originating) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let ty = if !self.settings.hosted.contains(&originating) {
+            "invalid"
+        } else if self
+            .settings
+            .secret
+            .verify(&receiving, &originating, id, &el.text())
+        {
+            "valid"
+        } else {
+            "invalid"
+        };
+        self.send(
+            format!(
+                "<db:verify from='{}' to='{}' id='{}' type='{ty}'/>",
+                escape(&originating),
+                escape(&receiving),
+                escape(id)
+            )
+            .into_bytes(),
+        );
+    }
+}
+
+fn db_result_valid(local: &str, remote: &str) -> Vec<u8> {
+    format!(
+        "<db:result from='{}' to='{}' type='valid'/>",
+        escape(local),
+        escape(remote)
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xml::{Limits, StreamParser};
+
+    fn settings(tls_required: bool, auth: AuthMethods) -> InboundSettings {
+        InboundSettings {
+            hosted: Arc::new(["a.test".to_owned(), "b.test".to_owned()].into()),
+            tls_required,
+            auth,
+            secret: DialbackSecret::new("s3cret"),
+        }
+    }
+
+    /// Feeds `input` through a real parser into the machine; returns the actions.
+    fn feed(m: &mut Inbound, p: &mut StreamParser, input: &str) -> Vec<Action> {
+        p.feed(input.as_bytes());
+        let mut acts = Vec::new();
+        while let Some(ev) = p.next_event().unwrap() {
+            m.handle(ev);
+            for a in m.take_actions() {
+                if matches!(a, Action::StartTls | Action::ResetParser) {
+                    p.reset();
+                }
+                acts.push(a);
+            }
+        }
+        acts
+    }
+
+    fn sent(acts: &[Action]) -> String {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::Send(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn header(from: &str, to: &str) -> String {
+        format!(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+             xmlns:db='jabber:server:dialback' from='{from}' to='{to}' version='1.0'>"
+        )
+    }
+
+    fn check_ok_for(domains: &'static [&'static str]) -> CertCheck {
+        Box::new(move |d| {
+            if domains.contains(&d) {
+                Ok(())
+            } else {
+                Err(format!("cert-name: not valid for {d}"))
+            }
+        })
+    }
+
+    #[test]
+    fn starttls_is_required_then_sasl_external() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "id1".into(), false);
+        let mut p = StreamParser::new(Limits::default());
+        let acts = feed(&mut m, &mut p, &header("r.test", "a.test"));
+        let out = sent(&acts);
+        assert!(out.contains("id='id1'"));
+        assert!(out.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"));
+        assert!(!out.contains("dialback xmlns"), "only STARTTLS before TLS: {out}");
+
+        // A stanza or dialback before TLS is refused.
+        let mut m2 = Inbound::new(settings(true, AuthMethods::default()), "id1".into(), false);
+        let mut p2 = StreamParser::new(Limits::default());
+        feed(&mut m2, &mut p2, &header("r.test", "a.test"));
+        let acts2 = feed(&mut m2, &mut p2, "<db:result from='r.test' to='a.test'>k</db:result>");
+        assert!(matches!(&acts2[..], [Action::Close(e)] if e.condition == "policy-violation"));
+
+        let acts = feed(&mut m, &mut p, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        assert_eq!(acts[1], Action::StartTls);
+        m.tls_established(Some(check_ok_for(&["r.test"])));
+        let acts = feed(&mut m, &mut p, &header("r.test", "a.test"));
+        let out = sent(&acts);
+        assert!(out.contains("<mechanism>EXTERNAL</mechanism>"), "{out}");
+        assert!(out.contains("urn:xmpp:features:dialback"));
+
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>ci50ZXN0</auth>",
+        );
+        assert!(sent(&acts).contains("<success"));
+        assert!(acts.contains(&Action::Authenticated {
+            local: "a.test".into(),
+            remote: "r.test".into(),
+            method: AuthMethod::SaslExternal
+        }));
+        let acts = feed(&mut m, &mut p, &header("r.test", "a.test"));
+        assert!(!sent(&acts).contains("EXTERNAL"), "no second SASL");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<message from='x@r.test' to='y@a.test'><body>hi</body></message>",
+        );
+        assert!(matches!(&acts[..], [Action::Stanza(e, _)] if e.name == "message"));
+    }
+
+    #[test]
+    fn sasl_external_refused_for_wrong_certificate() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "id1".into(), true);
+        m.tls_established(Some(check_ok_for(&["other.test"])));
+        let mut p = StreamParser::new(Limits::default());
+        let out = sent(&feed(&mut m, &mut p, &header("r.test", "a.test")));
+        assert!(!out.contains("EXTERNAL"), "not offered for an invalid cert: {out}");
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+        ));
+        assert!(out.contains("<failure"), "{out}");
+        assert!(out.contains("cert-name"), "{out}");
+        assert!(!m.is_authenticated());
+    }
+
+    #[test]
+    fn dialback_with_verify_and_piggybacking() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("r.test", "a.test"));
+        let acts = feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>KEY1</db:result>");
+        assert_eq!(
+            acts,
+            vec![Action::VerifyKey {
+                local: "a.test".into(),
+                remote: "r.test".into(),
+                stream_id: "sid".into(),
+                key: "KEY1".into()
+            }]
+        );
+        // Piggy-backed: a second pair on the same stream.
+        let acts = feed(&mut m, &mut p, "<db:result from='s.test' to='b.test'>KEY2</db:result>");
+        assert!(matches!(&acts[..], [Action::VerifyKey { remote, .. }] if remote == "s.test"));
+        // A stanza before any pair is valid is refused.
+        m.dialback_verified("a.test", "r.test", true, "");
+        let out = sent(&m.take_actions());
+        assert!(out.contains("<db:result from='a.test' to='r.test' type='valid'/>"));
+        let acts = feed(&mut m, &mut p, "<message from='x@r.test' to='y@a.test'/>");
+        assert!(matches!(&acts[..], [Action::Stanza(..)]));
+        // s.test not yet verified: spoofing it is a stream error.
+        let acts = feed(&mut m, &mut p, "<message from='x@s.test' to='y@b.test'/>");
+        assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"), "{acts:?}");
+    }
+
+    #[test]
+    fn piggybacked_pair_is_authorized_on_its_own() {
+        let mut m = Inbound::new(settings(false, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("r.test", "a.test"));
+        feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>K</db:result>");
+        feed(&mut m, &mut p, "<db:result from='s.test' to='b.test'>K</db:result>");
+        m.dialback_verified("a.test", "r.test", true, "");
+        m.dialback_verified("b.test", "s.test", false, "invalid key");
+        let out = sent(&m.take_actions());
+        assert!(out.contains("from='b.test' to='s.test' type='invalid'"), "{out}");
+        // r.test→b.test was never authorized even though both domains are known on the stream.
+        let acts = feed(&mut m, &mut p, "<message from='x@r.test' to='y@b.test'/>");
+        assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"));
+    }
+
+    #[test]
+    fn invalid_key_closes_when_nothing_is_authorized() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("r.test", "a.test"));
+        feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>bad</db:result>");
+        m.dialback_verified("a.test", "r.test", false, "invalid key");
+        let acts = m.take_actions();
+        assert!(matches!(acts.last(), Some(Action::Close(e)) if e.condition == "not-authorized"));
+    }
+
+    #[test]
+    fn dialback_with_valid_certificate_needs_no_verify() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(Some(check_ok_for(&["r.test"])));
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("r.test", "a.test"));
+        let acts = feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>K</db:result>");
+        assert!(sent(&acts).contains("type='valid'"));
+        assert!(acts.iter().any(|a| matches!(a, Action::Authenticated { method: AuthMethod::DialbackCert, .. })));
+    }
+
+    #[test]
+    fn dialback_disabled_and_unknown_host() {
+        let mut m = Inbound::new(
+            settings(true, AuthMethods { certificate: true, dialback: false }),
+            "sid".into(),
+            true,
+        );
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        let out = sent(&feed(&mut m, &mut p, &header("r.test", "a.test")));
+        assert!(!out.contains("dialback xmlns"));
+        let out = sent(&feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>K</db:result>"));
+        assert!(out.contains("type='error'") && out.contains("not-authorized"), "{out}");
+
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        let acts = feed(&mut m, &mut p, &header("r.test", "nothere.test"));
+        assert!(matches!(acts.last(), Some(Action::Close(e)) if e.condition == "host-unknown"));
+    }
+
+    #[test]
+    fn answers_verify_requests_as_authoritative_server() {
+        let secret = DialbackSecret::new("s3cret");
+        let key = secret.key("r.test", "a.test", "their-id");
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("r.test", "a.test"));
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            &format!("<db:verify from='r.test' to='a.test' id='their-id'>{key}</db:verify>"),
+        ));
+        assert!(out.contains("<db:verify from='a.test' to='r.test' id='their-id' type='valid'/>"), "{out}");
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            "<db:verify from='r.test' to='a.test' id='their-id'>0000</db:verify>",
+        ));
+        assert!(out.contains("type='invalid'"));
+    }
+}
