@@ -1,1 +1,102 @@
-fn main() {}
+//! The `fedgate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use fedgate::config::{Config, process_env};
+use fedgate::gateway::Gateway;
+
+#[derive(Parser)]
+#[command(
+    name = "fedgate",
+    version,
+    about = "Federation gateway for XMPP server-to-server federation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (without --config: a development domain on loopback).
+    Run {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and exit (non-zero with file: key: problem on error).
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Config, String> {
+    match config {
+        Some(p) => Config::load(p, &process_env()).map_err(|e| e.to_string()),
+        None => Ok(Config::dev()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match load(Some(&config)) {
+            Ok(c) => {
+                println!("{}: ok ({} hosted domain(s))", c.source, c.domains.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fedgate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Run { config } => {
+            let cfg = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fedgate: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing(&cfg);
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            rt.block_on(async move {
+                let gw = match Gateway::start(&cfg).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        eprintln!("fedgate: {e:#}");
+                        return ExitCode::from(1);
+                    }
+                };
+                wait_for_signal().await;
+                tracing::info!("shutting down");
+                gw.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

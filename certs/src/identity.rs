@@ -106,6 +106,10 @@ impl Identity {
                 });
             }
         }
+        if let Err(f) = check_name(&chain[0], domain) {
+            // Not fatal: a hosted domain may be served under its provider's name with POSH.
+            tracing::warn!(domain, %f, "own certificate does not name the hosted domain");
+        }
         Ok(Identity {
             domain: domain.to_owned(),
             chain,
@@ -128,7 +132,10 @@ impl Identity {
 
 /// Lowercase without trailing dot: the key of the store.
 fn store_key(domain: &str) -> String {
-    domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase()
+    domain
+        .strip_suffix('.')
+        .unwrap_or(domain)
+        .to_ascii_lowercase()
 }
 
 /// Own identities by hosted domain.

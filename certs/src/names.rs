@@ -73,7 +73,9 @@ impl SanEntry {
     }
 }
 
-pub(crate) fn parse_cert<'a>(cert: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, CertFailure> {
+pub(crate) fn parse_cert<'a>(
+    cert: &'a CertificateDer<'_>,
+) -> Result<X509Certificate<'a>, CertFailure> {
     match x509_parser::parse_x509_certificate(cert.as_ref()) {
         Ok((_, parsed)) => Ok(parsed),
         Err(e) => Err(CertFailure::new(
@@ -184,9 +186,7 @@ fn normalize_dns(name: &str) -> String {
 }
 
 fn valid_reference_domain(domain: &str) -> bool {
-    !domain.is_empty()
-        && !domain.contains('*')
-        && domain.split('.').all(|label| !label.is_empty())
+    !domain.is_empty() && !domain.contains('*') && domain.split('.').all(|label| !label.is_empty())
 }
 
 /// Does the DNS-ID `pattern` (already normalized) match the normalized `domain`?
@@ -194,8 +194,7 @@ fn dns_id_matches(pattern: &str, domain: &str) -> Option<NameMatch> {
     if let Some(base) = pattern.strip_prefix("*.") {
         // RFC 9525 §6.3: only a whole leftmost `*` label, matching exactly one label; we also
         // require at least two labels after it, so `*.test` or `*.` never match.
-        if base.contains('*') || base.split('.').count() < 2 || base.split('.').any(str::is_empty)
-        {
+        if base.contains('*') || base.split('.').count() < 2 || base.split('.').any(str::is_empty) {
             return None;
         }
         let (first, rest) = domain.split_once('.')?;
@@ -313,8 +312,14 @@ mod tests {
     #[test]
     fn wildcard_rules() {
         let e = [dns("*.a.test")];
-        assert_eq!(match_entries(&e, "x.a.test"), Some(NameMatch::WildcardDnsId));
-        assert_eq!(match_entries(&e, "X.A.TEST."), Some(NameMatch::WildcardDnsId));
+        assert_eq!(
+            match_entries(&e, "x.a.test"),
+            Some(NameMatch::WildcardDnsId)
+        );
+        assert_eq!(
+            match_entries(&e, "X.A.TEST."),
+            Some(NameMatch::WildcardDnsId)
+        );
         assert_eq!(match_entries(&e, "a.test"), None);
         assert_eq!(match_entries(&e, "y.x.a.test"), None);
         assert_eq!(match_entries(&e, ".a.test"), None);
@@ -371,11 +376,17 @@ mod tests {
     fn tlv_reader() {
         // [0] { IA5String "ab" }
         let v = [0xa0, 0x04, 0x16, 0x02, b'a', b'b'];
-        assert_eq!(decode_other_name_string(&v, TAG_IA5_STRING).as_deref(), Some("ab"));
+        assert_eq!(
+            decode_other_name_string(&v, TAG_IA5_STRING).as_deref(),
+            Some("ab")
+        );
         assert_eq!(decode_other_name_string(&v, TAG_UTF8_STRING), None);
         assert_eq!(decode_other_name_string(&v[..5], TAG_IA5_STRING), None);
         // long-form length
         let v = [0xa0, 0x81, 0x04, 0x0c, 0x02, b'x', b'y'];
-        assert_eq!(decode_other_name_string(&v, TAG_UTF8_STRING).as_deref(), Some("xy"));
+        assert_eq!(
+            decode_other_name_string(&v, TAG_UTF8_STRING).as_deref(),
+            Some("xy")
+        );
     }
 }

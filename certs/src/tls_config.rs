@@ -19,12 +19,14 @@
 
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::ResolvesClientCert;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::{Identity, IdentityStore};
@@ -54,7 +56,12 @@ impl DeferredPeerCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn tls13(
@@ -63,7 +70,12 @@ impl DeferredPeerCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
@@ -181,8 +193,16 @@ impl ResolvesClientCert for FixedClientCert {
 /// [`PeerVerifier`](crate::PeerVerifier)). TLS 1.3 and 1.2; `alpn` as given (e.g.
 /// `b"xmpp-server"` for XEP-0368).
 pub fn server_config(store: Arc<IdentityStore>, alpn: Vec<Vec<u8>>) -> Arc<ServerConfig> {
+    build_server_config(store, alpn, VERSIONS)
+}
+
+pub(crate) fn build_server_config(
+    store: Arc<IdentityStore>,
+    alpn: Vec<Vec<u8>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(VERSIONS)
+        .with_protocol_versions(versions)
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_client_cert_verifier(DeferredPeerCheck::new())
         .with_cert_resolver(store);
@@ -195,14 +215,27 @@ pub fn server_config(store: Arc<IdentityStore>, alpn: Vec<Vec<u8>>) -> Arc<Serve
 /// whatever it is (see the module docs: check it afterwards with
 /// [`PeerVerifier`](crate::PeerVerifier) with `peer_is_client = false`). SNI is sent (it must
 /// be the peer's XMPP domain, XEP-0368). TLS 1.3 and 1.2; `alpn` as given.
-pub fn client_config(client_identity: Option<Arc<Identity>>, alpn: Vec<Vec<u8>>) -> Arc<ClientConfig> {
+pub fn client_config(
+    client_identity: Option<Arc<Identity>>,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<ClientConfig> {
+    build_client_config(client_identity, alpn, VERSIONS)
+}
+
+pub(crate) fn build_client_config(
+    client_identity: Option<Arc<Identity>>,
+    alpn: Vec<Vec<u8>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(crypto_provider())
-        .with_protocol_versions(VERSIONS)
+        .with_protocol_versions(versions)
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .dangerous()
         .with_custom_certificate_verifier(DeferredPeerCheck::new());
     let mut config = match client_identity {
-        Some(id) => builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.certified.clone()))),
+        Some(id) => {
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.certified.clone())))
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn;

@@ -69,7 +69,11 @@ impl TrustAnchors {
     }
 
     /// Adds one DER certificate as anchor.
-    pub fn add_der(&mut self, cert: &CertificateDer<'_>, source_name: &str) -> Result<(), CertError> {
+    pub fn add_der(
+        &mut self,
+        cert: &CertificateDer<'_>,
+        source_name: &str,
+    ) -> Result<(), CertError> {
         let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| CertError::Anchor {
             source_name: source_name.to_owned(),
             detail: e.to_string(),

@@ -116,7 +116,8 @@ impl ComponentStream {
             let secret = &self.secrets[&domain];
             let mut input = self.stream_id.clone();
             input.push_str(secret);
-            let expected = hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, input.as_bytes()).as_ref());
+            let expected =
+                hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, input.as_bytes()).as_ref());
             let given = el.text().trim().to_ascii_lowercase();
             if !constant_time_eq(expected.as_bytes(), given.as_bytes()) {
                 return self.close(StreamError::new("not-authorized", "wrong component secret"));
@@ -158,7 +159,11 @@ impl ComponentStream {
 
 /// The handshake value a component sends (for our own test clients and `fedgate demo`).
 pub fn handshake(stream_id: &str, secret: &str) -> String {
-    hex(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, format!("{stream_id}{secret}").as_bytes()).as_ref())
+    hex(digest::digest(
+        &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{stream_id}{secret}").as_bytes(),
+    )
+    .as_ref())
 }
 
 #[cfg(test)]
@@ -184,22 +189,41 @@ mod tests {
         let mut m = ComponentStream::new(secrets, "abc".into());
         let mut p = StreamParser::new(Limits::default());
         let acts = run(&mut m, &mut p, HDR);
-        assert!(matches!(&acts[..], [Action::Send(b)] if String::from_utf8_lossy(b).contains("id='abc'")));
-        let acts = run(&mut m, &mut p, &format!("<handshake>{}</handshake>", handshake("abc", "pw")));
+        assert!(
+            matches!(&acts[..], [Action::Send(b)] if String::from_utf8_lossy(b).contains("id='abc'"))
+        );
+        let acts = run(
+            &mut m,
+            &mut p,
+            &format!("<handshake>{}</handshake>", handshake("abc", "pw")),
+        );
         assert_eq!(acts[1], Action::Authenticated("example.test".into()));
-        let acts = run(&mut m, &mut p, "<message from='a@example.test' to='b@remote.test'/>");
+        let acts = run(
+            &mut m,
+            &mut p,
+            "<message from='a@example.test' to='b@remote.test'/>",
+        );
         assert!(matches!(&acts[..], [Action::Stanza(..)]));
-        let acts = run(&mut m, &mut p, "<message from='a@evil.test' to='b@remote.test'/>");
+        let acts = run(
+            &mut m,
+            &mut p,
+            "<message from='a@evil.test' to='b@remote.test'/>",
+        );
         assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"));
     }
 
     #[test]
     fn wrong_secret_and_unknown_domain() {
-        let secrets: Arc<HashMap<String, String>> = Arc::new([("example.test".to_owned(), "pw".to_owned())].into());
+        let secrets: Arc<HashMap<String, String>> =
+            Arc::new([("example.test".to_owned(), "pw".to_owned())].into());
         let mut m = ComponentStream::new(secrets.clone(), "abc".into());
         let mut p = StreamParser::new(Limits::default());
         run(&mut m, &mut p, HDR);
-        let acts = run(&mut m, &mut p, &format!("<handshake>{}</handshake>", handshake("abc", "nope")));
+        let acts = run(
+            &mut m,
+            &mut p,
+            &format!("<handshake>{}</handshake>", handshake("abc", "nope")),
+        );
         assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "not-authorized"));
         let mut m = ComponentStream::new(secrets, "abc".into());
         let mut p = StreamParser::new(Limits::default());

@@ -62,7 +62,12 @@ mod tests {
         let k = s.key("example.net", "example.com", "D60000229F");
         assert_eq!(k.len(), 64, "hex of a SHA-256 HMAC");
         assert!(s.verify("example.net", "example.com", "D60000229F", &k));
-        assert!(s.verify("example.net", "example.com", "D60000229F", &format!(" {k}\n")));
+        assert!(s.verify(
+            "example.net",
+            "example.com",
+            "D60000229F",
+            &format!(" {k}\n")
+        ));
         for (r, o, id) in [
             ("example.org", "example.com", "D60000229F"),
             ("example.net", "example.org", "D60000229F"),
@@ -71,7 +76,17 @@ mod tests {
             assert!(!s.verify(r, o, id, &k), "{r} {o} {id}");
         }
         // Another node with the same secret verifies the key; a node with another does not.
-        assert!(DialbackSecret::new("s3cr3tf0rd14lb4ck").verify("example.net", "example.com", "D60000229F", &k));
-        assert!(!DialbackSecret::new("other").verify("example.net", "example.com", "D60000229F", &k));
+        assert!(DialbackSecret::new("s3cr3tf0rd14lb4ck").verify(
+            "example.net",
+            "example.com",
+            "D60000229F",
+            &k
+        ));
+        assert!(!DialbackSecret::new("other").verify(
+            "example.net",
+            "example.com",
+            "D60000229F",
+            &k
+        ));
     }
 }

@@ -200,7 +200,10 @@ impl Inbound {
         if h.default_ns != NS_SERVER {
             return self.close(StreamError::new(
                 "invalid-namespace",
-                format!("this port serves jabber:server streams, not {}", h.default_ns),
+                format!(
+                    "this port serves jabber:server streams, not {}",
+                    h.default_ns
+                ),
             ));
         }
         if let Some(l) = &local
@@ -329,7 +332,10 @@ impl Inbound {
                     };
                     return self.close(StreamError::new(
                         cond,
-                        format!("{} -> {} is not an authenticated domain pair", pair.1, pair.0),
+                        format!(
+                            "{} -> {} is not an authenticated domain pair",
+                            pair.1, pair.0
+                        ),
                     ));
                 }
                 self.out.push(Action::Stanza(el, size));
@@ -369,10 +375,18 @@ impl Inbound {
             .or_else(|| self.peer.clone())
             .map(|d| d.to_ascii_lowercase())
         else {
-            return fail(self, "invalid-authzid", "no authorization identity and no stream from");
+            return fail(
+                self,
+                "invalid-authzid",
+                "no authorization identity and no stream from",
+            );
         };
         if self.peer.as_ref().is_some_and(|p| *p != domain) {
-            return fail(self, "invalid-authzid", "authzid differs from the stream's from");
+            return fail(
+                self,
+                "invalid-authzid",
+                "authzid differs from the stream's from",
+            );
         }
         let Some(local) = self.local.clone() else {
             return fail(self, "not-authorized", "stream header had no 'to'");
@@ -407,7 +421,10 @@ impl Inbound {
     fn on_db_result(&mut self, el: &Element) {
         if el.attr("type").is_some() {
             // A result type on an inbound stream makes no sense.
-            return self.close(StreamError::new("unsupported-stanza-type", "db:result with type on inbound stream"));
+            return self.close(StreamError::new(
+                "unsupported-stanza-type",
+                "db:result with type on inbound stream",
+            ));
         }
         let (Some(from), Some(to)) = (
             el.attr("from").and_then(jid_domain),
@@ -598,16 +615,27 @@ mod tests {
         let out = sent(&acts);
         assert!(out.contains("id='id1'"));
         assert!(out.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>"));
-        assert!(!out.contains("dialback xmlns"), "only STARTTLS before TLS: {out}");
+        assert!(
+            !out.contains("dialback xmlns"),
+            "only STARTTLS before TLS: {out}"
+        );
 
         // A stanza or dialback before TLS is refused.
         let mut m2 = Inbound::new(settings(true, AuthMethods::default()), "id1".into(), false);
         let mut p2 = StreamParser::new(Limits::default());
         feed(&mut m2, &mut p2, &header("r.test", "a.test"));
-        let acts2 = feed(&mut m2, &mut p2, "<db:result from='r.test' to='a.test'>k</db:result>");
+        let acts2 = feed(
+            &mut m2,
+            &mut p2,
+            "<db:result from='r.test' to='a.test'>k</db:result>",
+        );
         assert!(matches!(&acts2[..], [Action::Close(e)] if e.condition == "policy-violation"));
 
-        let acts = feed(&mut m, &mut p, "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+        );
         assert_eq!(acts[1], Action::StartTls);
         m.tls_established(Some(check_ok_for(&["r.test"])));
         let acts = feed(&mut m, &mut p, &header("r.test", "a.test"));
@@ -642,7 +670,10 @@ mod tests {
         m.tls_established(Some(check_ok_for(&["other.test"])));
         let mut p = StreamParser::new(Limits::default());
         let out = sent(&feed(&mut m, &mut p, &header("r.test", "a.test")));
-        assert!(!out.contains("EXTERNAL"), "not offered for an invalid cert: {out}");
+        assert!(
+            !out.contains("EXTERNAL"),
+            "not offered for an invalid cert: {out}"
+        );
         let out = sent(&feed(
             &mut m,
             &mut p,
@@ -659,7 +690,11 @@ mod tests {
         m.tls_established(None);
         let mut p = StreamParser::new(Limits::default());
         feed(&mut m, &mut p, &header("r.test", "a.test"));
-        let acts = feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>KEY1</db:result>");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<db:result from='r.test' to='a.test'>KEY1</db:result>",
+        );
         assert_eq!(
             acts,
             vec![Action::VerifyKey {
@@ -670,7 +705,11 @@ mod tests {
             }]
         );
         // Piggy-backed: a second pair on the same stream.
-        let acts = feed(&mut m, &mut p, "<db:result from='s.test' to='b.test'>KEY2</db:result>");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<db:result from='s.test' to='b.test'>KEY2</db:result>",
+        );
         assert!(matches!(&acts[..], [Action::VerifyKey { remote, .. }] if remote == "s.test"));
         // A stanza before any pair is valid is refused.
         m.dialback_verified("a.test", "r.test", true, "");
@@ -680,7 +719,10 @@ mod tests {
         assert!(matches!(&acts[..], [Action::Stanza(..)]));
         // s.test not yet verified: spoofing it is a stream error.
         let acts = feed(&mut m, &mut p, "<message from='x@s.test' to='y@b.test'/>");
-        assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"), "{acts:?}");
+        assert!(
+            matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"),
+            "{acts:?}"
+        );
     }
 
     #[test]
@@ -689,12 +731,23 @@ mod tests {
         m.tls_established(None);
         let mut p = StreamParser::new(Limits::default());
         feed(&mut m, &mut p, &header("r.test", "a.test"));
-        feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>K</db:result>");
-        feed(&mut m, &mut p, "<db:result from='s.test' to='b.test'>K</db:result>");
+        feed(
+            &mut m,
+            &mut p,
+            "<db:result from='r.test' to='a.test'>K</db:result>",
+        );
+        feed(
+            &mut m,
+            &mut p,
+            "<db:result from='s.test' to='b.test'>K</db:result>",
+        );
         m.dialback_verified("a.test", "r.test", true, "");
         m.dialback_verified("b.test", "s.test", false, "invalid key");
         let out = sent(&m.take_actions());
-        assert!(out.contains("from='b.test' to='s.test' type='invalid'"), "{out}");
+        assert!(
+            out.contains("from='b.test' to='s.test' type='invalid'"),
+            "{out}"
+        );
         // r.test→b.test was never authorized even though both domains are known on the stream.
         let acts = feed(&mut m, &mut p, "<message from='x@r.test' to='y@b.test'/>");
         assert!(matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"));
@@ -706,7 +759,11 @@ mod tests {
         m.tls_established(None);
         let mut p = StreamParser::new(Limits::default());
         feed(&mut m, &mut p, &header("r.test", "a.test"));
-        feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>bad</db:result>");
+        feed(
+            &mut m,
+            &mut p,
+            "<db:result from='r.test' to='a.test'>bad</db:result>",
+        );
         m.dialback_verified("a.test", "r.test", false, "invalid key");
         let acts = m.take_actions();
         assert!(matches!(acts.last(), Some(Action::Close(e)) if e.condition == "not-authorized"));
@@ -718,15 +775,31 @@ mod tests {
         m.tls_established(Some(check_ok_for(&["r.test"])));
         let mut p = StreamParser::new(Limits::default());
         feed(&mut m, &mut p, &header("r.test", "a.test"));
-        let acts = feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>K</db:result>");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<db:result from='r.test' to='a.test'>K</db:result>",
+        );
         assert!(sent(&acts).contains("type='valid'"));
-        assert!(acts.iter().any(|a| matches!(a, Action::Authenticated { method: AuthMethod::DialbackCert, .. })));
+        assert!(acts.iter().any(|a| matches!(
+            a,
+            Action::Authenticated {
+                method: AuthMethod::DialbackCert,
+                ..
+            }
+        )));
     }
 
     #[test]
     fn dialback_disabled_and_unknown_host() {
         let mut m = Inbound::new(
-            settings(true, AuthMethods { certificate: true, dialback: false }),
+            settings(
+                true,
+                AuthMethods {
+                    certificate: true,
+                    dialback: false,
+                },
+            ),
             "sid".into(),
             true,
         );
@@ -734,8 +807,15 @@ mod tests {
         let mut p = StreamParser::new(Limits::default());
         let out = sent(&feed(&mut m, &mut p, &header("r.test", "a.test")));
         assert!(!out.contains("dialback xmlns"));
-        let out = sent(&feed(&mut m, &mut p, "<db:result from='r.test' to='a.test'>K</db:result>"));
-        assert!(out.contains("type='error'") && out.contains("not-authorized"), "{out}");
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            "<db:result from='r.test' to='a.test'>K</db:result>",
+        ));
+        assert!(
+            out.contains("type='error'") && out.contains("not-authorized"),
+            "{out}"
+        );
 
         let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
         m.tls_established(None);
@@ -757,7 +837,10 @@ mod tests {
             &mut p,
             &format!("<db:verify from='r.test' to='a.test' id='their-id'>{key}</db:verify>"),
         ));
-        assert!(out.contains("<db:verify from='a.test' to='r.test' id='their-id' type='valid'/>"), "{out}");
+        assert!(
+            out.contains("<db:verify from='a.test' to='r.test' id='their-id' type='valid'/>"),
+            "{out}"
+        );
         let out = sent(&feed(
             &mut m,
             &mut p,

@@ -10,10 +10,11 @@
 
 pub mod component;
 pub mod dialback;
+pub mod driver;
 pub mod element;
 pub mod inbound;
 pub mod outbound;
-pub mod resolve; // filled by the DNS work
+pub mod resolve;
 pub mod srv;
 pub mod wire;
 pub mod xml;

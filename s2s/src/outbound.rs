@@ -7,7 +7,9 @@
 use base64::Engine as _;
 
 use crate::dialback::DialbackSecret;
-use crate::element::{Element, NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS, escape};
+use crate::element::{
+    Element, NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS, escape,
+};
 use crate::inbound::{AuthMethod, AuthMethods};
 use crate::wire::{Failure, FailureKind, Header, parse_stream_error};
 use crate::xml::StreamEvent;
@@ -190,14 +192,23 @@ impl Outbound {
             State::AwaitSasl if el.is("failure", NS_SASL) => {
                 let why = el
                     .elements()
-                    .map(|c| if c.name == "text" { c.text() } else { c.name.clone() })
+                    .map(|c| {
+                        if c.name == "text" {
+                            c.text()
+                        } else {
+                            c.name.clone()
+                        }
+                    })
                     .collect::<Vec<_>>()
                     .join(": ");
                 tracing::info!(local = %self.s.local, remote = %self.s.remote, %why, "SASL EXTERNAL refused");
                 if self.dialback_possible(None) {
                     self.send_db_result();
                 } else {
-                    self.fail(FailureKind::Auth, format!("SASL EXTERNAL refused ({why}) and dialback is not available"));
+                    self.fail(
+                        FailureKind::Auth,
+                        format!("SASL EXTERNAL refused ({why}) and dialback is not available"),
+                    );
                 }
             }
             State::AwaitDialback if el.is("result", NS_DIALBACK) => {
@@ -211,7 +222,9 @@ impl Outbound {
                         self.state = State::Established;
                         self.out.push(Action::Established(AuthMethod::Dialback));
                     }
-                    Some("invalid") => self.fail(FailureKind::Auth, "dialback: peer says our key is invalid"),
+                    Some("invalid") => {
+                        self.fail(FailureKind::Auth, "dialback: peer says our key is invalid")
+                    }
                     _ => {
                         let cond = el
                             .child("error", crate::element::NS_CONTENT)
@@ -253,7 +266,10 @@ impl Outbound {
                 return;
             }
             if self.s.tls_required {
-                return self.fail(FailureKind::Tls, "peer does not offer STARTTLS and TLS is required");
+                return self.fail(
+                    FailureKind::Tls,
+                    "peer does not offer STARTTLS and TLS is required",
+                );
             }
         }
         if let Mode::Verify { stream_id, key } = &self.s.mode {
@@ -284,11 +300,15 @@ impl Outbound {
             } else {
                 FailureKind::CertName
             };
-            return self.fail(kind, format!("remote certificate not acceptable and dialback is disabled: {why}"));
+            return self.fail(
+                kind,
+                format!("remote certificate not acceptable and dialback is disabled: {why}"),
+            );
         }
         let offers_external = features.is_some_and(|f| {
             f.child("mechanisms", NS_SASL).is_some_and(|m| {
-                m.elements().any(|x| x.name == "mechanism" && x.text().trim() == "EXTERNAL")
+                m.elements()
+                    .any(|x| x.name == "mechanism" && x.text().trim() == "EXTERNAL")
             })
         });
         if self.tls && self.s.auth.certificate && offers_external && !self.sasl_tried {
@@ -307,7 +327,11 @@ impl Outbound {
             return self.send_db_result();
         }
         let offered = match features {
-            Some(f) => f.elements().map(|e| e.name.clone()).collect::<Vec<_>>().join(", "),
+            Some(f) => f
+                .elements()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
             None => "nothing (pre-1.0 peer)".into(),
         };
         self.fail(
@@ -370,7 +394,11 @@ mod tests {
                         pi.reset();
                         let cert: Option<inbound::CertCheck> = out_cert_valid_for.map(|d| {
                             Box::new(move |x: &str| {
-                                if x == d { Ok(()) } else { Err(format!("cert-name: not {x}")) }
+                                if x == d {
+                                    Ok(())
+                                } else {
+                                    Err(format!("cert-name: not {x}"))
+                                }
                             }) as inbound::CertCheck
                         });
                         i.tls_established(cert);
@@ -396,7 +424,12 @@ mod tests {
                         inbound::Action::Send(b) => po.feed(&b),
                         inbound::Action::ResetParser => pi.reset(),
                         inbound::Action::StartTls => {}
-                        inbound::Action::VerifyKey { local, remote, stream_id, key } => {
+                        inbound::Action::VerifyKey {
+                            local,
+                            remote,
+                            stream_id,
+                            key,
+                        } => {
                             let ok = verify_answer(&local, &remote, &stream_id, &key);
                             i.dialback_verified(&local, &remote, ok, "test");
                         }
@@ -430,7 +463,9 @@ mod tests {
             remote: "remote.test".into(),
             tls_required: true,
             auth,
-            mode: Mode::Auth { secret: DialbackSecret::new(secret) },
+            mode: Mode::Auth {
+                secret: DialbackSecret::new(secret),
+            },
         }
     }
 
@@ -443,7 +478,13 @@ mod tests {
             |_, _, _, _| false,
         );
         assert_eq!(o, vec![Action::Established(AuthMethod::SaslExternal)]);
-        assert!(i.iter().any(|a| matches!(a, inbound::Action::Authenticated { method: AuthMethod::SaslExternal, .. })));
+        assert!(i.iter().any(|a| matches!(
+            a,
+            inbound::Action::Authenticated {
+                method: AuthMethod::SaslExternal,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -467,18 +508,30 @@ mod tests {
             None,
             |_, _, _, _| false,
         );
-        assert!(matches!(&o[..], [Action::Fail(f)] if f.kind == FailureKind::Auth), "{o:?}");
+        assert!(
+            matches!(&o[..], [Action::Fail(f)] if f.kind == FailureKind::Auth),
+            "{o:?}"
+        );
     }
 
     #[test]
     fn certificate_only_peer_refuses_dialback() {
         let (o, _) = run(
             out_settings("s", AuthMethods::default()),
-            in_settings("s", AuthMethods { certificate: true, dialback: false }),
+            in_settings(
+                "s",
+                AuthMethods {
+                    certificate: true,
+                    dialback: false,
+                },
+            ),
             Some("wrong.test"),
             |_, _, _, _| true,
         );
-        assert!(matches!(&o[..], [Action::Fail(f)] if f.kind == FailureKind::Auth), "{o:?}");
+        assert!(
+            matches!(&o[..], [Action::Fail(f)] if f.kind == FailureKind::Auth),
+            "{o:?}"
+        );
     }
 
     #[test]
@@ -488,8 +541,16 @@ mod tests {
         let key = secret.key("local.test", "remote.test", "sid-9");
         for (k, expect) in [(key.as_str(), true), ("bogus", false)] {
             let mut s = out_settings("unused", AuthMethods::default());
-            s.mode = Mode::Verify { stream_id: "sid-9".into(), key: k.into() };
-            let (o, _) = run(s, in_settings("auth-secret", AuthMethods::default()), None, |_, _, _, _| false);
+            s.mode = Mode::Verify {
+                stream_id: "sid-9".into(),
+                key: k.into(),
+            };
+            let (o, _) = run(
+                s,
+                in_settings("auth-secret", AuthMethods::default()),
+                None,
+                |_, _, _, _| false,
+            );
             assert_eq!(o, vec![Action::Verified(expect)]);
         }
     }

@@ -267,10 +267,7 @@ impl S2sResolver {
             })?,
             Some(list) => {
                 if list.is_empty() {
-                    return Err(DnsError::new(
-                        DnsErrorKind::Other,
-                        "empty nameserver list",
-                    ));
+                    return Err(DnsError::new(DnsErrorKind::Other, "empty nameserver list"));
                 }
                 let servers = list
                     .iter()
@@ -295,9 +292,9 @@ impl S2sResolver {
         opts.attempts = attempts;
         opts.cache_size = DNS_CACHE_SIZE;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        let resolver = builder.build().map_err(|e| {
-            DnsError::new(DnsErrorKind::Other, format!("building resolver: {e}"))
-        })?;
+        let resolver = builder
+            .build()
+            .map_err(|e| DnsError::new(DnsErrorKind::Other, format!("building resolver: {e}")))?;
         Ok(Self { resolver, statics })
     }
 
@@ -574,13 +571,9 @@ mod tests {
         // Nameserver points at a port nobody answers on; a static target must not query it.
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let statics = StaticTargets::parse(&map(&[("a.test", "tls://127.0.0.5:5270")])).unwrap();
-        let r = S2sResolver::with_timeouts(
-            Some(vec![addr]),
-            statics,
-            Duration::from_millis(100),
-            1,
-        )
-        .unwrap();
+        let r =
+            S2sResolver::with_timeouts(Some(vec![addr]), statics, Duration::from_millis(100), 1)
+                .unwrap();
         let t = r.targets("a.test").await.unwrap();
         assert_eq!(
             t,

@@ -208,7 +208,11 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            vec![("tls.example", true), ("tcp.example", false), ("tls2", true)]
+            vec![
+                ("tls.example", true),
+                ("tcp.example", false),
+                ("tls2", true)
+            ]
         );
     }
 

@@ -233,9 +233,7 @@ impl StreamParser {
                         self.pos = self.buf.len();
                         return Ok(Some(None));
                     }
-                    return Err(XmlError::NotWellFormed(
-                        "text outside of stanzas".into(),
-                    ));
+                    return Err(XmlError::NotWellFormed("text outside of stanzas".into()));
                 }
                 if self.buffered() > self.limits.max_stanza_bytes {
                     return Err(XmlError::StanzaTooBig(self.limits.max_stanza_bytes));
@@ -245,9 +243,7 @@ impl StreamParser {
             let raw = &rest[..end];
             if self.stack.is_empty() {
                 if !raw.iter().all(u8::is_ascii_whitespace) {
-                    return Err(XmlError::NotWellFormed(
-                        "text outside of stanzas".into(),
-                    ));
+                    return Err(XmlError::NotWellFormed("text outside of stanzas".into()));
                 }
             } else {
                 let text = unescape(raw)?;
@@ -385,10 +381,7 @@ impl StreamParser {
                 Some("xml") => NS_XML.to_owned(),
                 Some(p) => self.resolve(Some(p))?.to_owned(),
             };
-            if attrs
-                .iter()
-                .any(|a: &Attr| a.name == name && a.ns == ans)
-            {
+            if attrs.iter().any(|a: &Attr| a.name == name && a.ns == ans) {
                 return Err(XmlError::NotWellFormed(format!("duplicate attribute {k}")));
             }
             attrs.push(Attr {
@@ -640,7 +633,8 @@ fn utf8(b: &[u8]) -> Result<String, XmlError> {
 
 /// Resolve the predefined entities and character references.
 fn unescape(raw: &[u8]) -> Result<String, XmlError> {
-    let s = std::str::from_utf8(raw).map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))?;
+    let s =
+        std::str::from_utf8(raw).map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))?;
     if !s.contains('&') {
         if s.contains(|c: char| is_forbidden_char(c)) {
             return Err(XmlError::NotWellFormed("invalid XML character".into()));
@@ -673,7 +667,9 @@ fn unescape(raw: &[u8]) -> Result<String, XmlError> {
                 };
                 code.and_then(char::from_u32)
                     .filter(|c| !is_forbidden_char(*c))
-                    .ok_or_else(|| XmlError::NotWellFormed(format!("bad character reference &{ent};")))?
+                    .ok_or_else(|| {
+                        XmlError::NotWellFormed(format!("bad character reference &{ent};"))
+                    })?
             }
         };
         out.push(c);
@@ -729,21 +725,32 @@ mod tests {
             ev.extend(all(&mut p).unwrap());
         }
         assert_eq!(ev.len(), 5, "{ev:?}");
-        let StreamEvent::Open(h) = &ev[0] else { panic!() };
+        let StreamEvent::Open(h) = &ev[0] else {
+            panic!()
+        };
         assert_eq!(h.to.as_deref(), Some("a.test"));
         assert_eq!(h.from.as_deref(), Some("b.test"));
         assert_eq!(h.lang.as_deref(), Some("en"));
         assert_eq!(h.default_ns, "jabber:server");
         assert!(h.declares_dialback);
-        let StreamEvent::Element(m, n) = &ev[1] else { panic!() };
+        let StreamEvent::Element(m, n) = &ev[1] else {
+            panic!()
+        };
         assert!(m.is("message", NS_CONTENT));
-        assert_eq!(m.child("body", NS_CONTENT).unwrap().text(), "a & b \u{263A}");
+        assert_eq!(
+            m.child("body", NS_CONTENT).unwrap().text(),
+            "a & b \u{263A}"
+        );
         assert!(m.child("x", "urn:x").unwrap().child("y", "urn:x").is_some());
         assert_eq!(*n, 105);
-        let StreamEvent::Element(db, _) = &ev[2] else { panic!() };
+        let StreamEvent::Element(db, _) = &ev[2] else {
+            panic!()
+        };
         assert!(db.is("result", NS_DIALBACK));
         assert_eq!(db.text(), "k");
-        let StreamEvent::Element(st, _) = &ev[3] else { panic!() };
+        let StreamEvent::Element(st, _) = &ev[3] else {
+            panic!()
+        };
         assert!(st.is("starttls", NS_TLS));
         assert_eq!(ev[4], StreamEvent::Close);
         // Re-serialised stanza keeps its meaning.
@@ -764,10 +771,14 @@ mod tests {
               <iq type='get'><q xmlns='urn:q'><message xmlns='jabber:client'/></q></iq>",
         );
         let ev = all(&mut p).unwrap();
-        let StreamEvent::Element(m, _) = &ev[1] else { panic!() };
+        let StreamEvent::Element(m, _) = &ev[1] else {
+            panic!()
+        };
         assert!(m.is("message", NS_CONTENT));
         assert!(m.child("body", NS_CONTENT).is_some());
-        let StreamEvent::Element(iq, _) = &ev[2] else { panic!() };
+        let StreamEvent::Element(iq, _) = &ev[2] else {
+            panic!()
+        };
         assert!(iq.is("iq", NS_CONTENT));
         // Nested under a foreign namespace, jabber:client stays what it is.
         let q = iq.child("q", "urn:q").unwrap();
@@ -857,7 +868,9 @@ mod tests {
         open(&mut p);
         p.feed(b"<message><body><![CDATA[<b>&]]></body></message>");
         let ev = all(&mut p).unwrap();
-        let StreamEvent::Element(m, _) = &ev[0] else { panic!() };
+        let StreamEvent::Element(m, _) = &ev[0] else {
+            panic!()
+        };
         assert_eq!(m.child("body", NS_CONTENT).unwrap().text(), "<b>&");
     }
 }

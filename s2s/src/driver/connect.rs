@@ -1,0 +1,227 @@
+//! Outbound connections: resolve the remote domain, try every target in order, run the
+//! initiating negotiation (auth or dialback-verify mode) over TCP/TLS.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls_pki_types::{ServerName, UnixTime};
+use tokio::net::TcpStream;
+
+use super::conn::Conn;
+use super::context::S2sContext;
+use super::io::Io;
+use crate::inbound::AuthMethod;
+use crate::outbound::{Action, Mode, Outbound, OutboundSettings};
+use crate::resolve::{DnsErrorKind, Target};
+use crate::wire::{Failure, FailureKind};
+
+pub enum Outcome {
+    Established {
+        conn: Conn,
+        method: AuthMethod,
+        target: String,
+    },
+    Verified(bool),
+}
+
+/// Resolve `remote` and negotiate with its targets in order until one works.
+pub async fn connect(
+    ctx: &Arc<S2sContext>,
+    local: &str,
+    remote: &str,
+    mode: Mode,
+) -> Result<Outcome, Failure> {
+    let targets = match ctx.resolver.targets(remote).await {
+        Ok(t) => {
+            ctx.metrics.dns.with_label_values(&["ok"]).inc();
+            t
+        }
+        Err(e) => {
+            let label = match e.kind {
+                DnsErrorKind::NoService => "no-service",
+                DnsErrorKind::NotFound => "not-found",
+                DnsErrorKind::Timeout => "timeout",
+                _ => "error",
+            };
+            ctx.metrics.dns.with_label_values(&[label]).inc();
+            let kind = if e.kind == DnsErrorKind::Timeout {
+                FailureKind::Timeout
+            } else {
+                FailureKind::Dns
+            };
+            let f = Failure::new(kind, format!("{remote}: {}", e.detail));
+            ctx.status.attempt(remote, "dns", Err(&f));
+            return Err(f);
+        }
+    };
+    let mut last = Failure::new(FailureKind::Dns, format!("{remote}: no targets"));
+    for t in targets {
+        let addrs = match ctx.resolver.addrs(&t.host).await {
+            Ok(a) => {
+                ctx.metrics.dns.with_label_values(&["ok"]).inc();
+                a
+            }
+            Err(e) => {
+                ctx.metrics.dns.with_label_values(&["not-found"]).inc();
+                last = Failure::new(FailureKind::Dns, format!("{}: {}", t.host, e.detail));
+                ctx.status.attempt(remote, &t.host, Err(&last));
+                continue;
+            }
+        };
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, t.port);
+            let label = format!(
+                "{}:{} ({addr}{})",
+                t.host,
+                t.port,
+                if t.direct_tls { ", direct TLS" } else { "" }
+            );
+            match attempt(ctx, local, remote, &t, addr, mode.clone()).await {
+                Ok(o) => {
+                    ctx.metrics.connects.with_label_values(&["ok"]).inc();
+                    ctx.status.attempt(remote, &label, Ok(()));
+                    return Ok(match o {
+                        Outcome::Established { conn, method, .. } => Outcome::Established {
+                            conn,
+                            method,
+                            target: label,
+                        },
+                        v => v,
+                    });
+                }
+                Err(f) => {
+                    ctx.metrics
+                        .connects
+                        .with_label_values(&[f.kind.as_str()])
+                        .inc();
+                    tracing::info!(%local, %remote, target = %label, failure = %f, "s2s attempt failed");
+                    ctx.status.attempt(remote, &label, Err(&f));
+                    last = f;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+async fn attempt(
+    ctx: &Arc<S2sContext>,
+    local: &str,
+    remote: &str,
+    t: &Target,
+    addr: SocketAddr,
+    mode: Mode,
+) -> Result<Outcome, Failure> {
+    let s = &ctx.settings;
+    let tcp = match tokio::time::timeout(s.connect_timeout, TcpStream::connect(addr)).await {
+        Err(_) => {
+            return Err(Failure::new(
+                FailureKind::Timeout,
+                format!("connect to {addr} timed out"),
+            ));
+        }
+        Ok(Err(e)) => return Err(Failure::new(FailureKind::Connect, format!("{addr}: {e}"))),
+        Ok(Ok(t)) => t,
+    };
+    let _ = tcp.set_nodelay(true);
+    let connector = |direct| {
+        ctx.client_tls(local, direct)
+            .ok_or_else(|| Failure::new(FailureKind::Tls, format!("no TLS identity for {local}")))
+    };
+    let mut conn = Conn::new(Io::Plain(tcp), s.preauth_limits);
+    let mut m = Outbound::new(OutboundSettings {
+        local: local.to_owned(),
+        remote: remote.to_owned(),
+        tls_required: s.tls_required,
+        auth: s.auth,
+        mode,
+    });
+    let fut = async {
+        if t.direct_tls {
+            let c = connector(true)?;
+            conn.connect_tls(&c, remote).await.inspect_err(|f| {
+                ctx.metrics
+                    .tls_failures
+                    .with_label_values(&["out", f.kind.as_str()])
+                    .inc();
+            })?;
+            m.start(Some(check_server(ctx, &conn, remote)));
+        } else {
+            m.start(None);
+        }
+        loop {
+            for a in m.take_actions() {
+                match a {
+                    Action::Send(b) => conn.queue(&b),
+                    Action::StartTls => {
+                        let c = connector(false)?;
+                        conn.connect_tls(&c, remote).await.inspect_err(|f| {
+                            ctx.metrics
+                                .tls_failures
+                                .with_label_values(&["out", f.kind.as_str()])
+                                .inc();
+                        })?;
+                        m.tls_established(check_server(ctx, &conn, remote));
+                    }
+                    Action::ResetParser => conn.parser.reset(),
+                    Action::Established(method) => {
+                        conn.flush()
+                            .await
+                            .map_err(|e| Failure::new(FailureKind::Connect, e.to_string()))?;
+                        return Ok(Outcome::Established {
+                            conn,
+                            method,
+                            target: String::new(),
+                        });
+                    }
+                    Action::Verified(v) => {
+                        conn.close_with(b"</stream:stream>").await;
+                        return Ok(Outcome::Verified(v));
+                    }
+                    Action::Fail(f) => {
+                        conn.close_with(b"</stream:stream>").await;
+                        return Err(f);
+                    }
+                    Action::Unexpected(el) => {
+                        tracing::debug!(name = %el.name, "ignoring element during negotiation");
+                    }
+                    Action::PeerClosed => {
+                        conn.close_with(b"</stream:stream>").await;
+                        return Err(Failure::new(
+                            FailureKind::Stream,
+                            "peer closed the stream during negotiation",
+                        ));
+                    }
+                }
+            }
+            conn.flush()
+                .await
+                .map_err(|e| Failure::new(FailureKind::Connect, format!("write: {e}")))?;
+            let ev = conn.next_event().await.map_err(|e| e.failure())?;
+            m.handle(ev);
+        }
+    };
+    match tokio::time::timeout(s.negotiation_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::new(
+            FailureKind::Timeout,
+            format!(
+                "negotiation with {addr} did not finish in {:?}",
+                s.negotiation_timeout
+            ),
+        )),
+    }
+}
+
+/// Check the receiving server's certificate for the remote domain.
+fn check_server(ctx: &S2sContext, conn: &Conn, remote: &str) -> Result<(), String> {
+    let chain = conn.io.peer_certs();
+    if chain.is_empty() {
+        return Err("no-certificate: the server sent none".into());
+    }
+    let _ = ServerName::try_from(remote);
+    ctx.verifier
+        .verify(&chain, remote, false, UnixTime::now())
+        .map(|_| ())
+        .map_err(|f| f.to_string())
+}

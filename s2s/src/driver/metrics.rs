@@ -1,0 +1,119 @@
+//! Prometheus metrics of the stream layer. Remote-domain labels are capped: past
+//! [`MAX_DOMAIN_LABELS`] distinct domains, further ones are counted as `other`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+pub const MAX_DOMAIN_LABELS: usize = 200;
+
+pub struct Metrics {
+    /// Streams currently open, by direction (in/out/component) and state (negotiating/established).
+    pub streams: IntGaugeVec,
+    /// Streams ended, by direction and result (ok or failure kind).
+    pub streams_closed: IntCounterVec,
+    /// Domain-pair authentications by direction, method and result.
+    pub auth: IntCounterVec,
+    /// Stanzas routed, by path (remote-to-local, local-to-remote) and remote domain.
+    pub routed: IntCounterVec,
+    /// Stanzas answered with an error by us, by reason (failure kind or condition).
+    pub bounced: IntCounterVec,
+    /// Stanzas dropped without an error reply (errors and presence are never bounced), by reason.
+    pub dropped: IntCounterVec,
+    /// DNS lookups by result.
+    pub dns: IntCounterVec,
+    /// TLS handshake failures by direction and kind.
+    pub tls_failures: IntCounterVec,
+    /// Outbound connection attempts by result.
+    pub connects: IntCounterVec,
+    /// Bytes queued towards remote domains and components, waiting to be written.
+    pub queued_bytes: IntGauge,
+    domains: Mutex<HashSet<String>>,
+}
+
+fn vec_counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new(r: &Registry) -> Self {
+        let streams = IntGaugeVec::new(
+            Opts::new("fedgate_streams", "Streams open now"),
+            &["direction", "state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(streams.clone()))
+            .expect("unique metric");
+        let queued_bytes = IntGauge::new(
+            "fedgate_queued_bytes",
+            "Bytes of stanzas queued towards links, not yet written",
+        )
+        .expect("valid metric");
+        r.register(Box::new(queued_bytes.clone()))
+            .expect("unique metric");
+        Self {
+            streams,
+            streams_closed: vec_counter(
+                r,
+                "fedgate_streams_closed_total",
+                "Streams ended",
+                &["direction", "result"],
+            ),
+            auth: vec_counter(
+                r,
+                "fedgate_auth_total",
+                "Domain-pair authentications",
+                &["direction", "method", "result"],
+            ),
+            routed: vec_counter(
+                r,
+                "fedgate_stanzas_routed_total",
+                "Stanzas routed",
+                &["path", "remote_domain"],
+            ),
+            bounced: vec_counter(
+                r,
+                "fedgate_stanzas_bounced_total",
+                "Stanzas answered with an error by the gateway",
+                &["reason"],
+            ),
+            dropped: vec_counter(
+                r,
+                "fedgate_stanzas_dropped_total",
+                "Stanzas dropped without an error reply",
+                &["reason"],
+            ),
+            dns: vec_counter(r, "fedgate_dns_lookups_total", "DNS lookups", &["result"]),
+            tls_failures: vec_counter(
+                r,
+                "fedgate_tls_handshake_failures_total",
+                "TLS handshake failures",
+                &["direction", "kind"],
+            ),
+            connects: vec_counter(
+                r,
+                "fedgate_connect_attempts_total",
+                "Outbound connection attempts",
+                &["result"],
+            ),
+            queued_bytes,
+            domains: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label to use for a remote domain (capped).
+    pub fn domain_label(&self, domain: &str) -> String {
+        let mut d = self.domains.lock().expect("metrics lock");
+        if d.contains(domain) {
+            return domain.to_owned();
+        }
+        if d.len() < MAX_DOMAIN_LABELS {
+            d.insert(domain.to_owned());
+            return domain.to_owned();
+        }
+        "other".to_owned()
+    }
+}

@@ -1,0 +1,16 @@
+//! The tokio drivers around the sans-IO machines: transports, the s2s listener, the outbound
+//! pool, component links, metrics and per-domain status.
+
+pub mod components;
+pub mod conn;
+pub mod connect;
+pub mod context;
+pub mod io;
+pub mod listener;
+pub mod metrics;
+pub mod pool;
+pub mod status;
+
+pub use components::Components;
+pub use context::{Origin, S2sContext, Stanza, StanzaSink, StreamSettings};
+pub use pool::Pool;

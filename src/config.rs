@@ -1,0 +1,495 @@
+//! The configuration file: TOML read through the `config` crate with `FEDGATE__SECTION__KEY`
+//! environment overrides, strict (`deny_unknown_fields`), and validated before anything starts.
+//! Every key is documented in README.md ("Configuration reference").
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration a `fedgate run` without `--config` uses: a development domain on
+/// loopback with a generated self-signed certificate.
+pub const DEV_CONFIG: &str = include_str!("../examples/dev.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Hosted domains: each with its TLS identity and (optionally) its local component.
+    #[serde(default)]
+    pub domains: Vec<DomainConfig>,
+    #[serde(default)]
+    pub s2s: S2sConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub components: ComponentsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Where the file came from (not a key).
+    #[serde(skip)]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainConfig {
+    pub name: String,
+    /// PEM certificate chain (leaf first). Relative paths are relative to the config file.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Generate a self-signed certificate at start (development only).
+    #[serde(default)]
+    pub self_signed: bool,
+    /// XEP-0114 shared secret of this domain's local component; no component without it.
+    pub component_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S2sConfig {
+    /// Listen addresses for s2s (STARTTLS and direct TLS on the same port, by first byte).
+    pub listen: Vec<String>,
+    /// Extra listen addresses that speak direct TLS only (XEP-0368).
+    pub direct_tls_listen: Vec<String>,
+    /// Server Dialback secret (XEP-0185); every node serving the same domains must share it.
+    pub dialback_secret: Option<String>,
+    /// Refuse streams that do not use TLS.
+    pub tls_required: bool,
+    /// Acceptable authentication methods: "certificate" (SASL EXTERNAL) and/or "dialback".
+    pub auth_methods: Vec<String>,
+    /// Require the clientAuth usage in certificates of initiating servers (private PKIs).
+    pub strict_client_eku: bool,
+    /// Per-domain targets that replace DNS: "partner.test" = "tcp://127.0.0.3:5269" or
+    /// "tls://host:port" (direct TLS); "*" for every other domain.
+    pub static_targets: BTreeMap<String, String>,
+    pub max_stanza_bytes: usize,
+    pub max_depth: usize,
+    pub preauth_max_bytes: u64,
+    pub max_queue_bytes: usize,
+    pub connect_timeout_secs: u64,
+    pub negotiation_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub keepalive_secs: u64,
+    pub retry_backoff_min_secs: u64,
+    pub retry_backoff_max_secs: u64,
+}
+
+impl Default for S2sConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["0.0.0.0:5269".into()],
+            direct_tls_listen: Vec::new(),
+            dialback_secret: None,
+            tls_required: true,
+            auth_methods: vec!["certificate".into(), "dialback".into()],
+            strict_client_eku: false,
+            static_targets: BTreeMap::new(),
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            preauth_max_bytes: 64 * 1024,
+            max_queue_bytes: 1024 * 1024,
+            connect_timeout_secs: 10,
+            negotiation_timeout_secs: 30,
+            idle_timeout_secs: 600,
+            keepalive_secs: 60,
+            retry_backoff_min_secs: 1,
+            retry_backoff_max_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Nameservers as "ip:port"; empty = the system's (/etc/resolv.conf).
+    pub nameservers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Trust the system's CA bundle for peer certificates.
+    pub system_roots: bool,
+    /// Extra trust anchors (PEM files).
+    pub trust_anchors: Vec<PathBuf>,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            system_roots: true,
+            trust_anchors: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComponentsConfig {
+    /// XEP-0114 listener; keep it on loopback or an internal address.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// HTTP listener for /metrics, /healthz and /status.
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "text" or "json".
+    pub format: String,
+    /// A tracing filter, e.g. "info" or "fedgate=debug,info"; RUST_LOG overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+fn err(file: &str, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.to_owned(),
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Environment variables, injected (tests pass their own map; `fedgate run` passes the process
+/// environment).
+pub type Env = BTreeMap<String, String>;
+
+pub fn process_env() -> Env {
+    std::env::vars()
+        .filter(|(k, _)| k.starts_with("FEDGATE__"))
+        .collect()
+}
+
+impl Config {
+    /// Read and validate a config file (with environment overrides).
+    pub fn load(path: &Path, env: &Env) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(&file, "-", format!("cannot read: {e}")))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::from_toml(&text, &file, &base, env)
+    }
+
+    /// Parse TOML text; `file` names it in errors; relative paths resolve against `base`.
+    pub fn from_toml(text: &str, file: &str, base: &Path, env: &Env) -> Result<Self, ConfigError> {
+        // Syntax errors first, with line and column from the TOML parser.
+        if let Err(e) = text.parse::<toml::Table>() {
+            let (key, msg) = toml_error(text, &e);
+            return Err(err(file, key, msg));
+        }
+        let source = config::Environment::with_prefix("FEDGATE")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("s2s.listen")
+            .with_list_parse_key("s2s.direct_tls_listen")
+            .with_list_parse_key("s2s.auth_methods")
+            .with_list_parse_key("dns.nameservers")
+            .with_list_parse_key("tls.trust_anchors")
+            .source(Some(env.clone().into_iter().collect()));
+        let built = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(source)
+            .build()
+            .map_err(|e| err(file, "-", e.to_string()))?;
+        let mut cfg: Self = built.try_deserialize().map_err(|e| {
+            let msg = e.to_string();
+            let key = msg
+                .split("for key `")
+                .nth(1)
+                .and_then(|r| r.split('`').next())
+                .unwrap_or("-")
+                .to_owned();
+            err(file, key, msg)
+        })?;
+        cfg.source = file.to_owned();
+        for d in &mut cfg.domains {
+            d.name = d.name.trim_end_matches('.').to_ascii_lowercase();
+            for p in [&mut d.cert, &mut d.key].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        for p in &mut cfg.tls.trust_anchors {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn dev() -> Self {
+        Self::from_toml(
+            DEV_CONFIG,
+            "<embedded development config>",
+            Path::new("."),
+            &Env::new(),
+        )
+        .expect("the embedded development config is valid")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let f = &self.source;
+        if self.domains.is_empty() {
+            return Err(err(
+                f,
+                "domains",
+                "at least one hosted domain is required ([[domains]] name = \"example.test\")",
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, d) in self.domains.iter().enumerate() {
+            let k = format!("domains[{i}]");
+            if d.name.is_empty()
+                || d.name.contains(['@', '/', ' ', '*'])
+                || !d.name.contains('.') && d.name != "localhost"
+            {
+                return Err(err(
+                    f,
+                    format!("{k}.name"),
+                    format!("'{}' is not a domain name", d.name),
+                ));
+            }
+            if !seen.insert(d.name.clone()) {
+                return Err(err(
+                    f,
+                    format!("{k}.name"),
+                    format!("{} is listed twice", d.name),
+                ));
+            }
+            match (&d.cert, &d.key, d.self_signed) {
+                (Some(_), Some(_), false) | (None, None, true) => {}
+                (Some(_), Some(_), true) => {
+                    return Err(err(
+                        f,
+                        format!("{k}.self_signed"),
+                        "give either cert+key or self_signed = true, not both",
+                    ));
+                }
+                (None, None, false) => {
+                    return Err(err(
+                        f,
+                        format!("{k}.cert"),
+                        format!(
+                            "{} needs cert and key (or self_signed = true for development)",
+                            d.name
+                        ),
+                    ));
+                }
+                _ => return Err(err(f, format!("{k}.cert"), "cert and key go together")),
+            }
+            if d.component_secret.as_deref().is_some_and(str::is_empty) {
+                return Err(err(f, format!("{k}.component_secret"), "must not be empty"));
+            }
+        }
+        for (key, list) in [
+            ("s2s.listen", &self.s2s.listen),
+            ("s2s.direct_tls_listen", &self.s2s.direct_tls_listen),
+            ("dns.nameservers", &self.dns.nameservers),
+        ] {
+            for a in list {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| err(f, key, format!("'{a}' is not an ip:port address")))?;
+            }
+        }
+        for (key, v) in [
+            ("components.listen", &self.components.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ] {
+            if let Some(a) = v {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| err(f, key, format!("'{a}' is not an ip:port address")))?;
+            }
+        }
+        if self.s2s.listen.is_empty() && self.s2s.direct_tls_listen.is_empty() {
+            return Err(err(f, "s2s.listen", "no s2s listen address"));
+        }
+        match &self.s2s.dialback_secret {
+            Some(s) if s.len() < 16 => {
+                return Err(err(
+                    f,
+                    "s2s.dialback_secret",
+                    "must be at least 16 characters",
+                ));
+            }
+            _ => {}
+        }
+        let mut methods = self.s2s.auth_methods.clone();
+        methods.sort();
+        methods.dedup();
+        if methods.is_empty() {
+            return Err(err(
+                f,
+                "s2s.auth_methods",
+                "at least one of \"certificate\", \"dialback\"",
+            ));
+        }
+        for m in &methods {
+            if m != "certificate" && m != "dialback" {
+                return Err(err(
+                    f,
+                    "s2s.auth_methods",
+                    format!("unknown method '{m}' (use \"certificate\" or \"dialback\")"),
+                ));
+            }
+        }
+        fedgate_s2s::resolve::StaticTargets::parse(&self.s2s.static_targets)
+            .map_err(|e| err(f, "s2s.static_targets", e))?;
+        if self.s2s.max_stanza_bytes < 1024 {
+            return Err(err(f, "s2s.max_stanza_bytes", "must be at least 1024"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(err(f, "log.format", "\"text\" or \"json\""));
+        }
+        if self.s2s.retry_backoff_min_secs > self.s2s.retry_backoff_max_secs {
+            return Err(err(
+                f,
+                "s2s.retry_backoff_min_secs",
+                "larger than retry_backoff_max_secs",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// (key, message with line:column) for a TOML syntax error.
+fn toml_error(text: &str, e: &toml::de::Error) -> (String, String) {
+    let msg = e.message().to_owned();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before
+                .rfind('\n')
+                .map_or(before.len(), |n| before.len() - n - 1)
+                + 1;
+            (format!("line {line}, column {col}"), msg)
+        }
+        None => ("-".into(), msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, "t.toml", Path::new("/etc/fedgate"), &Env::new())
+    }
+
+    const OK: &str = "[[domains]]\nname = \"Example.Test\"\nself_signed = true\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(OK).unwrap();
+        assert_eq!(c.domains[0].name, "example.test");
+        assert_eq!(c.s2s.listen, vec!["0.0.0.0:5269"]);
+        assert!(c.s2s.tls_required);
+        assert_eq!(c.s2s.auth_methods, vec!["certificate", "dialback"]);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse(&format!("{OK}[s2s]\nlisten = [\"nope\"]\n")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: s2s.listen: 'nope' is not an ip:port address"
+        );
+        let e = parse(&format!("{OK}[s2s]\nlisten = 5\n")).unwrap_err();
+        assert_eq!(e.key, "s2s.listen", "{e}");
+        let e = parse(&format!("{OK}[s2s]\nlistn = []\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `listn`"), "{e}");
+        let e = parse(&format!(
+            "{OK}[s2s.static_targets]\n\"p.test\" = \"ftp://x:1\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("t.toml: s2s.static_targets: "),
+            "{e}"
+        );
+        assert!(e.to_string().contains("ftp://x:1"), "{e}");
+        let e = parse("[[domains]]\nname = \"a.test\"\n").unwrap_err();
+        assert_eq!(e.key, "domains[0].cert");
+        let e = parse(&format!("{OK}[s2s\n")).unwrap_err();
+        assert_eq!(e.key, "line 4, column 5", "{e}");
+        let e = parse(&format!("{OK}[s2s]\nauth_methods = [\"password\"]\n")).unwrap_err();
+        assert_eq!(e.key, "s2s.auth_methods");
+    }
+
+    #[test]
+    fn env_overrides_win() {
+        let env: Env = [
+            ("FEDGATE__S2S__TLS_REQUIRED".to_owned(), "false".to_owned()),
+            (
+                "FEDGATE__S2S__LISTEN".to_owned(),
+                "127.0.0.9:5269,127.0.0.9:5270".to_owned(),
+            ),
+            (
+                "FEDGATE__METRICS__LISTEN".to_owned(),
+                "127.0.0.9:9000".to_owned(),
+            ),
+        ]
+        .into();
+        let c = Config::from_toml(OK, "t.toml", Path::new("."), &env).unwrap();
+        assert!(!c.s2s.tls_required);
+        assert_eq!(c.s2s.listen, vec!["127.0.0.9:5269", "127.0.0.9:5270"]);
+        assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.9:9000"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let c =
+            parse("[[domains]]\nname = \"a.test\"\ncert = \"a.pem\"\nkey = \"/k.pem\"\n").unwrap();
+        assert_eq!(
+            c.domains[0].cert.as_deref(),
+            Some(Path::new("/etc/fedgate/a.pem"))
+        );
+        assert_eq!(c.domains[0].key.as_deref(), Some(Path::new("/k.pem")));
+    }
+
+    #[test]
+    fn every_example_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                Config::load(&p, &Env::new()).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "examples/ holds the configs");
+        assert_eq!(Config::dev().domains[0].name, "example.test");
+    }
+}

@@ -1,0 +1,214 @@
+//! Wiring: builds the stream context, router, pool, listeners and HTTP endpoint from a
+//! [`Config`], and stops them again.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fedgate_certs::{Identity, IdentityStore, PeerVerifier, TrustAnchors};
+use fedgate_s2s::dialback::DialbackSecret;
+use fedgate_s2s::driver::{Components, Pool, S2sContext, StreamSettings};
+use fedgate_s2s::inbound::AuthMethods;
+use fedgate_s2s::resolve::{S2sResolver, StaticTargets};
+use fedgate_s2s::xml::Limits;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::http::HttpState;
+use crate::router::Router;
+
+pub struct Gateway {
+    pub ctx: Arc<S2sContext>,
+    pub pool: Arc<Pool>,
+    pub components: Arc<Components>,
+    pub http: Arc<HttpState>,
+    pub s2s_addrs: Vec<SocketAddr>,
+    pub direct_tls_addrs: Vec<SocketAddr>,
+    pub component_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// The stream settings a config asks for.
+pub fn stream_settings(cfg: &Config) -> StreamSettings {
+    let s = &cfg.s2s;
+    let secs = Duration::from_secs;
+    StreamSettings {
+        tls_required: s.tls_required,
+        auth: AuthMethods {
+            certificate: s.auth_methods.iter().any(|m| m == "certificate"),
+            dialback: s.auth_methods.iter().any(|m| m == "dialback"),
+        },
+        strict_client_eku: s.strict_client_eku,
+        limits: Limits {
+            max_stanza_bytes: s.max_stanza_bytes,
+            max_depth: s.max_depth,
+            ..Limits::default()
+        },
+        preauth_max_bytes: s.preauth_max_bytes,
+        max_queue_bytes: s.max_queue_bytes,
+        connect_timeout: secs(s.connect_timeout_secs),
+        negotiation_timeout: secs(s.negotiation_timeout_secs),
+        idle_timeout: secs(s.idle_timeout_secs),
+        keepalive_interval: secs(s.keepalive_secs),
+        retry_backoff_min: secs(s.retry_backoff_min_secs),
+        retry_backoff_max: secs(s.retry_backoff_max_secs),
+        ..StreamSettings::default()
+    }
+}
+
+/// Own identities from the config (loading PEM files or generating self-signed ones).
+pub fn load_identities(cfg: &Config) -> anyhow::Result<IdentityStore> {
+    let mut store = IdentityStore::new();
+    for d in &cfg.domains {
+        let id = match (&d.cert, &d.key) {
+            (Some(c), Some(k)) => Identity::load(&d.name, c, k)
+                .with_context(|| format!("{}: domains: {}: TLS identity", cfg.source, d.name))?,
+            _ => {
+                let wildcard = format!("*.{}", d.name);
+                let (c, k) = fedgate_certs::dev::self_signed(&[&d.name, &wildcard])?;
+                tracing::warn!(domain = %d.name, "using a generated self-signed certificate (development only)");
+                Identity::from_pem(&d.name, &c, &k)?
+            }
+        };
+        store.insert(id);
+    }
+    Ok(store)
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
+}
+
+impl Gateway {
+    pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
+        let identities = load_identities(cfg)?;
+        let anchors = TrustAnchors::new(cfg.tls.system_roots, &cfg.tls.trust_anchors)
+            .with_context(|| format!("{}: tls.trust_anchors", cfg.source))?;
+        let verifier =
+            PeerVerifier::new(Arc::new(anchors)).strict_client_eku(cfg.s2s.strict_client_eku);
+        let nameservers = if cfg.dns.nameservers.is_empty() {
+            None
+        } else {
+            Some(
+                cfg.dns
+                    .nameservers
+                    .iter()
+                    .map(|a| a.parse())
+                    .collect::<Result<Vec<SocketAddr>, _>>()?,
+            )
+        };
+        let statics = StaticTargets::parse(&cfg.s2s.static_targets).map_err(anyhow::Error::msg)?;
+        let resolver =
+            S2sResolver::new(nameservers, statics).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let secret = match &cfg.s2s.dialback_secret {
+            Some(s) => DialbackSecret::new(s),
+            None => {
+                tracing::warn!(
+                    "no s2s.dialback_secret configured: using a random one (other nodes of the same domain cannot verify this node's dialback keys)"
+                );
+                DialbackSecret::new(&fedgate_s2s::driver::context::new_stream_id())
+            }
+        };
+        let hosted: HashSet<String> = cfg.domains.iter().map(|d| d.name.clone()).collect();
+        let component_secrets: HashMap<String, String> = cfg
+            .domains
+            .iter()
+            .filter_map(|d| d.component_secret.clone().map(|s| (d.name.clone(), s)))
+            .collect();
+        let registry = prometheus::Registry::new();
+        let ctx = S2sContext::new(
+            stream_settings(cfg),
+            hosted,
+            secret,
+            identities,
+            verifier,
+            resolver,
+            &registry,
+            component_secrets,
+        );
+        let pool = Pool::new(ctx.clone());
+        let components = Arc::new(Components::default());
+        ctx.set_sink(Arc::new(Router::new(
+            ctx.clone(),
+            pool.clone(),
+            components.clone(),
+        )));
+        let http = Arc::new(HttpState {
+            registry,
+            ctx: ctx.clone(),
+            pool: pool.clone(),
+            components: components.clone(),
+        });
+
+        let mut tasks = Vec::new();
+        let mut s2s_addrs = Vec::new();
+        let mut direct_tls_addrs = Vec::new();
+        for (list, direct, out) in [
+            (&cfg.s2s.listen, false, &mut s2s_addrs),
+            (&cfg.s2s.direct_tls_listen, true, &mut direct_tls_addrs),
+        ] {
+            for a in list {
+                let l = bind(a, "s2s").await?;
+                out.push(l.local_addr()?);
+                tasks.push(tokio::spawn(fedgate_s2s::driver::listener::serve(
+                    ctx.clone(),
+                    pool.clone(),
+                    l,
+                    direct,
+                )));
+            }
+        }
+        let component_addr = match &cfg.components.listen {
+            Some(a) => {
+                let l = bind(a, "components").await?;
+                let addr = l.local_addr()?;
+                tasks.push(tokio::spawn(fedgate_s2s::driver::components::serve(
+                    ctx.clone(),
+                    components.clone(),
+                    l,
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
+        let metrics_addr = match &cfg.metrics.listen {
+            Some(a) => {
+                let l = bind(a, "metrics").await?;
+                let addr = l.local_addr()?;
+                tasks.push(tokio::spawn(crate::http::serve(http.clone(), l)));
+                Some(addr)
+            }
+            None => None,
+        };
+        let mut hosted: Vec<_> = ctx.hosted.iter().cloned().collect();
+        hosted.sort();
+        tracing::info!(domains = ?hosted, s2s = ?s2s_addrs, direct_tls = ?direct_tls_addrs, components = ?component_addr, metrics = ?metrics_addr, "fedgate started");
+        Ok(Self {
+            ctx,
+            pool,
+            components,
+            http,
+            s2s_addrs,
+            direct_tls_addrs,
+            component_addr,
+            metrics_addr,
+            tasks,
+        })
+    }
+
+    /// Close every stream cleanly (closing tags, stream errors `system-shutdown`), then stop.
+    pub async fn shutdown(self) {
+        self.ctx.begin_shutdown();
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        // Give streams a moment to write their closing tags.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,13 @@
+//! fedgate: the federation gateway binary and its wiring. This room holds the CLI, config
+//! loading, the router (routing table: domain → link), the metrics/health/status HTTP endpoint,
+//! `fedgate probe`, `fedgate demo`, `fedgate bench`, and the in-process test DNS server used by
+//! the demo and the tests.
+//!
+//! Protocol logic lives in the crates beside it (`s2s`, `certs`, and later `policy`,
+//! `sip-fed`, `intercluster`); this crate only wires them together and may not reimplement it.
+
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod router;
+pub mod testdns;
