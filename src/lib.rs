@@ -6,6 +6,7 @@
 //! Protocol logic lives in the crates beside it (`s2s`, `certs`, and later `policy`,
 //! `sip-fed`, `intercluster`); this crate only wires them together and may not reimplement it.
 
+pub mod component_client;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -62,7 +62,10 @@ pub fn interop_python() -> PathBuf {
         if p.is_file() {
             return p;
         }
-        panic!("FEDGATE_INTEROP_PYTHON={} does not exist: {INSTALL_HINT}", p.display());
+        panic!(
+            "FEDGATE_INTEROP_PYTHON={} does not exist: {INSTALL_HINT}",
+            p.display()
+        );
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     for dir in manifest.ancestors() {
@@ -97,7 +100,10 @@ fn keep_dirs() -> bool {
 }
 
 fn new_temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new().prefix(prefix).tempdir().context("creating peer temp dir")
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .context("creating peer temp dir")
 }
 
 fn render(template: &str, vars: &[(&str, String)]) -> String {
@@ -151,7 +157,9 @@ fn signal_pid(pid: u32, signal: &str) {
 fn pid_alive(pid: u32) -> bool {
     // A zombie still has /proc/PID; treat state Z as dead.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -175,9 +183,11 @@ fn stop_child(child: &mut Child, grace: Duration) {
 
 async fn wait_tcp(addr: SocketAddr, deadline: Instant) -> bool {
     while Instant::now() < deadline {
-        if let Ok(Ok(_)) =
-            tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr))
-                .await
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
         {
             return true;
         }
@@ -187,7 +197,9 @@ async fn wait_tcp(addr: SocketAddr, deadline: Instant) -> bool {
 }
 
 fn read_lossy(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 // ------------------------------------------------------------------------------------------
@@ -286,8 +298,11 @@ impl Prosody {
             }
             None => String::new(),
         };
-        let extra_modules: String =
-            opts.extra_modules.iter().map(|m| format!("{}; ", lua_str(m))).collect();
+        let extra_modules: String = opts
+            .extra_modules
+            .iter()
+            .map(|m| format!("{}; ", lua_str(m)))
+            .collect();
         let config_text = render(
             PROSODY_TEMPLATE,
             &[
@@ -299,7 +314,10 @@ impl Prosody {
                 ("KEY", key.to_string_lossy().into_owned()),
                 ("CAFILE", cafile),
                 ("S2S_SECURE_AUTH", opts.secure_auth.to_string()),
-                ("S2S_REQUIRE_ENCRYPTION", opts.require_encryption.to_string()),
+                (
+                    "S2S_REQUIRE_ENCRYPTION",
+                    opts.require_encryption.to_string(),
+                ),
                 ("EXTRA_MODULES", extra_modules),
                 ("EXTRA_CONFIG", opts.extra_config.clone()),
                 ("LOG_LEVEL", opts.log_level.clone()),
@@ -310,7 +328,9 @@ impl Prosody {
 
         for (user, password) in &opts.users {
             let mut cmd = Command::new(&prosodyctl);
-            cmd.arg("--config").arg(&config).args(["register", user, &opts.domain, password]);
+            cmd.arg("--config")
+                .arg(&config)
+                .args(["register", user, &opts.domain, password]);
             run_cmd(cmd, format!("prosodyctl register {user}@{}", opts.domain)).await?;
         }
 
@@ -325,8 +345,13 @@ impl Prosody {
             .stderr(out)
             .spawn()
             .context("spawning prosody")?;
-        let mut this =
-            Self { child, dir: Some(dir), config, domain: opts.domain.clone(), ip: opts.ip };
+        let mut this = Self {
+            child,
+            dir: Some(dir),
+            config,
+            domain: opts.domain.clone(),
+            ip: opts.ip,
+        };
 
         let deadline = Instant::now() + START_TIMEOUT;
         for port in [5222, 5269] {
@@ -339,7 +364,11 @@ impl Prosody {
                         this.diagnostics()
                     );
                 }
-                if wait_tcp(addr, (Instant::now() + Duration::from_millis(200)).min(deadline)).await
+                if wait_tcp(
+                    addr,
+                    (Instant::now() + Duration::from_millis(200)).min(deadline),
+                )
+                .await
                 {
                     break;
                 }
@@ -395,7 +424,9 @@ impl Prosody {
     /// `shell("xmpp:ping('p.test', 'e.test')")` or `shell("s2s:show()")`.
     pub async fn shell(&self, command: &str) -> Result<String> {
         let mut cmd = Command::new(require_binary("prosodyctl"));
-        cmd.arg("--config").arg(&self.config).args(["shell", command]);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["shell", command]);
         run_cmd(cmd, format!("prosodyctl shell {command:?}")).await
     }
 
@@ -408,10 +439,9 @@ impl Prosody {
 impl Drop for Prosody {
     fn drop(&mut self) {
         stop_child(&mut self.child, Duration::from_secs(10));
-        if let Some(dir) = self.dir.take() {
-            if keep_dirs() {
-                eprintln!("keeping prosody dir {}", dir.keep().display());
-            }
+        // Dropping the TempDir removes it unless FEDGATE_KEEP_PEER_DIRS is set.
+        if let Some(dir) = self.dir.take().filter(|_| keep_dirs()) {
+            eprintln!("keeping prosody dir {}", dir.keep().display());
         }
     }
 }
@@ -528,11 +558,21 @@ impl Ejabberd {
                 ("S2S_CAFILE", s2s_cafile),
                 (
                     "S2S_USE_STARTTLS",
-                    if opts.starttls_required { "required" } else { "optional" }.to_owned(),
+                    if opts.starttls_required {
+                        "required"
+                    } else {
+                        "optional"
+                    }
+                    .to_owned(),
                 ),
                 (
                     "DIALBACK_MODULE",
-                    if opts.dialback { "  mod_s2s_dialback: {}" } else { "" }.to_owned(),
+                    if opts.dialback {
+                        "  mod_s2s_dialback: {}"
+                    } else {
+                        ""
+                    }
+                    .to_owned(),
                 ),
                 ("EXTRA_MODULES", opts.extra_modules.clone()),
                 ("EXTRA_CONFIG", opts.extra_config.clone()),
@@ -542,11 +582,14 @@ impl Ejabberd {
 
         let node = format!(
             "fedgate-{}-{}-{}@localhost",
-            opts.domain.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            opts.domain
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
             std::process::id(),
             EJABBERD_SEQ.fetch_add(1, Ordering::Relaxed)
         );
-        let dist_port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+        let dist_port = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
         std::fs::write(
             d.join("ejabberdctl.cfg"),
             format!(
@@ -591,14 +634,12 @@ impl Ejabberd {
             if this.beam_pid.is_none() {
                 this.beam_pid = this.read_pid_file();
             }
-            if let Some(pid) = this.beam_pid {
-                if !pid_alive(pid) {
-                    bail!(
-                        "ejabberd for {} (beam pid {pid}) exited during startup:\n{}",
-                        this.domain,
-                        this.diagnostics()
-                    );
-                }
+            if let Some(pid) = this.beam_pid.filter(|p| !pid_alive(*p)) {
+                bail!(
+                    "ejabberd for {} (beam pid {pid}) exited during startup:\n{}",
+                    this.domain,
+                    this.diagnostics()
+                );
             }
             match this.ctl(&["status"]).await {
                 Ok(text) if text.contains("status: started") => break,
@@ -614,16 +655,25 @@ impl Ejabberd {
             this.beam_pid = this.read_pid_file();
         }
         if !wait_tcp(this.c2s_addr(), Instant::now() + Duration::from_secs(10)).await {
-            bail!("ejabberd c2s not listening on {}:\n{}", this.c2s_addr(), this.diagnostics());
+            bail!(
+                "ejabberd c2s not listening on {}:\n{}",
+                this.c2s_addr(),
+                this.diagnostics()
+            );
         }
         for (user, password) in &opts.users {
-            this.ctl(&["register", user, &opts.domain, password]).await?;
+            this.ctl(&["register", user, &opts.domain, password])
+                .await?;
         }
         Ok(this)
     }
 
     fn read_pid_file(&self) -> Option<u32> {
-        std::fs::read_to_string(self.dir().join("ejabberd.pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.dir().join("ejabberd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     fn ctl_command(&self, args: &[&str]) -> Command {
@@ -645,7 +695,11 @@ impl Ejabberd {
     /// Runs `ejabberdctl <args>` against this node (e.g. `["send_message", "chat", from, to,
     /// "", body]`, `["incoming_s2s_number"]`); returns its output, errors on non-zero exit.
     pub async fn ctl(&self, args: &[&str]) -> Result<String> {
-        run_cmd(self.ctl_command(args), format!("ejabberdctl {}", args.join(" "))).await
+        run_cmd(
+            self.ctl_command(args),
+            format!("ejabberdctl {}", args.join(" ")),
+        )
+        .await
     }
 
     pub fn c2s_addr(&self) -> SocketAddr {
@@ -690,9 +744,15 @@ impl Ejabberd {
     /// PIDs of processes whose command line names this node (beam.smp, ctl leftovers).
     fn node_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
-        let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if pid == std::process::id() {
@@ -721,10 +781,8 @@ impl Drop for Ejabberd {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let mut alive = self.node_pids();
-            if let Some(pid) = beam.filter(|p| pid_alive(*p)) {
-                if !alive.contains(&pid) {
-                    alive.push(pid);
-                }
+            if let Some(pid) = beam.filter(|p| pid_alive(*p) && !alive.contains(p)) {
+                alive.push(pid);
             }
             if alive.is_empty() {
                 break;
@@ -738,10 +796,9 @@ impl Drop for Ejabberd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if let Some(dir) = self.dir.take() {
-            if keep_dirs() {
-                eprintln!("keeping ejabberd dir {}", dir.keep().display());
-            }
+        // Dropping the TempDir removes it unless FEDGATE_KEEP_PEER_DIRS is set.
+        if let Some(dir) = self.dir.take().filter(|_| keep_dirs()) {
+            eprintln!("keeping ejabberd dir {}", dir.keep().display());
         }
     }
 }
@@ -765,7 +822,12 @@ pub struct XmppClient {
 impl XmppClient {
     /// Starts the client and waits (30 s) until the session is established (after
     /// STARTTLS without certificate verification, SASL, bind, initial presence + roster).
-    pub async fn connect(python: &Path, jid: &str, password: &str, addr: SocketAddr) -> Result<Self> {
+    pub async fn connect(
+        python: &Path,
+        jid: &str,
+        password: &str,
+        addr: SocketAddr,
+    ) -> Result<Self> {
         Self::connect_with(python, jid, password, addr, true).await
     }
 
@@ -786,9 +848,12 @@ impl XmppClient {
         std::fs::write(&script, CLIENT_PY)?;
         let stderr = std::fs::File::create(dir.path().join("client.stderr"))?;
         let mut cmd = Command::new(python);
-        cmd.arg("-u")
-            .arg(&script)
-            .args([jid, password, &addr.ip().to_string(), &addr.port().to_string()]);
+        cmd.arg("-u").arg(&script).args([
+            jid,
+            password,
+            &addr.ip().to_string(),
+            &addr.port().to_string(),
+        ]);
         if !auto_accept {
             cmd.arg("--no-auto-accept");
         }
@@ -822,7 +887,10 @@ impl XmppClient {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let ev = this.next_event(deadline).await.context("waiting for session start")?;
+            let ev = this
+                .next_event(deadline)
+                .await
+                .context("waiting for session start")?;
             if ev.get("connected").is_some() {
                 break;
             }
@@ -843,7 +911,10 @@ impl XmppClient {
 
     /// Sends a raw command object (one JSON line, see client.py).
     pub fn send_command(&mut self, json_line: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| anyhow!("client stdin closed"))?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("client stdin closed"))?;
         stdin.write_all(json_line.as_bytes())?;
         stdin.write_all(b"\n")?;
         stdin.flush()?;
@@ -852,7 +923,11 @@ impl XmppClient {
 
     /// Chat message.
     pub async fn send_message(&mut self, to: &str, body: &str) -> Result<()> {
-        self.send_command(&format!(r#"{{"send":{{"to":{},"body":{}}}}}"#, json_str(to), json_str(body)))
+        self.send_command(&format!(
+            r#"{{"send":{{"to":{},"body":{}}}}}"#,
+            json_str(to),
+            json_str(body)
+        ))
     }
 
     /// Next chat/normal message with a body: (bare from JID, body). A message error
@@ -864,22 +939,41 @@ impl XmppClient {
             })
             .await?;
         if let Some(err) = ev.get("message_error") {
-            bail!("{}: received a message error instead of a message: {err}", self.jid);
+            bail!(
+                "{}: received a message error instead of a message: {err}",
+                self.jid
+            );
         }
         let m = ev.get("message").expect("matched");
         Ok((
-            m.get("from").and_then(Json::as_str).unwrap_or_default().to_owned(),
-            m.get("body").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            m.get("from")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            m.get("body")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         ))
     }
 
     /// Next message error: (bare from JID, error condition, e.g. "remote-server-not-found").
     pub async fn expect_message_error(&mut self, timeout: Duration) -> Result<(String, String)> {
-        let ev = self.expect_event(timeout, "a message error", |ev| ev.get("message_error").is_some()).await?;
+        let ev = self
+            .expect_event(timeout, "a message error", |ev| {
+                ev.get("message_error").is_some()
+            })
+            .await?;
         let m = ev.get("message_error").expect("matched");
         Ok((
-            m.get("from").and_then(Json::as_str).unwrap_or_default().to_owned(),
-            m.get("condition").and_then(Json::as_str).unwrap_or_default().to_owned(),
+            m.get("from")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            m.get("condition")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         ))
     }
 
@@ -887,7 +981,11 @@ impl XmppClient {
     pub async fn subscribe(&mut self, to: &str) {
         let line = format!(r#"{{"subscribe":{}}}"#, json_str(to));
         if let Err(e) = self.send_command(&line) {
-            panic!("{}: cannot send subscribe: {e}\n{}", self.jid, self.diagnostics());
+            panic!(
+                "{}: cannot send subscribe: {e}\n{}",
+                self.jid,
+                self.diagnostics()
+            );
         }
     }
 
@@ -910,12 +1008,19 @@ impl XmppClient {
 
     /// Waits for a presence whose from (full JID) starts with `from_prefix` and whose type
     /// is `ptype` ("available", "unavailable", "subscribe", "subscribed", ...).
-    pub async fn expect_presence(&mut self, from_prefix: &str, ptype: &str, timeout: Duration) -> Result<()> {
+    pub async fn expect_presence(
+        &mut self,
+        from_prefix: &str,
+        ptype: &str,
+        timeout: Duration,
+    ) -> Result<()> {
         let what = format!("presence type={ptype} from {from_prefix}*");
         self.expect_event(timeout, &what, |ev| {
             ev.get("presence").is_some_and(|p| {
                 p.get("type").and_then(Json::as_str) == Some(ptype)
-                    && p.get("from_full").and_then(Json::as_str).is_some_and(|f| f.starts_with(from_prefix))
+                    && p.get("from_full")
+                        .and_then(Json::as_str)
+                        .is_some_and(|f| f.starts_with(from_prefix))
             })
         })
         .await
@@ -931,13 +1036,18 @@ impl XmppClient {
         ))?;
         let to_owned = to.to_owned();
         let ev = self
-            .expect_event(timeout + Duration::from_secs(2), &format!("ping result from {to}"), |ev| {
-                ev.get("iq_result").is_some_and(|r| r.get("to").and_then(Json::as_str) == Some(&to_owned))
-                    || ev.get("error").is_some_and(|e| {
-                        e.get("kind").and_then(Json::as_str) == Some("iq_ping")
-                            && e.get("to").and_then(Json::as_str) == Some(&to_owned)
-                    })
-            })
+            .expect_event(
+                timeout + Duration::from_secs(2),
+                &format!("ping result from {to}"),
+                |ev| {
+                    ev.get("iq_result")
+                        .is_some_and(|r| r.get("to").and_then(Json::as_str) == Some(&to_owned))
+                        || ev.get("error").is_some_and(|e| {
+                            e.get("kind").and_then(Json::as_str) == Some("iq_ping")
+                                && e.get("to").and_then(Json::as_str) == Some(&to_owned)
+                        })
+                },
+            )
             .await?;
         if let Some(err) = ev.get("error") {
             bail!("{}: ping {to} failed: {err}", self.jid);
@@ -1073,7 +1183,10 @@ impl Json {
     }
 
     pub fn parse(text: &str) -> Result<Json> {
-        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
+        let mut p = JsonParser {
+            s: text.as_bytes(),
+            i: 0,
+        };
         let v = p.value()?;
         p.ws();
         if p.i != p.s.len() {
@@ -1199,18 +1312,28 @@ impl JsonParser<'_> {
             Some(b'n') => self.lit("null", Json::Null),
             Some(_) => {
                 let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                while self.i < self.s.len()
+                    && matches!(
+                        self.s[self.i],
+                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
+                    )
+                {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i])?;
-                Ok(Json::Num(text.parse().map_err(|_| anyhow!("bad number {text:?}"))?))
+                Ok(Json::Num(
+                    text.parse().map_err(|_| anyhow!("bad number {text:?}"))?,
+                ))
             }
             None => bail!("unexpected end of input"),
         }
     }
 
     fn hex4(&mut self) -> Result<u32> {
-        let h = self.s.get(self.i..self.i + 4).ok_or_else(|| anyhow!("short \\u escape"))?;
+        let h = self
+            .s
+            .get(self.i..self.i + 4)
+            .ok_or_else(|| anyhow!("short \\u escape"))?;
         self.i += 4;
         Ok(u32::from_str_radix(std::str::from_utf8(h)?, 16)?)
     }
@@ -1222,7 +1345,10 @@ impl JsonParser<'_> {
         self.i += 1;
         let mut out: Vec<u8> = Vec::new();
         loop {
-            let b = *self.s.get(self.i).ok_or_else(|| anyhow!("unterminated string"))?;
+            let b = *self
+                .s
+                .get(self.i)
+                .ok_or_else(|| anyhow!("unterminated string"))?;
             self.i += 1;
             match b {
                 b'"' => return Ok(String::from_utf8(out)?),
@@ -1240,10 +1366,14 @@ impl JsonParser<'_> {
                         b't' => '\t',
                         b'u' => {
                             let mut cp = self.hex4()?;
-                            if (0xD800..0xDC00).contains(&cp) && self.s[self.i..].starts_with(b"\\u") {
+                            if (0xD800..0xDC00).contains(&cp)
+                                && self.s[self.i..].starts_with(b"\\u")
+                            {
                                 self.i += 2;
                                 let lo = self.hex4()?;
-                                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF);
+                                cp = 0x10000
+                                    + ((cp - 0xD800) << 10)
+                                    + (lo.wrapping_sub(0xDC00) & 0x3FF);
                             }
                             char::from_u32(cp).unwrap_or('\u{FFFD}')
                         }

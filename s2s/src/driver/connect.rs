@@ -150,7 +150,16 @@ async fn attempt(
             m.start(None);
         }
         loop {
-            for a in m.take_actions() {
+            let actions = m.take_actions();
+            if actions.is_empty() {
+                conn.flush()
+                    .await
+                    .map_err(|e| Failure::new(FailureKind::Connect, format!("write: {e}")))?;
+                let ev = conn.next_event().await.map_err(|e| e.failure())?;
+                m.handle(ev);
+                continue;
+            }
+            for a in actions {
                 match a {
                     Action::Send(b) => conn.queue(&b),
                     Action::StartTls => {
@@ -194,11 +203,6 @@ async fn attempt(
                     }
                 }
             }
-            conn.flush()
-                .await
-                .map_err(|e| Failure::new(FailureKind::Connect, format!("write: {e}")))?;
-            let ev = conn.next_event().await.map_err(|e| e.failure())?;
-            m.handle(ev);
         }
     };
     match tokio::time::timeout(s.negotiation_timeout, fut).await {

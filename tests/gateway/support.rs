@@ -1,0 +1,172 @@
+//! Test support: a test PKI, in-process gateways on distinct loopback addresses, components.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use fedgate::component_client::ComponentClient;
+use fedgate::config::{Config, Env};
+use fedgate::gateway::Gateway;
+use fedgate::testdns::{TestDns, Zone};
+use fedgate_certs::dev::{LeafSpec, TestCa};
+
+pub const T: Duration = Duration::from_secs(15);
+
+/// A fresh loopback address per gateway (127.0.1.10 ..): tests run in parallel in one process.
+pub fn next_ip() -> Ipv4Addr {
+    static NEXT: AtomicU8 = AtomicU8::new(10);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 250, "out of test addresses");
+    Ipv4Addr::new(127, 0, 1, n)
+}
+
+pub struct Pki {
+    pub ca: TestCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let ca = TestCa::new("fedgate test CA").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        Self { ca, dir }
+    }
+
+    pub fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A leaf for `names` written to files: (cert, key).
+    pub fn leaf(&self, file: &str, spec: &LeafSpec) -> (PathBuf, PathBuf) {
+        let (c, k) = self.ca.issue(spec).unwrap();
+        let cp = self.dir.path().join(format!("{file}.crt"));
+        let kp = self.dir.path().join(format!("{file}.key"));
+        std::fs::write(&cp, c).unwrap();
+        std::fs::write(&kp, k).unwrap();
+        (cp, kp)
+    }
+}
+
+/// How to build one gateway.
+pub struct GwSpec {
+    pub domain: String,
+    pub ip: Ipv4Addr,
+    pub dns: Option<SocketAddr>,
+    pub cert: (PathBuf, PathBuf),
+    pub trust: Vec<PathBuf>,
+    pub dialback_secret: String,
+    pub extra_s2s: String,
+    pub static_targets: BTreeMap<String, String>,
+}
+
+impl GwSpec {
+    pub fn new(pki: &Pki, domain: &str) -> Self {
+        let cert = pki.leaf(domain, &LeafSpec::dns(&[domain]));
+        Self {
+            domain: domain.to_owned(),
+            ip: next_ip(),
+            dns: None,
+            cert,
+            trust: vec![pki.ca_path()],
+            dialback_secret: format!("dialback-secret-of-{domain}"),
+            extra_s2s: String::new(),
+            static_targets: BTreeMap::new(),
+        }
+    }
+
+    pub fn component_secret(&self) -> String {
+        format!("component-secret-{}", self.domain)
+    }
+
+    pub fn toml(&self) -> String {
+        let q = |p: &PathBuf| format!("{:?}", p.display().to_string());
+        let mut s = format!(
+            "[[domains]]\nname = \"{d}\"\ncert = {c}\nkey = {k}\ncomponent_secret = \"{cs}\"\n\n\
+             [s2s]\nlisten = [\"{ip}:5269\"]\ndialback_secret = \"{sec}\"\n\
+             connect_timeout_secs = 3\nnegotiation_timeout_secs = 10\nretry_backoff_min_secs = 0\n{extra}\n\
+             [tls]\nsystem_roots = false\ntrust_anchors = [{trust}]\n\n\
+             [components]\nlisten = \"{ip}:5347\"\n\n[metrics]\nlisten = \"{ip}:9269\"\n",
+            d = self.domain,
+            c = q(&self.cert.0),
+            k = q(&self.cert.1),
+            cs = self.component_secret(),
+            ip = self.ip,
+            sec = self.dialback_secret,
+            extra = self.extra_s2s,
+            trust = self.trust.iter().map(q).collect::<Vec<_>>().join(", "),
+        );
+        if let Some(dns) = self.dns {
+            s.push_str(&format!("\n[dns]\nnameservers = [\"{dns}\"]\n"));
+        }
+        if !self.static_targets.is_empty() {
+            s.push_str("\n[s2s.static_targets]\n");
+            for (k, v) in &self.static_targets {
+                s.push_str(&format!("{k:?} = {v:?}\n"));
+            }
+        }
+        s
+    }
+
+    pub async fn start(&self) -> Gateway {
+        let cfg = Config::from_toml(
+            &self.toml(),
+            "test.toml",
+            std::path::Path::new("."),
+            &Env::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
+        Gateway::start(&cfg).await.unwrap()
+    }
+
+    pub async fn component(&self, gw: &Gateway) -> ComponentClient {
+        ComponentClient::connect(
+            gw.component_addr.unwrap(),
+            &self.domain,
+            &self.component_secret(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+/// A test DNS server on its own loopback address with `zone`.
+pub async fn dns(zone: Zone) -> TestDns {
+    let ip = next_ip();
+    TestDns::start(SocketAddr::new(ip.into(), 5353), zone)
+        .await
+        .unwrap()
+}
+
+/// SRV `_xmpp-server._tcp.<domain>` → `<ip>:5269`, with the target's A record.
+pub fn srv_to(zone: &mut Zone, domain: &str, ip: Ipv4Addr) {
+    let target = format!("xmpp.{domain}");
+    zone.srv(&format!("_xmpp-server._tcp.{domain}"), 0, 5, 5269, &target)
+        .a(&target, ip);
+}
+
+/// GET a path from a gateway's metrics listener.
+pub async fn http_get(gw: &Gateway, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.metrics_addr.unwrap())
+        .await
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+/// The value of a metric line that starts with `prefix` (0 if absent).
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
