@@ -77,6 +77,13 @@ async fn handle(state: &HttpState, sock: &mut tokio::net::TcpStream) -> std::io:
     sock.shutdown().await
 }
 
+/// The Prometheus text exposition of every metric.
+pub fn metrics_text(state: &HttpState) -> String {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&state.registry.gather(), &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -8,6 +8,7 @@
 
 pub mod component_client;
 pub mod config;
+pub mod demo;
 pub mod gateway;
 pub mod http;
 pub mod router;

@@ -25,6 +25,9 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Show the main job working: an in-process DNS server and two gateways on loopback with
+    /// components attached exchange messages and a presence subscription.
+    Demo(fedgate::demo::DemoArgs),
     /// Check a config file and exit (non-zero with file: key: problem on error).
     CheckConfig {
         #[arg(long, short)]
@@ -65,6 +68,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Demo(args) => {
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(fedgate::demo::run(args)) {
+                Ok(transcript) => {
+                    print!("{transcript}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fedgate demo: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match load(config.as_ref()) {
                 Ok(c) => c,

@@ -477,3 +477,54 @@ async fn local_service_down_bounces_to_the_remote_sender() {
     ga.shutdown().await;
     gb.shutdown().await;
 }
+
+/// `fedgate demo` works on a fresh machine and exits 0; `fedgate check-config` names file and key.
+#[test]
+fn demo_and_check_config_binaries() {
+    let exe = env!("CARGO_BIN_EXE_fedgate");
+    let out = std::process::Command::new(exe)
+        .args(["demo", "--base", "127.0.5.1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("subscription complete"), "{text}");
+    assert!(text.contains("<remote-server-not-found/>"), "{text}");
+    assert!(
+        text.contains(
+            "fedgate_auth_total{direction=\"out\",method=\"sasl-external\",result=\"ok\"} 1"
+        ),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[domains]]\nname = \"a.test\"\nself_signed = true\n[s2s]\nlisten = [\"localhost:5269\"]\n").unwrap();
+    let out = std::process::Command::new(exe)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        format!(
+            "fedgate: {}: s2s.listen: 'localhost:5269' is not an ip:port address",
+            bad.display()
+        )
+    );
+    let out = std::process::Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "run refuses a bad config at start"
+    );
+}
