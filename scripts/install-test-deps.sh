@@ -53,11 +53,21 @@ missing=()
 for pkg in prosody lua-unbound ejabberd; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
-if ! command -v "$python3_bin" >/dev/null 2>&1; then
-    [ "$python3_bin" = python3 ] || die "FEDGATE_PYTHON3=$python3_bin not found"
-    missing+=(python3 python3-venv)
-elif ! "$python3_bin" -c 'import ensurepip, venv' >/dev/null 2>&1; then
-    missing+=(python3-venv)
+# The venv is (re)created when missing, broken or built from other requirements; only then
+# does the interpreter need venv + ensurepip (Debian: python3-venv).
+[ -f "$requirements" ] || die "$requirements not found"
+req_hash="$(sha256sum "$requirements" | cut -d' ' -f1)"
+stamp="$venv/.fedgate-requirements.sha256"
+need_venv=0
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$req_hash" ] ||
+    ! "$venv/bin/python" -c 'import slixmpp' >/dev/null 2>&1; then
+    need_venv=1
+    if ! command -v "$python3_bin" >/dev/null 2>&1; then
+        [ "$python3_bin" = python3 ] || die "FEDGATE_PYTHON3=$python3_bin not found"
+        missing+=(python3 python3-venv)
+    elif ! "$python3_bin" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
 fi
 
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -113,11 +123,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # ----------------------------------------------------------------- python venv
-[ -f "$requirements" ] || die "$requirements not found"
-req_hash="$(sha256sum "$requirements" | cut -d' ' -f1)"
-stamp="$venv/.fedgate-requirements.sha256"
-if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$req_hash" ] ||
-    ! "$venv/bin/python" -c 'import slixmpp' >/dev/null 2>&1; then
+if [ "$need_venv" -eq 1 ]; then
     echo "install-test-deps: creating $venv"
     "$python3_bin" -m venv --clear "$venv" || die "could not create the venv with $python3_bin"
     "$venv/bin/python" -m pip install -q --disable-pip-version-check --only-binary=:all: \

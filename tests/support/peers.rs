@@ -539,7 +539,12 @@ impl Ejabberd {
             &std::fs::read_to_string(&opts.key_pem_path)
                 .with_context(|| format!("reading {}", opts.key_pem_path.display()))?,
         );
-        std::fs::write(d.join(format!("{}.pem", opts.domain)), pem)?;
+        let pem_path = d.join(format!("{}.pem", opts.domain));
+        std::fs::write(&pem_path, pem)?;
+        std::fs::set_permissions(
+            &pem_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
         let s2s_cafile = match &opts.trust_ca {
             Some(ca) => {
                 let p = d.join("trust-ca.pem");
