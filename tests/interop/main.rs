@@ -1,0 +1,281 @@
+//! fedgate against real third-party servers: Debian's Prosody 0.12 and ejabberd 23.01 as
+//! remote domains, slixmpp clients logged into them, and a XEP-0114 component behind fedgate
+//! as the local user side of example.test. A missing peer fails these tests (never a skip).
+
+#[path = "../support/peers.rs"]
+mod peers;
+#[path = "../gateway/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use fedgate::component_client::{body, message, presence};
+use fedgate::testdns::{TestDns, Zone};
+use fedgate_certs::dev::LeafSpec;
+use peers::*;
+use support::*;
+
+const W: Duration = Duration::from_secs(30);
+
+/// SRV for `domain` with an IP-literal target (what Prosody and ejabberd need), plus A records.
+fn srv_literal(zone: &mut Zone, domain: &str, ip: Ipv4Addr) {
+    zone.srv(
+        &format!("_xmpp-server._tcp.{domain}"),
+        0,
+        5,
+        5269,
+        &ip.to_string(),
+    )
+    .a(domain, ip);
+}
+
+async fn metrics(gw: &fedgate::gateway::Gateway) -> String {
+    http_get(gw, "/metrics").await
+}
+
+/// Prosody as remote domain p.test: message from a Prosody user to a component user of
+/// example.test and the reply back; subscriptions both ways; SASL EXTERNAL both ways (both
+/// sides trust the test CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_federates_with_sasl_external() {
+    let pki = Pki::new();
+    let mut gw = GwSpec::new(&pki, "example.test");
+    let p_ip = next_ip();
+    let mut zone = Zone::new();
+    srv_literal(&mut zone, "p.test", p_ip);
+    srv_literal(&mut zone, "example.test", gw.ip);
+    let dns: TestDns = dns(zone).await;
+    gw.dns = Some(dns.addr());
+    let g = gw.start().await;
+    let mut comp = gw.component(&g).await;
+
+    let (pc, pk) = pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
+    let mut opts = ProsodyOpts::new("p.test", p_ip, dns.addr(), pc, pk).user("alice", "pw-alice");
+    opts.trust_ca = Some(pki.ca_path());
+    opts.secure_auth = true;
+    let prosody = Prosody::start(opts).await.unwrap();
+    let mut alice = XmppClient::connect(
+        &interop_python(),
+        "alice@p.test",
+        "pw-alice",
+        prosody.c2s_addr(),
+    )
+    .await
+    .unwrap();
+
+    alice
+        .send_message("bob@example.test", "hello from prosody")
+        .await
+        .unwrap();
+    let m = comp
+        .recv_matching(W, |e| e.name == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
+    assert_eq!(body(&m).as_deref(), Some("hello from prosody"));
+    assert!(m.attr("from").unwrap().starts_with("alice@p.test"), "{m:?}");
+    let reply_to = m.attr("from").unwrap().to_owned();
+    comp.send(&message(
+        "bob@example.test/desk",
+        &reply_to,
+        "r1",
+        "hello from fedgate",
+    ))
+    .await
+    .unwrap();
+    let (from, text) = alice.expect_message(W).await.unwrap();
+    assert_eq!(
+        (from.as_str(), text.as_str()),
+        ("bob@example.test", "hello from fedgate")
+    );
+
+    // alice subscribes to bob: the component approves and sends bob's presence.
+    alice.subscribe("bob@example.test").await;
+    let s = comp
+        .recv_matching(W, |e| {
+            e.name == "presence" && e.attr("type") == Some("subscribe")
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.attr("from"), Some("alice@p.test"));
+    comp.send(&presence("bob@example.test", "alice@p.test", "subscribed"))
+        .await
+        .unwrap();
+    comp.send(&presence("bob@example.test/desk", "alice@p.test", ""))
+        .await
+        .unwrap();
+    alice
+        .expect_presence("bob@example.test", "subscribed", W)
+        .await
+        .unwrap();
+    alice
+        .expect_presence("bob@example.test/desk", "available", W)
+        .await
+        .unwrap();
+    // bob subscribes to alice: Prosody asks alice's client, which approves.
+    comp.send(&presence("bob@example.test", "alice@p.test", "subscribe"))
+        .await
+        .unwrap();
+    let ok = comp
+        .recv_matching(W, |e| {
+            e.name == "presence" && e.attr("type") == Some("subscribed")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
+    assert_eq!(ok.attr("from"), Some("alice@p.test"));
+
+    let m = metrics(&g).await;
+    assert!(
+        metric(
+            &m,
+            "fedgate_auth_total{direction=\"in\",method=\"sasl-external\",result=\"ok\"}"
+        ) >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "fedgate_auth_total{direction=\"out\",method=\"sasl-external\",result=\"ok\"}"
+        ) >= 1,
+        "{m}"
+    );
+    alice.close();
+    prosody.stop();
+    g.shutdown().await;
+    dns.stop().await;
+}
+
+/// ejabberd as remote domain e.test, which does not trust our CA: our outbound stream falls
+/// back to dialback and ejabberd verifies the key with fedgate as authoritative server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ejabberd_federates_with_dialback() {
+    let pki = Pki::new();
+    let mut gw = GwSpec::new(&pki, "example.test");
+    let e_ip = next_ip();
+    let mut zone = Zone::new();
+    srv_literal(&mut zone, "e.test", e_ip);
+    srv_literal(&mut zone, "example.test", gw.ip);
+    let dns: TestDns = dns(zone).await;
+    gw.dns = Some(dns.addr());
+    let g = gw.start().await;
+    let mut comp = gw.component(&g).await;
+
+    let (ec, ek) = pki.leaf("e.test", &LeafSpec::dns(&["e.test"]));
+    let opts = EjabberdOpts::new("e.test", e_ip, dns.addr(), ec, ek).user("carol", "pw-carol");
+    let ejabberd = Ejabberd::start(opts).await.unwrap();
+    let mut carol = XmppClient::connect(
+        &interop_python(),
+        "carol@e.test",
+        "pw-carol",
+        ejabberd.c2s_addr(),
+    )
+    .await
+    .unwrap();
+
+    carol
+        .send_message("dave@example.test", "hello from ejabberd")
+        .await
+        .unwrap();
+    let m = comp
+        .recv_matching(W, |e| e.name == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", ejabberd.diagnostics()));
+    assert_eq!(body(&m).as_deref(), Some("hello from ejabberd"));
+    let reply_to = m.attr("from").unwrap().to_owned();
+    comp.send(&message(
+        "dave@example.test/desk",
+        &reply_to,
+        "r1",
+        "hello back",
+    ))
+    .await
+    .unwrap();
+    let (from, text) = carol
+        .expect_message(W)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", ejabberd.diagnostics()));
+    assert_eq!(
+        (from.as_str(), text.as_str()),
+        ("dave@example.test", "hello back")
+    );
+
+    carol.subscribe("dave@example.test").await;
+    let s = comp
+        .recv_matching(W, |e| {
+            e.name == "presence" && e.attr("type") == Some("subscribe")
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.attr("from"), Some("carol@e.test"));
+    comp.send(&presence("dave@example.test", "carol@e.test", "subscribed"))
+        .await
+        .unwrap();
+    carol
+        .expect_presence("dave@example.test", "subscribed", W)
+        .await
+        .unwrap();
+    comp.send(&presence("dave@example.test", "carol@e.test", "subscribe"))
+        .await
+        .unwrap();
+    comp.recv_matching(W, |e| {
+        e.name == "presence" && e.attr("type") == Some("subscribed")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", ejabberd.diagnostics()));
+
+    let m = metrics(&g).await;
+    assert!(
+        metric(
+            &m,
+            "fedgate_auth_total{direction=\"out\",method=\"dialback\",result=\"ok\"}"
+        ) >= 1,
+        "{m}"
+    );
+    carol.close();
+    ejabberd.stop();
+    g.shutdown().await;
+    dns.stop().await;
+}
+
+/// A message from a Prosody user to a domain fedgate cannot reach comes back as an error from
+/// fedgate (through Prosody to the client), with the failure kind in the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_user_gets_errors_for_unreachable_local_service() {
+    let pki = Pki::new();
+    let mut gw = GwSpec::new(&pki, "example.test");
+    let p_ip = next_ip();
+    let mut zone = Zone::new();
+    srv_literal(&mut zone, "p.test", p_ip);
+    srv_literal(&mut zone, "example.test", gw.ip);
+    let dns: TestDns = dns(zone).await;
+    gw.dns = Some(dns.addr());
+    let g = gw.start().await; // no component attached: the local service is down
+    let (pc, pk) = pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
+    let mut opts = ProsodyOpts::new("p.test", p_ip, dns.addr(), pc, pk).user("alice", "pw-alice");
+    opts.trust_ca = Some(pki.ca_path());
+    let prosody = Prosody::start(opts).await.unwrap();
+    let mut alice = XmppClient::connect(
+        &interop_python(),
+        "alice@p.test",
+        "pw-alice",
+        prosody.c2s_addr(),
+    )
+    .await
+    .unwrap();
+    alice
+        .send_message("bob@example.test", "is anyone there?")
+        .await
+        .unwrap();
+    let (from, cond) = alice
+        .expect_message_error(W)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
+    assert!(from.starts_with("bob@example.test"), "{from}");
+    assert_eq!(cond, "service-unavailable");
+    let _: SocketAddr = prosody.s2s_addr();
+    alice.close();
+    prosody.stop();
+    g.shutdown().await;
+    dns.stop().await;
+}
