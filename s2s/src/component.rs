@@ -83,18 +83,14 @@ impl ComponentStream {
                 }
                 match to {
                     Some(d) if self.secrets.contains_key(&d) => self.domain = Some(d),
-                    Some(d) => {
-                        return self.close(StreamError::new(
-                            "host-unknown",
-                            format!("no component is configured for {d}"),
-                        ));
-                    }
-                    None => {
-                        return self.close(StreamError::new(
-                            "improper-addressing",
-                            "component stream without 'to'",
-                        ));
-                    }
+                    Some(d) => self.close(StreamError::new(
+                        "host-unknown",
+                        format!("no component is configured for {d}"),
+                    )),
+                    None => self.close(StreamError::new(
+                        "improper-addressing",
+                        "component stream without 'to'",
+                    )),
                 }
             }
             StreamEvent::Close => {

@@ -30,8 +30,8 @@ pub struct Components {
 
 /// Why a stanza could not be handed to a component.
 pub enum DeliverError {
-    NotConnected(Stanza),
-    QueueFull(Stanza),
+    NotConnected(Box<Stanza>),
+    QueueFull(Box<Stanza>),
 }
 
 impl Components {
@@ -58,10 +58,10 @@ impl Components {
     pub fn deliver(&self, ctx: &S2sContext, domain: &str, st: Stanza) -> Result<(), DeliverError> {
         let links = self.links.lock().expect("components lock");
         let Some(link) = links.get(domain) else {
-            return Err(DeliverError::NotConnected(st));
+            return Err(DeliverError::NotConnected(Box::new(st)));
         };
         if link.queued.load(Ordering::Relaxed) + st.size > ctx.settings.max_queue_bytes {
-            return Err(DeliverError::QueueFull(st));
+            return Err(DeliverError::QueueFull(Box::new(st)));
         }
         link.queued.fetch_add(st.size, Ordering::Relaxed);
         ctx.metrics.queued_bytes.add(st.size as i64);
@@ -69,7 +69,7 @@ impl Components {
         link.tx.send(st).map_err(|e| {
             link.queued.fetch_sub(size, Ordering::Relaxed);
             ctx.metrics.queued_bytes.sub(size as i64);
-            DeliverError::NotConnected(e.0)
+            DeliverError::NotConnected(Box::new(e.0))
         })
     }
 

@@ -17,7 +17,7 @@ use crate::wire::{Failure, FailureKind};
 
 pub enum Outcome {
     Established {
-        conn: Conn,
+        conn: Box<Conn>,
         method: AuthMethod,
         target: String,
     },
@@ -178,7 +178,7 @@ async fn attempt(
                             .await
                             .map_err(|e| Failure::new(FailureKind::Connect, e.to_string()))?;
                         return Ok(Outcome::Established {
-                            conn,
+                            conn: Box::new(conn),
                             method,
                             target: String::new(),
                         });
