@@ -35,6 +35,73 @@ async fn metrics(gw: &fedgate::gateway::Gateway) -> String {
     http_get(gw, "/metrics").await
 }
 
+/// The user-visible job against a real server: `client` (a user of the remote server) and the
+/// component user `local` exchange messages, then subscribe to each other's presence.
+async fn message_and_subscriptions(
+    comp: &mut fedgate::component_client::ComponentClient,
+    client: &mut XmppClient,
+    local: &str,
+    diagnostics: &dyn Fn() -> String,
+) {
+    let remote = client.jid().split('/').next().unwrap().to_owned();
+    client
+        .send_message(local, "hello from the remote server")
+        .await
+        .unwrap();
+    let m = comp
+        .recv_matching(W, |e| e.name == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
+    assert_eq!(body(&m).as_deref(), Some("hello from the remote server"));
+    let from = m.attr("from").unwrap().to_owned();
+    assert!(from.starts_with(&format!("{remote}/")), "{from}");
+    let resource = format!("{local}/desk");
+    comp.send(&message(&resource, &from, "r1", "hello from fedgate"))
+        .await
+        .unwrap();
+    let (from, text) = client
+        .expect_message(W)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
+    assert_eq!(
+        (from.as_str(), text.as_str()),
+        (local, "hello from fedgate")
+    );
+
+    // The remote user subscribes: the component approves and sends its presence.
+    client.subscribe(local).await;
+    let s = comp
+        .recv_matching(W, |e| {
+            e.name == "presence" && e.attr("type") == Some("subscribe")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
+    assert_eq!(s.attr("from"), Some(remote.as_str()));
+    comp.send(&presence(local, &remote, "subscribed"))
+        .await
+        .unwrap();
+    comp.send(&presence(&resource, &remote, "")).await.unwrap();
+    client
+        .expect_presence(local, "subscribed", W)
+        .await
+        .unwrap();
+    client
+        .expect_presence(&resource, "available", W)
+        .await
+        .unwrap();
+    // The component user subscribes: the remote server asks its user, who approves.
+    comp.send(&presence(local, &remote, "subscribe"))
+        .await
+        .unwrap();
+    let ok = comp
+        .recv_matching(W, |e| {
+            e.name == "presence" && e.attr("type") == Some("subscribed")
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
+    assert_eq!(ok.attr("from"), Some(remote.as_str()));
+}
+
 /// Prosody as remote domain p.test: message from a Prosody user to a component user of
 /// example.test and the reply back; subscriptions both ways; SASL EXTERNAL both ways (both
 /// sides trust the test CA).
@@ -65,65 +132,10 @@ async fn prosody_federates_with_sasl_external() {
     .await
     .unwrap();
 
-    alice
-        .send_message("bob@example.test", "hello from prosody")
-        .await
-        .unwrap();
-    let m = comp
-        .recv_matching(W, |e| e.name == "message")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
-    assert_eq!(body(&m).as_deref(), Some("hello from prosody"));
-    assert!(m.attr("from").unwrap().starts_with("alice@p.test"), "{m:?}");
-    let reply_to = m.attr("from").unwrap().to_owned();
-    comp.send(&message(
-        "bob@example.test/desk",
-        &reply_to,
-        "r1",
-        "hello from fedgate",
-    ))
-    .await
-    .unwrap();
-    let (from, text) = alice.expect_message(W).await.unwrap();
-    assert_eq!(
-        (from.as_str(), text.as_str()),
-        ("bob@example.test", "hello from fedgate")
-    );
-
-    // alice subscribes to bob: the component approves and sends bob's presence.
-    alice.subscribe("bob@example.test").await;
-    let s = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribe")
-        })
-        .await
-        .unwrap();
-    assert_eq!(s.attr("from"), Some("alice@p.test"));
-    comp.send(&presence("bob@example.test", "alice@p.test", "subscribed"))
-        .await
-        .unwrap();
-    comp.send(&presence("bob@example.test/desk", "alice@p.test", ""))
-        .await
-        .unwrap();
-    alice
-        .expect_presence("bob@example.test", "subscribed", W)
-        .await
-        .unwrap();
-    alice
-        .expect_presence("bob@example.test/desk", "available", W)
-        .await
-        .unwrap();
-    // bob subscribes to alice: Prosody asks alice's client, which approves.
-    comp.send(&presence("bob@example.test", "alice@p.test", "subscribe"))
-        .await
-        .unwrap();
-    let ok = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribed")
-        })
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
-    assert_eq!(ok.attr("from"), Some("alice@p.test"));
+    message_and_subscriptions(&mut comp, &mut alice, "bob@example.test", &|| {
+        prosody.diagnostics()
+    })
+    .await;
 
     let m = metrics(&g).await;
     assert!(
@@ -173,56 +185,10 @@ async fn ejabberd_federates_with_dialback() {
     .await
     .unwrap();
 
-    carol
-        .send_message("dave@example.test", "hello from ejabberd")
-        .await
-        .unwrap();
-    let m = comp
-        .recv_matching(W, |e| e.name == "message")
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", ejabberd.diagnostics()));
-    assert_eq!(body(&m).as_deref(), Some("hello from ejabberd"));
-    let reply_to = m.attr("from").unwrap().to_owned();
-    comp.send(&message(
-        "dave@example.test/desk",
-        &reply_to,
-        "r1",
-        "hello back",
-    ))
-    .await
-    .unwrap();
-    let (from, text) = carol
-        .expect_message(W)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", ejabberd.diagnostics()));
-    assert_eq!(
-        (from.as_str(), text.as_str()),
-        ("dave@example.test", "hello back")
-    );
-
-    carol.subscribe("dave@example.test").await;
-    let s = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribe")
-        })
-        .await
-        .unwrap();
-    assert_eq!(s.attr("from"), Some("carol@e.test"));
-    comp.send(&presence("dave@example.test", "carol@e.test", "subscribed"))
-        .await
-        .unwrap();
-    carol
-        .expect_presence("dave@example.test", "subscribed", W)
-        .await
-        .unwrap();
-    comp.send(&presence("dave@example.test", "carol@e.test", "subscribe"))
-        .await
-        .unwrap();
-    comp.recv_matching(W, |e| {
-        e.name == "presence" && e.attr("type") == Some("subscribed")
+    message_and_subscriptions(&mut comp, &mut carol, "dave@example.test", &|| {
+        ejabberd.diagnostics()
     })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", ejabberd.diagnostics()));
+    .await;
 
     let m = metrics(&g).await;
     assert!(

@@ -124,10 +124,6 @@ async fn attempt(
         Ok(Ok(t)) => t,
     };
     let _ = tcp.set_nodelay(true);
-    let connector = |direct| {
-        ctx.client_tls(local, direct)
-            .ok_or_else(|| Failure::new(FailureKind::Tls, format!("no TLS identity for {local}")))
-    };
     let mut conn = Conn::new(Io::Plain(tcp), s.preauth_limits);
     let mut m = Outbound::new(OutboundSettings {
         local: local.to_owned(),
@@ -138,13 +134,7 @@ async fn attempt(
     });
     let fut = async {
         if t.direct_tls {
-            let c = connector(true)?;
-            conn.connect_tls(&c, remote).await.inspect_err(|f| {
-                ctx.metrics
-                    .tls_failures
-                    .with_label_values(&["out", f.kind.as_str()])
-                    .inc();
-            })?;
+            upgrade(ctx, &mut conn, local, remote, true).await?;
             m.start(Some(check_server(ctx, &conn, remote)));
         } else {
             m.start(None);
@@ -163,13 +153,7 @@ async fn attempt(
                 match a {
                     Action::Send(b) => conn.queue(&b),
                     Action::StartTls => {
-                        let c = connector(false)?;
-                        conn.connect_tls(&c, remote).await.inspect_err(|f| {
-                            ctx.metrics
-                                .tls_failures
-                                .with_label_values(&["out", f.kind.as_str()])
-                                .inc();
-                        })?;
+                        upgrade(ctx, &mut conn, local, remote, false).await?;
                         m.tls_established(check_server(ctx, &conn, remote));
                     }
                     Action::ResetParser => conn.parser.reset(),
@@ -215,6 +199,25 @@ async fn attempt(
             ),
         )),
     }
+}
+
+/// TLS client handshake on `conn` (direct TLS or after `<proceed/>`), counted on failure.
+async fn upgrade(
+    ctx: &S2sContext,
+    conn: &mut Conn,
+    local: &str,
+    remote: &str,
+    direct: bool,
+) -> Result<(), Failure> {
+    let connector = ctx
+        .client_tls(local, direct)
+        .ok_or_else(|| Failure::new(FailureKind::Tls, format!("no TLS identity for {local}")))?;
+    conn.connect_tls(&connector, remote).await.inspect_err(|f| {
+        ctx.metrics
+            .tls_failures
+            .with_label_values(&["out", f.kind.as_str()])
+            .inc();
+    })
 }
 
 /// Check the receiving server's certificate for the remote domain.
