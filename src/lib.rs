@@ -11,5 +11,6 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod http;
+pub mod probe;
 pub mod router;
 pub mod testdns;

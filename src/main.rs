@@ -28,6 +28,8 @@ enum Cmd {
     /// Show the main job working: an in-process DNS server and two gateways on loopback with
     /// components attached exchange messages and a presence subscription.
     Demo(fedgate::demo::DemoArgs),
+    /// Check federation with a remote domain: SRV records, connect, TLS, certificate, auth methods.
+    Probe(fedgate::probe::ProbeArgs),
     /// Check a config file and exit (non-zero with file: key: problem on error).
     CheckConfig {
         #[arg(long, short)]
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Probe(args) => ExitCode::from(fedgate::probe::cli(args)),
         Cmd::Demo(args) => {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             match rt.block_on(fedgate::demo::run(args)) {

@@ -1,6 +1,7 @@
 //! Whole gateways in one process, on distinct loopback addresses, with a real in-process DNS
 //! server, real TLS (test CA made by rcgen) and XEP-0114 components on both sides.
 
+mod probe;
 mod support;
 
 use std::time::Duration;
