@@ -13,6 +13,7 @@ use crate::dialback::DialbackSecret;
 use crate::element::{
     Element, NS_CONTENT, NS_DIALBACK, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS, escape, jid_domain,
 };
+use crate::gate::{Floor, Gatekeeper};
 use crate::wire::{Header, StreamError, stanza_domains};
 use crate::xml::StreamEvent;
 
@@ -58,9 +59,27 @@ impl AuthMethod {
 pub struct InboundSettings {
     /// Domains this gateway serves (stream `to`, dialback `to`).
     pub hosted: Arc<HashSet<String>>,
+    /// The floor before the peer names its domain (and for peers that never do).
     pub tls_required: bool,
     pub auth: AuthMethods,
     pub secret: DialbackSecret,
+    /// Policy: admission and per-domain floors.
+    pub gate: Arc<dyn Gatekeeper>,
+}
+
+impl InboundSettings {
+    fn floor_for(&self, remote: Option<&str>) -> Floor {
+        match remote {
+            Some(r) => self.gate.floor(r, true),
+            None => Floor {
+                tls_required: self.tls_required,
+                auth: self.auth,
+                pins: Vec::new(),
+                max_streams: None,
+                rule: None,
+            },
+        }
+    }
 }
 
 /// Checks the peer's certificate for a domain: `Ok` if valid for it, else the failure text.
@@ -113,6 +132,8 @@ pub struct Inbound {
     local: Option<String>,
     /// The `from` of the current stream header.
     peer: Option<String>,
+    /// The floor for `peer` (or the global one).
+    floor: Floor,
     authorized: HashSet<(String, String)>,
     pending: HashSet<(String, String)>,
     out: Vec<Action>,
@@ -122,6 +143,7 @@ impl Inbound {
     /// `stream_id` must be unpredictable (it feeds dialback keys); `tls` is true for direct TLS.
     pub fn new(settings: InboundSettings, stream_id: String, tls: bool) -> Self {
         Self {
+            floor: settings.floor_for(None),
             settings,
             state: State::AwaitHeader,
             stream_id,
@@ -216,10 +238,16 @@ impl Inbound {
         }
         self.local = local;
         self.peer = h.from.as_deref().map(str::to_ascii_lowercase);
+        self.floor = self.settings.floor_for(self.peer.as_deref());
+        if let (Some(peer), Some(local)) = (&self.peer, &self.local)
+            && let Err(why) = self.settings.gate.admit(peer, local, true)
+        {
+            return self.close(StreamError::new("policy-violation", why));
+        }
         self.state = State::Open;
         if h.version.as_deref() != Some("1.0") {
             // A pre-RFC 3920 peer: no features; only dialback without TLS can work.
-            if self.settings.tls_required && !self.tls {
+            if self.floor.tls_required && !self.tls {
                 return self.close(StreamError::new(
                     "policy-violation",
                     "policy: TLS is required and this peer does not speak XMPP 1.0",
@@ -235,16 +263,16 @@ impl Inbound {
         let mut f = String::from("<stream:features>");
         if !self.tls {
             f.push_str("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'>");
-            if self.settings.tls_required {
+            if self.floor.tls_required {
                 f.push_str("<required/>");
             }
             f.push_str("</starttls>");
-            if self.settings.tls_required {
+            if self.floor.tls_required {
                 f.push_str("</stream:features>");
                 return f;
             }
         }
-        if !self.sasl_done && self.settings.auth.certificate && self.tls {
+        if !self.sasl_done && self.floor.auth.certificate && self.tls {
             let offer = match (&self.cert, &self.peer) {
                 (Some(check), Some(peer)) => check(peer).is_ok(),
                 (Some(_), None) => true,
@@ -257,7 +285,7 @@ impl Inbound {
                 );
             }
         }
-        if self.settings.auth.dialback {
+        if self.floor.auth.dialback || self.floor.auth.certificate && self.cert.is_some() {
             f.push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
         }
         f.push_str("</stream:features>");
@@ -279,7 +307,7 @@ impl Inbound {
             self.out.push(Action::StartTls);
             return;
         }
-        let may_authenticate = self.tls || !self.settings.tls_required;
+        let may_authenticate = self.tls || !self.floor.tls_required;
         if el.ns == NS_SASL && el.name == "auth" {
             return self.on_sasl_auth(&el);
         }
@@ -357,7 +385,7 @@ impl Inbound {
                 .into_bytes(),
             );
         };
-        if !self.tls || !self.settings.auth.certificate || self.sasl_done {
+        if !self.tls || !self.floor.auth.certificate || self.sasl_done {
             return fail(self, "invalid-mechanism", "EXTERNAL is not offered");
         }
         if el.attr("mechanism") != Some("EXTERNAL") {
@@ -391,6 +419,17 @@ impl Inbound {
         let Some(local) = self.local.clone() else {
             return fail(self, "not-authorized", "stream header had no 'to'");
         };
+        if let Err(why) = self.settings.gate.admit(&domain, &local, true) {
+            fail(self, "not-authorized", &why);
+            return self.close(StreamError::new("policy-violation", why));
+        }
+        if !self.settings.gate.floor(&domain, true).auth.certificate {
+            return fail(
+                self,
+                "not-authorized",
+                "policy: certificate authentication is not accepted for this domain",
+            );
+        }
         let verdict = match &self.cert {
             Some(check) => check(&domain),
             None => Err("no-certificate: the peer presented no certificate".into()),
@@ -450,7 +489,24 @@ impl Inbound {
         if !self.settings.hosted.contains(&local) {
             return reply_error(self, "cancel", "item-not-found");
         }
-        if !self.settings.auth.dialback {
+        if let Err(why) = self.settings.gate.admit(&remote, &local, true) {
+            tracing::info!(%remote, %local, %why, "dialback pair refused by policy");
+            if self.authorized.is_empty() && self.pending.is_empty() {
+                return self.close(StreamError::new("policy-violation", why));
+            }
+            return reply_error(self, "cancel", "policy-violation");
+        }
+        let floor = self.settings.gate.floor(&remote, true);
+        if floor.tls_required && !self.tls {
+            return reply_error(self, "cancel", "policy-violation");
+        }
+        let cert_ok = self
+            .cert
+            .as_ref()
+            .is_some_and(|check| check(&remote).is_ok());
+        if !floor.auth.dialback && !(floor.auth.certificate && cert_ok)
+            || !floor.pins.is_empty() && !cert_ok
+        {
             return reply_error(self, "auth", "not-authorized");
         }
         if self.authorized.contains(&(local.clone(), remote.clone())) {
@@ -459,9 +515,7 @@ impl Inbound {
         }
         // XEP-0344: a certificate valid for the originating domain makes the verify round trip
         // unnecessary.
-        if let Some(check) = &self.cert
-            && check(&remote).is_ok()
-        {
+        if cert_ok {
             self.send(db_result_valid(&local, &remote));
             return self.authorize(local, remote, AuthMethod::DialbackCert);
         }
@@ -562,6 +616,13 @@ mod tests {
             tls_required,
             auth,
             secret: DialbackSecret::new("s3cret"),
+            gate: Arc::new(crate::gate::Open(Floor {
+                tls_required,
+                auth,
+                pins: Vec::new(),
+                max_streams: None,
+                rule: None,
+            })),
         }
     }
 
@@ -822,6 +883,74 @@ mod tests {
         let mut p = StreamParser::new(Limits::default());
         let acts = feed(&mut m, &mut p, &header("r.test", "nothere.test"));
         assert!(matches!(acts.last(), Some(Action::Close(e)) if e.condition == "host-unknown"));
+    }
+
+    /// A gate that denies one domain and requires certificates from another.
+    struct TestGate;
+    impl Gatekeeper for TestGate {
+        fn admit(&self, remote: &str, _: &str, _: bool) -> Result<(), String> {
+            if remote == "evil.test" {
+                Err("policy: rule block-evil (line 3) denies evil.test".into())
+            } else {
+                Ok(())
+            }
+        }
+        fn floor(&self, remote: &str, _: bool) -> Floor {
+            Floor {
+                tls_required: true,
+                auth: AuthMethods {
+                    certificate: true,
+                    dialback: remote != "strict.test",
+                },
+                pins: Vec::new(),
+                max_streams: None,
+                rule: None,
+            }
+        }
+    }
+
+    #[test]
+    fn policy_is_applied_at_stream_open_and_to_each_pair() {
+        let mut s = settings(true, AuthMethods::default());
+        s.gate = Arc::new(TestGate);
+        // Denied at stream open: the stream error names the rule.
+        let mut m = Inbound::new(s.clone(), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        let acts = feed(&mut m, &mut p, &header("evil.test", "a.test"));
+        assert!(
+            matches!(acts.last(), Some(Action::Close(e)) if e.condition == "policy-violation" && e.text.contains("block-evil")),
+            "{acts:?}"
+        );
+        // Piggy-backed: the denied pair gets an error, the stream and its other pair stay.
+        let mut m = Inbound::new(s.clone(), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("r.test", "a.test"));
+        feed(
+            &mut m,
+            &mut p,
+            "<db:result from='r.test' to='a.test'>K</db:result>",
+        );
+        m.dialback_verified("a.test", "r.test", true, "");
+        m.take_actions();
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            "<db:result from='evil.test' to='a.test'>K</db:result>",
+        ));
+        assert!(
+            out.contains("type='error'") && out.contains("policy-violation"),
+            "{out}"
+        );
+        assert!(m.is_authenticated());
+        // A domain that must use certificates cannot use dialback.
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            "<db:result from='strict.test' to='a.test'>K</db:result>",
+        ));
+        assert!(out.contains("not-authorized"), "{out}");
     }
 
     #[test]

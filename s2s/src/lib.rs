@@ -12,6 +12,7 @@ pub mod component;
 pub mod dialback;
 pub mod driver;
 pub mod element;
+pub mod gate;
 pub mod inbound;
 pub mod outbound;
 pub mod resolve;

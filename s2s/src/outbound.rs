@@ -454,6 +454,13 @@ mod tests {
             tls_required: true,
             auth,
             secret: DialbackSecret::new(secret),
+            gate: Arc::new(crate::gate::Open(crate::gate::Floor {
+                tls_required: true,
+                auth,
+                pins: Vec::new(),
+                max_streams: None,
+                rule: None,
+            })),
         }
     }
 

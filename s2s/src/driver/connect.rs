@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls_pki_types::{ServerName, UnixTime};
 use tokio::net::TcpStream;
 
 use super::conn::Conn;
@@ -125,17 +124,18 @@ async fn attempt(
     };
     let _ = tcp.set_nodelay(true);
     let mut conn = Conn::new(Io::Plain(tcp), s.preauth_limits);
+    let floor = ctx.gate().floor(remote, false);
     let mut m = Outbound::new(OutboundSettings {
         local: local.to_owned(),
         remote: remote.to_owned(),
-        tls_required: s.tls_required,
-        auth: s.auth,
+        tls_required: floor.tls_required,
+        auth: floor.auth,
         mode,
     });
     let fut = async {
         if t.direct_tls {
             upgrade(ctx, &mut conn, local, remote, true).await?;
-            m.start(Some(check_server(ctx, &conn, remote)));
+            m.start(Some(pinned(&floor, check_server(ctx, &conn, remote))?));
         } else {
             m.start(None);
         }
@@ -154,7 +154,7 @@ async fn attempt(
                     Action::Send(b) => conn.queue(&b),
                     Action::StartTls => {
                         upgrade(ctx, &mut conn, local, remote, false).await?;
-                        m.tls_established(check_server(ctx, &conn, remote));
+                        m.tls_established(pinned(&floor, check_server(ctx, &conn, remote))?);
                     }
                     Action::ResetParser => conn.parser.reset(),
                     Action::Established(method) => {
@@ -201,6 +201,18 @@ async fn attempt(
     }
 }
 
+/// With pins for the domain, a certificate that fails its check ends the attempt (no
+/// dialback fallback around a pin).
+fn pinned(
+    floor: &crate::gate::Floor,
+    check: Result<(), String>,
+) -> Result<Result<(), String>, Failure> {
+    match check {
+        Err(e) if !floor.pins.is_empty() => Err(Failure::new(FailureKind::CertChain, e)),
+        other => Ok(other),
+    }
+}
+
 /// TLS client handshake on `conn` (direct TLS or after `<proceed/>`), counted on failure.
 async fn upgrade(
     ctx: &S2sContext,
@@ -223,12 +235,5 @@ async fn upgrade(
 /// Check the receiving server's certificate for the remote domain.
 fn check_server(ctx: &S2sContext, conn: &Conn, remote: &str) -> Result<(), String> {
     let chain = conn.io.peer_certs();
-    if chain.is_empty() {
-        return Err("no-certificate: the server sent none".into());
-    }
-    let _ = ServerName::try_from(remote);
-    ctx.verifier
-        .verify(&chain, remote, false, UnixTime::now())
-        .map(|_| ())
-        .map_err(|f| f.to_string())
+    super::context::check_peer(&ctx.verifier, ctx.gate().as_ref(), &chain, remote, false)
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::dialback::DialbackSecret;
 use crate::element::Element;
+use crate::gate::{Floor, Gatekeeper, Open};
 use crate::inbound::{AuthMethods, CertCheck};
 use crate::resolve::S2sResolver;
 use crate::xml::Limits;
@@ -105,6 +106,7 @@ pub struct S2sContext {
     pub status: Status,
     pub component_secrets: Arc<HashMap<String, String>>,
     sink: OnceLock<Arc<dyn StanzaSink>>,
+    gate: OnceLock<Arc<dyn Gatekeeper>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -151,6 +153,7 @@ impl S2sContext {
             status: Status::default(),
             component_secrets: Arc::new(component_secrets),
             sink: OnceLock::new(),
+            gate: OnceLock::new(),
             shutdown: watch::channel(false).0,
         })
     }
@@ -162,6 +165,25 @@ impl S2sContext {
 
     pub fn sink(&self) -> &Arc<dyn StanzaSink> {
         self.sink.get().expect("sink set before serving")
+    }
+
+    /// Connects the policy. Without one, everyone may federate with the global floor.
+    pub fn set_gate(&self, gate: Arc<dyn Gatekeeper>) {
+        let _ = self.gate.set(gate);
+    }
+
+    pub fn gate(&self) -> Arc<dyn Gatekeeper> {
+        self.gate
+            .get_or_init(|| {
+                Arc::new(Open(Floor {
+                    tls_required: self.settings.tls_required,
+                    auth: self.settings.auth,
+                    pins: Vec::new(),
+                    max_streams: None,
+                    rule: None,
+                }))
+            })
+            .clone()
     }
 
     pub fn client_tls(&self, local: &str, direct: bool) -> Option<tokio_rustls::TlsConnector> {
@@ -189,13 +211,41 @@ impl S2sContext {
             return None;
         }
         let verifier = self.verifier.clone();
+        let gate = self.gate();
         Some(Box::new(move |domain: &str| {
-            verifier
-                .verify(&chain, domain, peer_is_client, UnixTime::now())
-                .map(|_| ())
-                .map_err(|f| f.to_string())
+            check_peer(&verifier, gate.as_ref(), &chain, domain, peer_is_client)
         }))
     }
+}
+
+/// Chain and name check of a peer certificate for `domain`, plus the policy's pins for it.
+pub fn check_peer(
+    verifier: &PeerVerifier,
+    gate: &dyn Gatekeeper,
+    chain: &[CertificateDer<'static>],
+    domain: &str,
+    peer_is_client: bool,
+) -> Result<(), String> {
+    let Some(leaf) = chain.first() else {
+        return Err("no-certificate: the peer presented none".into());
+    };
+    verifier
+        .verify(chain, domain, peer_is_client, UnixTime::now())
+        .map_err(|f| f.to_string())?;
+    let floor = gate.floor(domain, peer_is_client);
+    if !floor.pins.is_empty() {
+        let fp = fedgate_certs::sha256_fingerprint(leaf.as_ref());
+        if !floor.pins.iter().any(|p| p.eq_ignore_ascii_case(&fp)) {
+            return Err(format!(
+                "cert-chain: certificate {fp} is not pinned for {domain}{}",
+                floor
+                    .rule
+                    .map(|r| format!(" (rule {r})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A fresh unpredictable stream id (it feeds dialback keys).

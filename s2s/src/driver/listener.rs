@@ -95,6 +95,7 @@ async fn run(
         tls_required: s.tls_required,
         auth: s.auth,
         secret: ctx.secret.clone(),
+        gate: ctx.gate(),
     };
     let mut machine = Inbound::new(settings, new_stream_id(), false);
     if first[0] == 0x16 || direct_tls_only {
@@ -172,6 +173,21 @@ async fn run(
                     ctx.status.authenticated(&remote, &local, method.as_str());
                     tracing::info!(%local, %remote, method = method.as_str(), tls = ?conn.io.tls_version(), "inbound s2s pair authenticated");
                     if !remotes.contains(&remote) {
+                        let max = ctx.gate().floor(&remote, true).max_streams;
+                        let open = ctx.status.inbound_streams(&remote);
+                        if let Some(max) = max
+                            && open >= max
+                        {
+                            let e = StreamError::new(
+                                "policy-violation",
+                                format!(
+                                    "limit: {remote} already has {open} inbound streams (policy allows {max})"
+                                ),
+                            );
+                            conn.close_with(&e.to_bytes()).await;
+                            break_on_close(ctx, &remotes);
+                            return Err(Failure::new(FailureKind::Limit, e.text));
+                        }
                         ctx.status.stream_opened(&remote, false);
                         remotes.push(remote);
                     }

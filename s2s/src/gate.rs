@@ -1,0 +1,40 @@
+//! The stream layer's view of federation policy: whether a remote domain may federate with a
+//! local one in a direction, and the transport/authentication floor that applies to it. The
+//! root crate implements [`Gatekeeper`] from the policy file; [`Open`] is the config-only one.
+
+use crate::inbound::AuthMethods;
+
+/// What must hold for streams with one remote domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Floor {
+    pub tls_required: bool,
+    pub auth: AuthMethods,
+    /// SHA-256 fingerprints (hex with colons) one of which the peer's certificate must have.
+    pub pins: Vec<String>,
+    /// Most concurrent inbound streams from the domain.
+    pub max_streams: Option<u32>,
+    /// The rule that set the floor, for error texts.
+    pub rule: Option<String>,
+}
+
+pub trait Gatekeeper: Send + Sync + 'static {
+    /// May `remote` federate with `local` (`inbound`: the remote side initiated)? `Err` carries
+    /// a text naming the deciding rule (it goes into stream errors and logs).
+    fn admit(&self, remote: &str, local: &str, inbound: bool) -> Result<(), String>;
+
+    /// The floor for `remote` in a direction.
+    fn floor(&self, remote: &str, inbound: bool) -> Floor;
+}
+
+/// Everyone may federate; the floor is the gateway's global setting.
+pub struct Open(pub Floor);
+
+impl Gatekeeper for Open {
+    fn admit(&self, _: &str, _: &str, _: bool) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn floor(&self, _: &str, _: bool) -> Floor {
+        self.0.clone()
+    }
+}
