@@ -6,7 +6,7 @@
 //! written unchanged into a component stream and the other way round: the receiving stream's
 //! default namespace gives it its meaning again (RFC 6120 §4.8.3, XEP-0114).
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 
 /// The canonical namespace of stanzas (whatever the stream's default namespace is).
 pub const NS_CONTENT: &str = "";
@@ -133,58 +133,89 @@ impl Element {
     /// Serialize into `out`. Elements in [`NS_CONTENT`] take the default namespace of the stream
     /// they are written into.
     pub fn write_to(&self, out: &mut Vec<u8>) {
-        let mut s = String::new();
-        self.write_inner(&mut s, NS_CONTENT);
-        out.extend_from_slice(s.as_bytes());
+        self.write_inner(out, NS_CONTENT);
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut s = String::with_capacity(256);
-        self.write_inner(&mut s, NS_CONTENT);
-        s.into_bytes()
+        let mut out = Vec::with_capacity(256);
+        self.write_inner(&mut out, NS_CONTENT);
+        out
     }
 
-    fn write_inner(&self, out: &mut String, parent_ns: &str) {
-        out.push('<');
-        out.push_str(&self.name);
-        if self.ns != parent_ns {
-            out.push_str(" xmlns='");
-            escape_into(out, &self.ns, true);
-            out.push('\'');
+    fn write_inner(&self, out: &mut Vec<u8>, parent_ns: &str) {
+        out.push(b'<');
+        out.extend_from_slice(self.name.as_bytes());
+        if !same(&self.ns, parent_ns) {
+            out.extend_from_slice(b" xmlns='");
+            escape_bytes(out, &self.ns, true);
+            out.push(b'\'');
         }
         let mut prefixes = 0usize;
         for a in &self.attrs {
-            out.push(' ');
+            out.push(b' ');
             if a.ns.is_empty() {
-                out.push_str(&a.name);
+                out.extend_from_slice(a.name.as_bytes());
             } else if a.ns == NS_XML {
-                out.push_str("xml:");
-                out.push_str(&a.name);
+                out.extend_from_slice(b"xml:");
+                out.extend_from_slice(a.name.as_bytes());
             } else {
                 let _ = write!(out, "xmlns:a{prefixes}='");
-                escape_into(out, &a.ns, true);
+                escape_bytes(out, &a.ns, true);
                 let _ = write!(out, "' a{prefixes}:{}", a.name);
                 prefixes += 1;
             }
-            out.push_str("='");
-            escape_into(out, &a.value, true);
-            out.push('\'');
+            out.extend_from_slice(b"='");
+            escape_bytes(out, &a.value, true);
+            out.push(b'\'');
         }
         if self.children.is_empty() {
-            out.push_str("/>");
+            out.extend_from_slice(b"/>");
             return;
         }
-        out.push('>');
+        out.push(b'>');
         for c in &self.children {
             match c {
                 Node::Element(e) => e.write_inner(out, &self.ns),
-                Node::Text(t) => escape_into(out, t, false),
+                Node::Text(t) => escape_bytes(out, t, false),
             }
         }
-        out.push_str("</");
-        out.push_str(&self.name);
-        out.push('>');
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(b'>');
     }
+}
+
+/// String equality that checks lengths before calling into `memcmp` (namespaces are mostly
+/// empty or equal to the parent's).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || a == b)
+}
+
+/// Whether `b` needs escaping (in attribute values also the quotes).
+const fn special(b: u8, attr: bool) -> bool {
+    matches!(b, b'<' | b'>' | b'&') || attr && matches!(b, b'\'' | b'"')
+}
+
+/// [`escape_into`] for byte output: runs without special characters are copied at once.
+fn escape_bytes(out: &mut Vec<u8>, s: &str, attr: bool) {
+    let bytes = s.as_bytes();
+    let mut last = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !special(b, attr) {
+            continue;
+        }
+        let rep: &[u8] = match b {
+            b'<' => b"&lt;",
+            b'>' => b"&gt;",
+            b'&' => b"&amp;",
+            b'\'' => b"&apos;",
+            _ => b"&quot;",
+        };
+        out.extend_from_slice(&bytes[last..i]);
+        out.extend_from_slice(rep);
+        last = i + 1;
+    }
+    out.extend_from_slice(&bytes[last..]);
 }
 
 /// Escape character data or an attribute value (single-quoted).

@@ -91,7 +91,8 @@ impl XmlError {
 /// One open element under construction, with the namespace declarations it made.
 struct Open {
     el: Element,
-    qname: String,
+    /// The prefixed name as written, when it differs from `el.name`.
+    qname: Option<String>,
     scope: Vec<(String, Option<String>)>,
 }
 
@@ -120,7 +121,7 @@ impl StreamParser {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits,
-            buf: Vec::with_capacity(1024),
+            buf: Vec::new(),
             pos: 0,
             ns: HashMap::new(),
             stack: Vec::new(),
@@ -147,7 +148,7 @@ impl StreamParser {
         self.buf.clear();
         self.pos = 0;
         self.ns.clear();
-        self.stack.clear();
+        self.stack = Vec::new();
         self.stream_open = false;
         self.closed = false;
         self.content_ns.clear();
@@ -182,6 +183,48 @@ impl StreamParser {
         }
         self.bytes += data.len() as u64;
         self.buf.extend_from_slice(data);
+    }
+
+    /// Read straight into the parser (no intermediate buffer): drops the consumed prefix and
+    /// returns the input buffer with at least `want` bytes of spare capacity. Append the bytes
+    /// read to it (e.g. `AsyncReadExt::read_buf`, which only extends it once a read
+    /// completed, so a cancelled read leaves the parser as it was), then call
+    /// [`Self::commit_read`] with their number. Equivalent to [`Self::feed`].
+    pub fn read_buf(&mut self, want: usize) -> &mut Vec<u8> {
+        if self.pos > 0 {
+            if self.pos == self.buf.len() {
+                self.buf.clear();
+            } else {
+                self.buf.drain(..self.pos);
+            }
+            self.dropped += self.pos as u64;
+            self.pos = 0;
+        }
+        if self.buf.is_empty() && self.buf.capacity() > 2 * want {
+            // Traffic slowed down: give back the large buffer of a burst.
+            self.buf = Vec::with_capacity(want);
+        } else {
+            self.buf.reserve(want);
+        }
+        &mut self.buf
+    }
+
+    /// Account for `n` bytes appended to the buffer returned by [`Self::read_buf`].
+    pub fn commit_read(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    /// Give back idle memory: the input buffer when everything in it was parsed, and the
+    /// element stack when no element is open.
+    pub fn shrink(&mut self) {
+        if self.pos == self.buf.len() {
+            self.dropped += self.pos as u64;
+            self.buf = Vec::new();
+            self.pos = 0;
+        }
+        if self.stack.is_empty() {
+            self.stack = Vec::new();
+        }
     }
 
     /// Next complete event, `Ok(None)` when more bytes are needed.
@@ -225,7 +268,7 @@ impl StreamParser {
             return Ok(None);
         }
         if rest[0] != b'<' {
-            let end = rest.iter().position(|&b| b == b'<');
+            let end = find_byte(rest, b'<');
             let Some(end) = end else {
                 // Whitespace between stanzas may be consumed at once (keepalives).
                 if self.stack.is_empty() {
@@ -308,9 +351,23 @@ impl StreamParser {
                 Ok(Some(None))
             }
             b'/' => {
-                let Some(end) = rest.iter().position(|&b| b == b'>') else {
+                let Some(end) = find_byte(rest, b'>') else {
                     return self.incomplete(rest.len());
                 };
+                let raw = &rest[2..end];
+                // Fast path: the end tag names the open element exactly (its last byte is
+                // ASCII, so trimming below would not change it either).
+                if let Some(top) = self.stack.last()
+                    && raw
+                        .last()
+                        .is_some_and(|b| !b.is_ascii_whitespace() && b.is_ascii())
+                    && top.qname.as_deref().unwrap_or(&top.el.name).as_bytes() == raw
+                {
+                    self.pos += end + 1;
+                    let open = self.stack.pop().expect("checked above");
+                    self.unwind(open.scope);
+                    return Ok(Some(self.finish(open.el)));
+                }
                 let name = std::str::from_utf8(&rest[2..end])
                     .map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))?
                     .trim_end()
@@ -384,9 +441,13 @@ impl StreamParser {
             if attrs.iter().any(|a: &Attr| a.name == name && a.ns == ans) {
                 return Err(XmlError::NotWellFormed(format!("duplicate attribute {k}")));
             }
+            let name = match p {
+                None => k,
+                Some(_) => name.to_owned(),
+            };
             attrs.push(Attr {
                 ns: ans,
-                name: name.to_owned(),
+                name,
                 value,
             });
         }
@@ -427,8 +488,14 @@ impl StreamParser {
             return Ok(Some(StreamEvent::Open(header)));
         }
 
+        let prefixed = prefix.is_some();
+        let local = prefixed.then(|| local.to_owned());
+        let (name, qname) = match local {
+            Some(l) => (l, Some(tag.name)),
+            None => (tag.name, None),
+        };
         let el = Element {
-            name: local.to_owned(),
+            name,
             ns,
             attrs,
             children: Vec::new(),
@@ -437,11 +504,7 @@ impl StreamParser {
             self.unwind(scope);
             return Ok(self.finish(el));
         }
-        self.stack.push(Open {
-            el,
-            qname: tag.name,
-            scope,
-        });
+        self.stack.push(Open { el, qname, scope });
         Ok(None)
     }
 
@@ -453,10 +516,10 @@ impl StreamParser {
             }
             return Err(XmlError::NotWellFormed(format!("unexpected </{name}>")));
         };
-        if open.qname != name {
+        let qname = open.qname.as_deref().unwrap_or(&open.el.name);
+        if qname != name {
             return Err(XmlError::NotWellFormed(format!(
-                "</{name}> closes <{}>",
-                open.qname
+                "</{name}> closes <{qname}>"
             )));
         }
         self.unwind(open.scope);
@@ -636,7 +699,7 @@ fn unescape(raw: &[u8]) -> Result<String, XmlError> {
     let s =
         std::str::from_utf8(raw).map_err(|_| XmlError::NotWellFormed("invalid UTF-8".into()))?;
     if !s.contains('&') {
-        if s.contains(|c: char| is_forbidden_char(c)) {
+        if has_forbidden(s) {
             return Err(XmlError::NotWellFormed("invalid XML character".into()));
         }
         return Ok(s.to_owned());
@@ -676,10 +739,43 @@ fn unescape(raw: &[u8]) -> Result<String, XmlError> {
         rest = &after[semi + 1..];
     }
     out.push_str(rest);
-    if out.contains(|c: char| is_forbidden_char(c)) {
+    if has_forbidden(&out) {
         return Err(XmlError::NotWellFormed("invalid XML character".into()));
     }
     Ok(out)
+}
+
+/// Whether `s` holds a character XML forbids. Bytes first (a loop without early exit, which
+/// the compiler vectorizes): only control bytes and 0xEF (the lead byte of U+FFFE/U+FFFF)
+/// can start one.
+fn has_forbidden(s: &str) -> bool {
+    let candidate = s.bytes().fold(false, |acc, b| {
+        acc | (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') | (b == 0xEF)
+    });
+    candidate && s.contains(is_forbidden_char)
+}
+
+/// Position of the first `needle` in `hay`, eight bytes at a time.
+fn find_byte(hay: &[u8], needle: u8) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut chunks = hay.chunks_exact(8);
+    let mut i = 0;
+    for c in &mut chunks {
+        let x = u64::from_le_bytes(c.try_into().expect("8 bytes")) ^ pattern;
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            // The lowest flagged byte is always a real match.
+            return Some(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == needle)
+        .map(|p| i + p)
 }
 
 fn is_forbidden_char(c: char) -> bool {
@@ -860,6 +956,57 @@ mod tests {
         p.reset();
         let h = open(&mut p);
         assert_eq!(h.to.as_deref(), Some("a.test"));
+    }
+
+    #[test]
+    fn read_buf_is_feed() {
+        let input = format!(
+            "{HDR}<message to='x@a.test'><body>a &amp; b</body></message> \
+             <iq type='get' id='1'><q xmlns='urn:q'/></iq></stream:stream>"
+        );
+        let mut fed = StreamParser::new(Limits::default());
+        fed.feed(input.as_bytes());
+        let want = all(&mut fed).unwrap();
+        for chunk in [1, 7, 64, 4096] {
+            let mut p = StreamParser::new(Limits::default());
+            let mut got = Vec::new();
+            for piece in input.as_bytes().chunks(chunk) {
+                let buf = p.read_buf(chunk);
+                assert!(buf.capacity() - buf.len() >= chunk);
+                buf.extend_from_slice(piece);
+                p.commit_read(piece.len());
+                got.extend(all(&mut p).unwrap());
+                p.shrink();
+            }
+            assert_eq!(got, want, "chunks of {chunk}");
+            assert_eq!(p.bytes_total(), input.len() as u64);
+        }
+    }
+
+    #[test]
+    fn byte_search_and_forbidden_scan_match_the_simple_versions() {
+        let hay: Vec<u8> = (0..64u8).map(|i| b'a' + i % 26).collect();
+        for len in 0..hay.len() {
+            for at in 0..len {
+                let mut h = hay[..len].to_vec();
+                h[at] = b'<';
+                assert_eq!(find_byte(&h, b'<'), h.iter().position(|&b| b == b'<'));
+                h[len - 1] = b'<';
+                assert_eq!(find_byte(&h, b'<'), Some(at));
+            }
+            assert_eq!(find_byte(&hay[..len], b'<'), None);
+        }
+        assert_eq!(find_byte(&[0x3C ^ 0x01, b'<'], b'<'), Some(1));
+        for t in [
+            "plain text",
+            "tab\tnl\ncr\r",
+            "a\u{1}b",
+            "\u{FFFE}",
+            "x\u{FFFF}",
+            "\u{FFFD}\u{EFFF}é",
+        ] {
+            assert_eq!(has_forbidden(t), t.contains(is_forbidden_char), "{t:?}");
+        }
     }
 
     #[test]

@@ -8,12 +8,18 @@ use super::io::Io;
 use crate::wire::{Failure, FailureKind};
 use crate::xml::{Limits, StreamEvent, StreamParser, XmlError};
 
-const READ_CHUNK: usize = 4096;
+/// Smallest and largest read: idle streams keep a small pending read (their buffers are
+/// freed), busy ones grow it by doubling while reads fill it.
+const READ_MIN: usize = 256;
+const READ_MAX: usize = 64 * 1024;
+/// A write buffer that held less than this is freed after the flush (idle streams hold none).
+const WBUF_KEEP: usize = 1024;
 
 pub struct Conn {
     pub io: Io,
     pub parser: StreamParser,
-    rbuf: Vec<u8>,
+    /// Size of the next read (adaptive, between READ_MIN and READ_MAX).
+    read_hint: usize,
     wbuf: Vec<u8>,
 }
 
@@ -50,38 +56,44 @@ impl Conn {
         Self {
             io,
             parser: StreamParser::new(limits),
-            rbuf: Vec::new(),
+            read_hint: READ_MIN,
             wbuf: Vec::new(),
         }
     }
 
     /// The next parsed event; reads from the socket only when the parser needs more bytes.
-    /// Cancel-safe: bytes are fed to the parser only after a read completes.
+    /// Cancel-safe: bytes reach the parser only when a read completes. Reads go straight into
+    /// the parser's buffer.
     pub async fn next_event(&mut self) -> Result<StreamEvent, ReadError> {
         loop {
             if let Some(ev) = self.parser.next_event().map_err(ReadError::Xml)? {
                 return Ok(ev);
             }
-            self.rbuf.reserve(READ_CHUNK);
-            let n = self
-                .io
-                .read_buf(&mut self.rbuf)
-                .await
-                .map_err(ReadError::Io)?;
+            let want = self.read_hint;
+            if want == READ_MIN {
+                self.parser.shrink();
+            }
+            let buf = self.parser.read_buf(want);
+            let spare = buf.capacity() - buf.len();
+            let n = self.io.read_buf(buf).await.map_err(ReadError::Io)?;
             if n == 0 {
                 return Err(ReadError::Eof);
             }
-            self.parser.feed(&self.rbuf);
-            self.rbuf.clear();
-            if self.rbuf.capacity() > 4 * READ_CHUNK {
-                self.rbuf = Vec::new();
-            }
+            self.parser.commit_read(n);
+            self.read_hint = if n >= spare {
+                (want * 2).min(READ_MAX)
+            } else if n < want / 4 {
+                (want / 2).max(READ_MIN)
+            } else {
+                want
+            };
         }
     }
 
     /// Give back idle memory (between bursts).
     pub fn shrink(&mut self) {
-        self.rbuf = Vec::new();
+        self.parser.shrink();
+        self.read_hint = READ_MIN;
         if self.wbuf.is_empty() {
             self.wbuf = Vec::new();
         }
@@ -102,9 +114,10 @@ impl Conn {
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-            if self.wbuf.capacity() > 64 * 1024 {
+            if self.wbuf.capacity() > 64 * 1024 || self.wbuf.len() < WBUF_KEEP {
                 self.wbuf = Vec::new();
+            } else {
+                self.wbuf.clear();
             }
         }
         self.io.flush().await
