@@ -13,4 +13,14 @@ export FEDGATE_INTEROP_PYTHON="$repo_root/.venv-interop/bin/python"
 # ejabberdctl lives in /usr/sbin, which is not on every non-root PATH.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
 
-exec cargo test --workspace --locked "$@"
+# Run everything, then close with one total line over all test binaries (cargo's own last
+# line is the doc-test summary of the last crate, which may say "0 passed").
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "fedgate: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

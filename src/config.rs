@@ -30,6 +30,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// Where the file came from (not a key).
     #[serde(skip)]
     pub source: String,
@@ -143,6 +145,19 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The federation policy file (see examples/policy.toml); none: everyone may federate
+    /// with the [s2s] floor.
+    pub file: Option<PathBuf>,
+    /// A candidate policy evaluated beside the active one (shadow mode): differences are
+    /// counted and logged, never enforced.
+    pub shadow_file: Option<PathBuf>,
+    /// Reload the files when they change (SIGHUP always reloads).
+    pub watch: Option<bool>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -238,6 +253,16 @@ impl Config {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
+            }
+        }
+        for p in cfg
+            .policy
+            .file
+            .iter_mut()
+            .chain(cfg.policy.shadow_file.iter_mut())
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
         for p in &mut cfg.tls.trust_anchors {
@@ -484,8 +509,12 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "toml") {
-                Config::load(&p, &Env::new()).unwrap_or_else(|e| panic!("{e}"));
+            let is_policy = p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("policy"));
+            if p.extension().is_some_and(|x| x == "toml") && !is_policy {
+                let c = Config::load(&p, &Env::new()).unwrap_or_else(|e| panic!("{e}"));
+                if let Some(pf) = &c.policy.file {
+                    fedgate_policy::Policy::load(pf).unwrap_or_else(|d| panic!("{}: {d:?}", pf.display()));
+                }
                 n += 1;
             }
         }

@@ -18,10 +18,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::http::HttpState;
+use crate::policy_runtime::PolicyRuntime;
 use crate::router::Router;
 
 pub struct Gateway {
     pub ctx: Arc<S2sContext>,
+    pub policy: Arc<PolicyRuntime>,
+    _watcher: Option<notify::RecommendedWatcher>,
     pub pool: Arc<Pool>,
     pub components: Arc<Components>,
     pub http: Arc<HttpState>,
@@ -122,8 +125,23 @@ impl Gateway {
             .filter_map(|d| d.component_secret.clone().map(|s| (d.name.clone(), s)))
             .collect();
         let registry = prometheus::Registry::new();
+        let settings = stream_settings(cfg);
+        let defaults = fedgate_s2s::gate::Floor {
+            tls_required: settings.tls_required,
+            auth: settings.auth,
+            pins: Vec::new(),
+            max_streams: None,
+            rule: None,
+        };
+        let policy = PolicyRuntime::start(
+            cfg.policy.file.clone(),
+            cfg.policy.shadow_file.clone(),
+            defaults,
+            &registry,
+        )
+        .map_err(|e| anyhow::anyhow!("policy file refused:\n{e}"))?;
         let ctx = S2sContext::new(
-            stream_settings(cfg),
+            settings,
             hosted,
             secret,
             identities,
@@ -134,11 +152,18 @@ impl Gateway {
         );
         let pool = Pool::new(ctx.clone());
         let components = Arc::new(Components::default());
+        ctx.set_gate(policy.clone());
         ctx.set_sink(Arc::new(Router::new(
             ctx.clone(),
             pool.clone(),
             components.clone(),
+            policy.clone(),
         )));
+        let watcher = if cfg.policy.watch.unwrap_or(true) {
+            crate::policy_runtime::watch(policy.clone())
+        } else {
+            None
+        };
         let http = Arc::new(HttpState {
             registry,
             ctx: ctx.clone(),
@@ -191,6 +216,8 @@ impl Gateway {
         tracing::info!(domains = ?hosted, s2s = ?s2s_addrs, direct_tls = ?direct_tls_addrs, components = ?component_addr, metrics = ?metrics_addr, "fedgate started");
         Ok(Self {
             ctx,
+            policy,
+            _watcher: watcher,
             pool,
             components,
             http,

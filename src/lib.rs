@@ -6,11 +6,15 @@
 //! Protocol logic lives in the crates beside it (`s2s`, `certs`, and later `policy`,
 //! `sip-fed`, `intercluster`); this crate only wires them together and may not reimplement it.
 
+pub mod bench;
+pub mod classify;
 pub mod component_client;
 pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod http;
+pub mod policy_cli;
+pub mod policy_runtime;
 pub mod probe;
 pub mod router;
 pub mod testdns;

@@ -30,6 +30,14 @@ enum Cmd {
     Demo(fedgate::demo::DemoArgs),
     /// Check federation with a remote domain: SRV records, connect, TLS, certificate, auth methods.
     Probe(fedgate::probe::ProbeArgs),
+    /// Check, test and explain federation policy files.
+    Policy {
+        #[command(subcommand)]
+        cmd: fedgate::policy_cli::PolicyCmd,
+    },
+    /// Load figures: s2s relay throughput and latency, s2s sessions/s and memory per idle
+    /// session, policy decision cost.
+    Bench(fedgate::bench::BenchArgs),
     /// Check a config file and exit (non-zero with file: key: problem on error).
     CheckConfig {
         #[arg(long, short)]
@@ -70,6 +78,21 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Bench(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(fedgate::bench::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fedgate: bench: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Policy { cmd } => fedgate::policy_cli::run(cmd),
         Cmd::Probe(args) => ExitCode::from(fedgate::probe::cli(args)),
         Cmd::Demo(args) => {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -102,7 +125,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(1);
                     }
                 };
-                wait_for_signal().await;
+                wait_for_signal(&gw).await;
                 tracing::info!("shutting down");
                 gw.shutdown().await;
                 ExitCode::SUCCESS
@@ -111,11 +134,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
+/// Until SIGINT/SIGTERM; SIGHUP reloads the policy files.
+async fn wait_for_signal(gw: &Gateway) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = term.recv() => return,
+            _ = hup.recv() => {
+                let _ = gw.policy.reload("SIGHUP");
+            }
+        }
     }
 }

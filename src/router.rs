@@ -5,23 +5,123 @@
 
 use std::sync::Arc;
 
+use fedgate_policy::Direction;
 use fedgate_s2s::driver::components::DeliverError;
 use fedgate_s2s::driver::{Components, Origin, Pool, S2sContext, Stanza, StanzaSink};
+use fedgate_s2s::gate::Gatekeeper as _;
 use fedgate_s2s::wire::{ErrorType, stanza_domains};
+
+use crate::classify::classify;
+use crate::policy_runtime::PolicyRuntime;
 
 pub struct Router {
     ctx: Arc<S2sContext>,
     pool: Arc<Pool>,
     components: Arc<Components>,
+    policy: Arc<PolicyRuntime>,
 }
 
 impl Router {
-    pub fn new(ctx: Arc<S2sContext>, pool: Arc<Pool>, components: Arc<Components>) -> Self {
+    pub fn new(
+        ctx: Arc<S2sContext>,
+        pool: Arc<Pool>,
+        components: Arc<Components>,
+        policy: Arc<PolicyRuntime>,
+    ) -> Self {
         Self {
             ctx,
             pool,
             components,
+            policy,
         }
+    }
+
+    /// Per-stanza policy for a stanza crossing the federation boundary. `remote`/`local` are
+    /// domains; `Err` means the stanza was answered (or dropped) and must not be routed.
+    ///
+    /// Inbound denials answer `service-unavailable` without naming the rule, as a server does
+    /// for a user who does not exist or blocks the sender (RFC 6121 §8.5): the remote side
+    /// learns nothing about the policy. Outbound denials answer `policy-violation` with the
+    /// rule, because the sender is our own user and should know why.
+    fn check(
+        &self,
+        st: &Stanza,
+        remote: &str,
+        local: &str,
+        direction: Direction,
+    ) -> Result<(), ()> {
+        let p = &self.policy;
+        let inbound = direction == Direction::Inbound;
+        if !inbound {
+            // Before DNS: a denied domain is never looked up or connected to.
+            if let Err(why) = p.admit(remote, local, false) {
+                self.ctx.bounce(
+                    st,
+                    ErrorType::Cancel,
+                    "policy-violation",
+                    "policy",
+                    &format!("fedgate: {why}"),
+                );
+                return Err(());
+            }
+            let protocol = p.protocol(remote);
+            if protocol != "xmpp" {
+                self.ctx.bounce(
+                    st,
+                    ErrorType::Cancel,
+                    "service-unavailable",
+                    "policy",
+                    &format!("fedgate: policy: {remote} federates over {protocol}, which this gateway does not provide yet"),
+                );
+                return Err(());
+            }
+        }
+        if let Some(max) = p.max_stanza_bytes(remote, direction)
+            && st.size > max
+        {
+            self.ctx.bounce(
+                st,
+                ErrorType::Modify,
+                "policy-violation",
+                "limit",
+                &format!("fedgate: limit: stanza of {} bytes is larger than the {max} bytes allowed for {remote}", st.size),
+            );
+            return Err(());
+        }
+        if let Err(why) = p.rate_check(remote, direction) {
+            self.ctx.bounce(
+                st,
+                ErrorType::Wait,
+                "resource-constraint",
+                "rate",
+                &format!("fedgate: {why}"),
+            );
+            return Err(());
+        }
+        let (from, to) = (
+            st.el.attr("from").unwrap_or(""),
+            st.el.attr("to").unwrap_or(""),
+        );
+        let (remote_jid, local_jid) = if inbound { (from, to) } else { (to, from) };
+        let Some(d) = p.decide(remote_jid, local_jid, classify(&st.el), direction) else {
+            return Ok(());
+        };
+        if inbound {
+            self.ctx
+                .bounce(st, ErrorType::Cancel, "service-unavailable", "policy", "");
+        } else {
+            let rule = d.rule.map_or("the default".to_owned(), |r| {
+                format!("rule {} (line {})", r.id, r.line)
+            });
+            self.ctx.bounce(
+                st,
+                ErrorType::Cancel,
+                "policy-violation",
+                "policy",
+                &format!("fedgate: policy: {rule}: {}", d.reason),
+            );
+        }
+        Err(())
     }
 }
 
@@ -38,7 +138,20 @@ impl StanzaSink for Router {
                 return;
             }
         };
-        if self.ctx.hosted.contains(&to) {
+        let to_hosted = self.ctx.hosted.contains(&to);
+        let crossing = match &st.origin {
+            Origin::Remote { .. } => Some((from.as_str(), to.as_str(), Direction::Inbound)),
+            Origin::Component(_) if !to_hosted => {
+                Some((to.as_str(), from.as_str(), Direction::Outbound))
+            }
+            _ => None,
+        };
+        if let Some((remote, local, direction)) = crossing
+            && self.check(&st, remote, local, direction).is_err()
+        {
+            return;
+        }
+        if to_hosted {
             if let Err(e) = self.components.deliver(&self.ctx, &to, st) {
                 match e {
                     DeliverError::NotConnected(st) => self.ctx.bounce(

@@ -504,9 +504,11 @@ impl Inbound {
             .cert
             .as_ref()
             .is_some_and(|check| check(&remote).is_ok());
-        if !floor.auth.dialback && !(floor.auth.certificate && cert_ok)
-            || !floor.pins.is_empty() && !cert_ok
-        {
+        // Dialback needs the method allowed, or a certificate that would have passed SASL
+        // EXTERNAL; pinned domains always need their certificate.
+        let dialback_ok = floor.auth.dialback || floor.auth.certificate && cert_ok;
+        let pins_ok = floor.pins.is_empty() || cert_ok;
+        if !(dialback_ok && pins_ok) {
             return reply_error(self, "auth", "not-authorized");
         }
         if self.authorized.contains(&(local.clone(), remote.clone())) {

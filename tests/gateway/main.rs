@@ -1,6 +1,7 @@
 //! Whole gateways in one process, on distinct loopback addresses, with a real in-process DNS
 //! server, real TLS (test CA made by rcgen) and XEP-0114 components on both sides.
 
+mod policy;
 mod probe;
 mod support;
 
@@ -437,12 +438,23 @@ async fn oversized_stanza_gets_a_stream_error() {
     gb.shutdown().await;
 }
 
-/// The component secret is checked; the wrong one is refused with not-authorized.
+/// The component secret is checked; the wrong one is refused with not-authorized, and a
+/// second component for a domain that has one is refused with conflict.
 #[tokio::test]
-async fn component_with_wrong_secret_is_refused() {
+async fn component_with_wrong_secret_or_a_second_one_is_refused() {
     let pki = Pki::new();
     let a = GwSpec::new(&pki, "a.test");
     let ga = a.start().await;
+    let _first = a.component(&ga).await;
+    let e = fedgate::component_client::ComponentClient::connect(
+        ga.component_addr.unwrap(),
+        "a.test",
+        &a.component_secret(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(e.to_string().contains("conflict"), "{e}");
     let e = fedgate::component_client::ComponentClient::connect(
         ga.component_addr.unwrap(),
         "a.test",

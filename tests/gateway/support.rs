@@ -60,6 +60,8 @@ pub struct GwSpec {
     pub dialback_secret: String,
     pub extra_s2s: String,
     pub static_targets: BTreeMap<String, String>,
+    /// TOML appended at the end (e.g. a [policy] section).
+    pub extra: String,
 }
 
 impl GwSpec {
@@ -74,6 +76,7 @@ impl GwSpec {
             dialback_secret: format!("dialback-secret-of-{domain}"),
             extra_s2s: String::new(),
             static_targets: BTreeMap::new(),
+            extra: String::new(),
         }
     }
 
@@ -101,6 +104,7 @@ impl GwSpec {
         if let Some(dns) = self.dns {
             s.push_str(&format!("\n[dns]\nnameservers = [\"{dns}\"]\n"));
         }
+        s.push_str(&self.extra);
         if !self.static_targets.is_empty() {
             s.push_str("\n[s2s.static_targets]\n");
             for (k, v) in &self.static_targets {

@@ -157,6 +157,7 @@ async fn handle(
                 Action::Send(b) => conn.queue(&b),
                 Action::Authenticated(domain) => match components.register(&domain) {
                     Some((id, rx, q)) => {
+                        conn.queue(b"<handshake/>");
                         tracing::info!(%domain, "component connected");
                         ctx.metrics
                             .streams

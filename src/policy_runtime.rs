@@ -1,0 +1,405 @@
+//! The policy in force: loaded from the policy file, swapped atomically on reload (file change or
+//! SIGHUP), refused and kept when a new file does not check. It answers the stream layer
+//! ([`Gatekeeper`]) and the router (per-stanza decisions, rate limits), runs an optional
+//! candidate file in shadow mode, counts denials by rule and writes audit lines
+//! (`target: "fedgate::audit"`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use fedgate_policy::{Decision, Direction, Kind, Policy, Request, TlsFloor};
+use fedgate_s2s::gate::{Floor, Gatekeeper};
+use fedgate_s2s::inbound::AuthMethods;
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+
+struct Metrics {
+    reloads: IntCounterVec,
+    denials: IntCounterVec,
+    shadow_diff: IntCounterVec,
+    rate_limited: IntCounterVec,
+    rules: IntGauge,
+}
+
+impl Metrics {
+    fn new(r: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let rules = IntGauge::new("fedgate_policy_rules", "Rules in the active policy")
+            .expect("valid metric");
+        r.register(Box::new(rules.clone())).expect("unique metric");
+        Self {
+            reloads: counter(
+                "fedgate_policy_reloads_total",
+                "Policy loads by file and result",
+                &["file", "result"],
+            ),
+            denials: counter(
+                "fedgate_policy_denials_total",
+                "Denials by rule, direction and kind",
+                &["rule", "direction", "kind"],
+            ),
+            shadow_diff: counter(
+                "fedgate_policy_shadow_diff_total",
+                "Decisions where the shadow policy differs from the active one",
+                &["active", "shadow"],
+            ),
+            rate_limited: counter(
+                "fedgate_policy_rate_limited_total",
+                "Stanzas refused by a rate limit",
+                &["direction"],
+            ),
+            rules,
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+const MAX_BUCKETS: usize = 100_000;
+
+pub struct PolicyRuntime {
+    active: ArcSwap<Policy>,
+    shadow: Option<ArcSwap<Policy>>,
+    file: Option<PathBuf>,
+    shadow_file: Option<PathBuf>,
+    /// The global floor from the config, for what the policy does not set.
+    defaults: Floor,
+    metrics: Metrics,
+    buckets: Mutex<HashMap<(String, bool), Bucket>>,
+}
+
+/// Diagnostics as lines `file:line:column: severity: message`.
+pub fn render_diagnostics(d: &[fedgate_policy::Diagnostic]) -> String {
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn load_file(path: &Path) -> Result<Policy, String> {
+    match Policy::load(path) {
+        Ok((p, warnings)) => {
+            for w in &warnings {
+                tracing::warn!(target: "fedgate::audit", diagnostic = %w, "policy warning");
+            }
+            Ok(p)
+        }
+        Err(d) => Err(render_diagnostics(&d)),
+    }
+}
+
+impl PolicyRuntime {
+    /// Load the configured files. A file that does not check stops the start (the operator
+    /// sees every diagnostic).
+    pub fn start(
+        file: Option<PathBuf>,
+        shadow_file: Option<PathBuf>,
+        defaults: Floor,
+        registry: &Registry,
+    ) -> Result<Arc<Self>, String> {
+        let metrics = Metrics::new(registry);
+        let active = match &file {
+            Some(f) => load_file(f)?,
+            None => Policy::allow_all(),
+        };
+        let shadow = match &shadow_file {
+            Some(f) => Some(ArcSwap::from_pointee(load_file(f)?)),
+            None => None,
+        };
+        let rt = Arc::new(Self {
+            active: ArcSwap::from_pointee(active),
+            shadow,
+            file,
+            shadow_file,
+            defaults,
+            metrics,
+            buckets: Mutex::new(HashMap::new()),
+        });
+        rt.loaded("active", &rt.active.load(), "start");
+        if let Some(s) = &rt.shadow {
+            rt.loaded("shadow", &s.load(), "start");
+        }
+        Ok(rt)
+    }
+
+    fn loaded(&self, which: &str, p: &Policy, why: &str) {
+        self.metrics.reloads.with_label_values(&[which, "ok"]).inc();
+        if which == "active" {
+            self.metrics.rules.set(p.rule_count() as i64);
+        }
+        tracing::info!(
+            target: "fedgate::audit",
+            event = "policy-load",
+            which,
+            file = p.source(),
+            revision = p.revision(),
+            rules = p.rule_count(),
+            trigger = why,
+            "policy loaded"
+        );
+    }
+
+    pub fn active(&self) -> Arc<Policy> {
+        self.active.load_full()
+    }
+
+    /// Re-read the files; a file that does not check is refused and the old policy stays.
+    /// Returns the errors of refused files.
+    pub fn reload(&self, why: &str) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for (which, file, slot) in [
+            ("active", &self.file, Some(&self.active)),
+            ("shadow", &self.shadow_file, self.shadow.as_ref()),
+        ] {
+            let (Some(file), Some(slot)) = (file, slot) else {
+                continue;
+            };
+            match load_file(file) {
+                Ok(p) => {
+                    if p.revision() != slot.load().revision() {
+                        self.loaded(which, &p, why);
+                        slot.store(Arc::new(p));
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .reloads
+                        .with_label_values(&[which, "refused"])
+                        .inc();
+                    tracing::error!(
+                        target: "fedgate::audit",
+                        event = "policy-refused",
+                        which,
+                        file = %file.display(),
+                        kept_revision = slot.load().revision(),
+                        trigger = why,
+                        errors = %e,
+                        "policy file refused; the previous policy stays in force"
+                    );
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    /// The files to watch.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.file
+            .iter()
+            .chain(self.shadow_file.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// Decide one request: `None` when allowed, else the explained denial. Denials are
+    /// counted by rule and audited; shadow differences are counted and logged. The reason text
+    /// is only built for denials and differences (the hot path allocates nothing).
+    pub fn decide(
+        &self,
+        remote: &str,
+        local: &str,
+        kind: Kind,
+        direction: Direction,
+    ) -> Option<Decision> {
+        let req = Request {
+            remote,
+            local,
+            kind,
+            direction,
+        };
+        let active = self.active.load();
+        let fast = active.decide_fast(&req);
+        if let Some(shadow) = &self.shadow {
+            let shadow = shadow.load();
+            let s = shadow.decide_fast(&req);
+            if s.allow != fast.allow {
+                let label = |x: bool| if x { "allow" } else { "deny" };
+                self.metrics
+                    .shadow_diff
+                    .with_label_values(&[label(fast.allow), label(s.allow)])
+                    .inc();
+                let (a, b) = (active.explain(&req), shadow.explain(&req));
+                tracing::info!(
+                    target: "fedgate::audit",
+                    event = "policy-shadow-diff",
+                    remote, local, kind = kind.as_str(), direction = direction.as_str(),
+                    active = label(a.allow), active_reason = %a.reason,
+                    shadow = label(b.allow), shadow_reason = %b.reason,
+                    shadow_revision = shadow.revision(),
+                    "shadow policy decides differently"
+                );
+            }
+        }
+        if fast.allow {
+            return None;
+        }
+        let d = active.explain(&req);
+        let rule = d.rule.as_ref().map_or("default", |r| r.id.as_str());
+        self.metrics
+            .denials
+            .with_label_values(&[rule, direction.as_str(), kind.as_str()])
+            .inc();
+        tracing::info!(
+            target: "fedgate::audit",
+            event = "policy-deny",
+            remote, local, kind = kind.as_str(), direction = direction.as_str(),
+            rule, revision = active.revision(), reason = %d.reason,
+            "denied by policy"
+        );
+        Some(d)
+    }
+
+    /// Token bucket per remote domain and direction; `Err` names the limit.
+    pub fn rate_check(&self, remote_domain: &str, direction: Direction) -> Result<(), String> {
+        let settings = self.active.load().domain_settings(remote_domain, direction);
+        let Some((per_second, burst)) = settings.rate else {
+            return Ok(());
+        };
+        let inbound = direction == Direction::Inbound;
+        let mut b = self.buckets.lock().expect("buckets lock");
+        if b.len() >= MAX_BUCKETS {
+            b.retain(|_, v| v.at.elapsed() < Duration::from_secs(60));
+        }
+        let now = Instant::now();
+        let e = b
+            .entry((remote_domain.to_owned(), inbound))
+            .or_insert(Bucket {
+                tokens: f64::from(burst),
+                at: now,
+            });
+        e.tokens =
+            (e.tokens + now.duration_since(e.at).as_secs_f64() * per_second).min(f64::from(burst));
+        e.at = now;
+        if e.tokens >= 1.0 {
+            e.tokens -= 1.0;
+            Ok(())
+        } else {
+            self.metrics
+                .rate_limited
+                .with_label_values(&[direction.as_str()])
+                .inc();
+            Err(format!(
+                "limit: {remote_domain} exceeds {per_second} stanzas/s (burst {burst}){}",
+                settings
+                    .rule
+                    .map(|r| format!(" set by rule {} (line {})", r.id, r.line))
+                    .unwrap_or_default()
+            ))
+        }
+    }
+
+    /// The largest stanza the policy allows for a domain, if it sets one.
+    pub fn max_stanza_bytes(&self, remote_domain: &str, direction: Direction) -> Option<usize> {
+        self.active
+            .load()
+            .domain_settings(remote_domain, direction)
+            .max_stanza_bytes
+    }
+
+    /// The protocol the policy names for a domain (`xmpp` when unset).
+    pub fn protocol(&self, remote_domain: &str) -> String {
+        self.active
+            .load()
+            .domain_settings(remote_domain, Direction::Outbound)
+            .protocol
+            .unwrap_or_else(|| "xmpp".into())
+    }
+}
+
+fn dir(inbound: bool) -> Direction {
+    if inbound {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    }
+}
+
+impl Gatekeeper for PolicyRuntime {
+    fn admit(&self, remote: &str, local: &str, inbound: bool) -> Result<(), String> {
+        let Some(d) = self.decide(remote, local, Kind::Stream, dir(inbound)) else {
+            return Ok(());
+        };
+        Err(match d.rule {
+            Some(r) => format!(
+                "policy: rule {} (line {}) denies federation with {remote}",
+                r.id, r.line
+            ),
+            None => format!("policy: the default denies federation with {remote}"),
+        })
+    }
+
+    fn floor(&self, remote: &str, inbound: bool) -> Floor {
+        let s = self.active.load().domain_settings(remote, dir(inbound));
+        let d = &self.defaults;
+        Floor {
+            tls_required: s.tls.map_or(d.tls_required, |t| t == TlsFloor::Required),
+            auth: AuthMethods {
+                certificate: s.auth_certificate.unwrap_or(d.auth.certificate),
+                dialback: s.auth_dialback.unwrap_or(d.auth.dialback),
+            },
+            pins: s.pins,
+            max_streams: s.max_streams,
+            rule: s.rule.map(|r| format!("{} (line {})", r.id, r.line)),
+        }
+    }
+}
+
+/// Watch the policy files and reload on change (editors replace files, so the parent
+/// directories are watched and events filtered by name); debounced.
+pub fn watch(rt: Arc<PolicyRuntime>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher as _;
+    let files = rt.files();
+    if files.is_empty() {
+        return None;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let names: Vec<PathBuf> = files.clone();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && ev
+                .paths
+                .iter()
+                .any(|p| names.iter().any(|n| p.file_name() == n.file_name()))
+        {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch policy files; reload with SIGHUP");
+            return None;
+        }
+    };
+    for f in &files {
+        let dir = f
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(error = %e, dir = %dir.display(), "cannot watch policy directory; reload with SIGHUP");
+        }
+    }
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let the editor finish writing, then take everything that piled up.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            let _ = rt.reload("file-change");
+        }
+    });
+    Some(watcher)
+}

@@ -1,0 +1,299 @@
+//! Policy enforcement on whole gateways: before DNS, at stream open and pair authentication,
+//! per stanza both ways, rate limits, hot reload.
+
+use std::time::Duration;
+
+use fedgate::component_client::{body, message, presence};
+use fedgate::testdns::Zone;
+use fedgate_certs::dev::LeafSpec;
+use fedgate_s2s::element::{Element, NS_CONTENT};
+
+use super::error_condition;
+use super::support::*;
+
+/// Writes `text` as policy.toml in a fresh directory and returns the [policy] TOML for it.
+fn policy_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let p = dir.path().join("policy.toml");
+    std::fs::write(&p, text).unwrap();
+    format!("\n[policy]\nfile = {:?}\n", p.display().to_string())
+}
+
+async fn pair(
+    pki: &Pki,
+    a_policy: &str,
+    dir: &tempfile::TempDir,
+) -> (GwSpec, GwSpec, fedgate::testdns::TestDns) {
+    let mut a = GwSpec::new(pki, "a.test");
+    let mut b = GwSpec::new(pki, "b.test");
+    let mut zone = Zone::new();
+    srv_to(&mut zone, "a.test", a.ip);
+    srv_to(&mut zone, "b.test", b.ip);
+    let dns = dns(zone).await;
+    a.dns = Some(dns.addr());
+    b.dns = Some(dns.addr());
+    a.extra = policy_file(dir, a_policy);
+    (a, b, dns)
+}
+
+#[tokio::test]
+async fn denied_outbound_domain_is_never_looked_up() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _b, dns) = pair(
+        &pki,
+        "default = \"allow\"\n\n[[rule]]\nid = \"no-evil\"\ndomains = [\"*.evil.test\"]\naction = \"deny\"\n",
+        &dir,
+    )
+    .await;
+    let ga = a.start().await;
+    let mut ca = a.component(&ga).await;
+    ca.send(&message("alice@a.test", "x@www.evil.test", "e1", "hi"))
+        .await
+        .unwrap();
+    let e = ca.recv(T).await.unwrap();
+    let (cond, text) = error_condition(&e).unwrap();
+    assert_eq!(cond, "policy-violation");
+    assert!(
+        text.contains("no-evil") && text.contains("line 3"),
+        "{text}"
+    );
+    assert!(
+        !dns.queried_names().iter().any(|n| n.contains("evil")),
+        "{:?}",
+        dns.queried_names()
+    );
+    let m = http_get(&ga, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_policy_denials_total{direction=\"outbound\",kind=\"stream\",rule=\"no-evil\"}"
+        ),
+        1,
+        "{m}"
+    );
+    ga.shutdown().await;
+}
+
+#[tokio::test]
+async fn denied_inbound_stream_is_refused_with_the_rule() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _dns) = pair(
+        &pki,
+        "default = \"allow\"\n\n[[rule]]\nid = \"block-b\"\ndomains = [\"b.test\"]\naction = \"deny\"\ndirection = \"inbound\"\n",
+        &dir,
+    )
+    .await;
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    cb.send(&message("bob@b.test", "alice@a.test", "s1", "let me in"))
+        .await
+        .unwrap();
+    let e = cb.recv(T).await.unwrap();
+    let (cond, text) = error_condition(&e).unwrap();
+    assert_eq!(cond, "policy-violation", "{text}");
+    assert!(text.contains("block-b"), "{text}");
+    // Outbound from a.test to b.test is still allowed (the rule is inbound only).
+    ca.send(&message("alice@a.test", "bob@b.test", "s2", "I may write"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&cb.recv(T).await.unwrap()).as_deref(),
+        Some("I may write")
+    );
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
+
+#[tokio::test]
+async fn denied_stanzas_bounce_with_the_documented_errors() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _dns) = pair(
+        &pki,
+        "default = \"deny\"\n\n\
+         [[rule]]\nid = \"b-chat\"\ndomains = [\"b.test\"]\naction = \"allow\"\nkinds = [\"message\", \"presence\"]\n\
+         deny_users = [\"mallory@b.test\"]\n",
+        &dir,
+    )
+    .await;
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    // Allowed kind crosses.
+    cb.send(&message("bob@b.test", "alice@a.test", "k1", "chat is fine"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&ca.recv(T).await.unwrap()).as_deref(),
+        Some("chat is fine")
+    );
+    // Inbound subscription (not in kinds): service-unavailable, nothing about the policy.
+    cb.send(&presence("bob@b.test", "alice@a.test", "subscribe"))
+        .await
+        .unwrap();
+    let e = cb.recv(T).await.unwrap();
+    assert_eq!(e.attr("type"), Some("error"));
+    assert_eq!(
+        error_condition(&e).unwrap(),
+        ("service-unavailable".into(), String::new())
+    );
+    // A denied user within an allowed domain.
+    cb.send(&message("mallory@b.test", "alice@a.test", "k2", "hi"))
+        .await
+        .unwrap();
+    let e = cb.recv(T).await.unwrap();
+    assert_eq!(error_condition(&e).unwrap().0, "service-unavailable");
+    // Outbound iq (not in kinds): policy-violation naming the rule.
+    let iq = Element::new("iq", NS_CONTENT)
+        .with_attr("from", "alice@a.test/r")
+        .with_attr("to", "bob@b.test")
+        .with_attr("id", "q1")
+        .with_attr("type", "get")
+        .with_child(Element::new("ping", "urn:xmpp:ping"));
+    ca.send(&iq).await.unwrap();
+    let e = ca.recv(T).await.unwrap();
+    let (cond, text) = error_condition(&e).unwrap();
+    assert_eq!(cond, "policy-violation");
+    assert!(text.contains("b-chat"), "{text}");
+    // Nothing else reached a.test's component.
+    assert!(ca.recv(Duration::from_millis(300)).await.is_err());
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
+
+#[tokio::test]
+async fn rate_limits_hold_per_domain() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _dns) = pair(
+        &pki,
+        "default = \"allow\"\n\n[[rule]]\nid = \"b-slow\"\ndomains = [\"b.test\"]\naction = \"allow\"\n\
+         rate = { per_second = 1.0, burst = 3 }\n",
+        &dir,
+    )
+    .await;
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    for i in 0..10 {
+        cb.send(&message(
+            "bob@b.test",
+            "alice@a.test",
+            &format!("r{i}"),
+            "burst",
+        ))
+        .await
+        .unwrap();
+    }
+    let mut delivered = 0;
+    while ca.recv(Duration::from_millis(500)).await.is_ok() {
+        delivered += 1;
+    }
+    let mut limited = 0;
+    while let Ok(e) = cb.recv(Duration::from_millis(500)).await {
+        let (cond, text) = error_condition(&e).unwrap();
+        assert_eq!(cond, "resource-constraint");
+        assert!(text.contains("b-slow"), "{text}");
+        limited += 1;
+    }
+    assert!((3..=4).contains(&delivered), "{delivered} delivered");
+    assert_eq!(delivered + limited, 10);
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
+
+#[tokio::test]
+async fn hot_reload_applies_good_files_and_keeps_the_old_on_bad_ones() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, _dns) = pair(&pki, "default = \"allow\"\n", &dir).await;
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    cb.send(&message("bob@b.test", "alice@a.test", "h1", "before"))
+        .await
+        .unwrap();
+    assert_eq!(body(&ca.recv(T).await.unwrap()).as_deref(), Some("before"));
+
+    let file = dir.path().join("policy.toml");
+    std::fs::write(&file, "default = \"allow\"\n[[rule]]\nid = \"now-deny\"\ndomains = [\"b.test\"]\naction = \"deny\"\nkinds = [\"message\"]\n").unwrap();
+    let mut denied = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if ga.policy.active().rule_count() == 1 {
+            cb.send(&message(
+                "bob@b.test",
+                "alice@a.test",
+                &format!("h2-{i}"),
+                "after",
+            ))
+            .await
+            .unwrap();
+            let e = cb.recv(T).await.unwrap();
+            assert_eq!(error_condition(&e).unwrap().0, "service-unavailable");
+            denied = true;
+            break;
+        }
+    }
+    assert!(denied, "the watcher picked up the new file");
+
+    // A broken file is refused; the deny stays in force.
+    std::fs::write(
+        &file,
+        "default = \"allow\"\n[[rule]]\nid = \"oops\"\nacton = \"deny\"\n",
+    )
+    .unwrap();
+    let err = ga.policy.reload("test").unwrap_err();
+    assert!(err.contains(":4:1:") && err.contains("acton"), "{err}");
+    assert_eq!(ga.policy.active().rule_count(), 1);
+    cb.send(&message("bob@b.test", "alice@a.test", "h3", "still denied"))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_condition(&cb.recv(T).await.unwrap()).unwrap().0,
+        "service-unavailable"
+    );
+    let m = http_get(&ga, "/metrics").await;
+    assert!(
+        metric(
+            &m,
+            "fedgate_policy_reloads_total{file=\"active\",result=\"refused\"}"
+        ) >= 1,
+        "{m}"
+    );
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
+
+#[tokio::test]
+async fn certificate_floor_refuses_dialback_for_that_domain() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, mut b, _dns) = pair(
+        &pki,
+        "default = \"allow\"\n[[rule]]\nid = \"b-certs\"\ndomains = [\"b.test\"]\naction = \"allow\"\nauth = [\"certificate\"]\n",
+        &dir,
+    )
+    .await;
+    b.cert = other.leaf("b.test", &LeafSpec::dns(&["b.test"]));
+    let (ga, gb) = (a.start().await, b.start().await);
+    let _ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    cb.send(&message(
+        "bob@b.test",
+        "alice@a.test",
+        "c1",
+        "dialback please",
+    ))
+    .await
+    .unwrap();
+    let e = cb.recv(T).await.unwrap();
+    let (cond, text) = error_condition(&e).unwrap();
+    assert_eq!(cond, "remote-server-not-found", "{text}");
+    assert!(text.contains("auth"), "{text}");
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
