@@ -509,11 +509,14 @@ mod tests {
         let mut n = 0;
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
-            let is_policy = p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("policy"));
+            let is_policy = p
+                .file_name()
+                .is_some_and(|f| f.to_string_lossy().starts_with("policy"));
             if p.extension().is_some_and(|x| x == "toml") && !is_policy {
                 let c = Config::load(&p, &Env::new()).unwrap_or_else(|e| panic!("{e}"));
                 if let Some(pf) = &c.policy.file {
-                    fedgate_policy::Policy::load(pf).unwrap_or_else(|d| panic!("{}: {d:?}", pf.display()));
+                    fedgate_policy::Policy::load(pf)
+                        .unwrap_or_else(|d| panic!("{}: {d:?}", pf.display()));
                 }
                 n += 1;
             }

@@ -53,11 +53,17 @@ async fn start_side(
     std::fs::write(&kp, key)?;
     let ca_path = dir.join("ca.pem");
     let secret = format!("demo-component-secret-{domain}");
+    let policy = dir.join(format!("{domain}.policy.toml"));
+    std::fs::write(
+        &policy,
+        "# Everyone may federate, except the domains under blocked.test.\n\
+         default = \"allow\"\n\n[[rule]]\nid = \"no-blocked\"\ndomains = [\"*.blocked.test\"]\naction = \"deny\"\n",
+    )?;
     let toml = format!(
         "[[domains]]\nname = \"{domain}\"\ncert = {cp:?}\nkey = {kp:?}\ncomponent_secret = \"{secret}\"\n\
          [s2s]\nlisten = [\"{ip}:5269\"]\ndialback_secret = \"demo-dialback-secret-{domain}\"\n\
          [dns]\nnameservers = [\"{dns}\"]\n[tls]\nsystem_roots = false\ntrust_anchors = [{ca_path:?}]\n\
-         [components]\nlisten = \"{ip}:5347\"\n[metrics]\nlisten = \"{ip}:9269\"\n"
+         [components]\nlisten = \"{ip}:5347\"\n[metrics]\nlisten = \"{ip}:9269\"\n[policy]\nfile = {policy:?}\n"
     );
     let cfg = Config::from_toml(&toml, &format!("<demo {domain}>"), dir, &Env::new())?;
     let gw = Gateway::start(&cfg).await?;
@@ -230,6 +236,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
         "\n  alice@north.test -> carol@nowhere.test: bounced with <{cond}/> \"{text}\""
     )?;
 
+    // A domain the policy denies: refused before any DNS lookup, with the rule in the error.
+    let before = dns.queries();
+    north
+        .comp
+        .send(&message(
+            "alice@north.test/laptop",
+            "mallory@shady.blocked.test",
+            "x2",
+            "Hello?",
+        ))
+        .await?;
+    let e = north.comp.recv_matching(T, |e| e.name == "message").await?;
+    let err = e
+        .child("error", fedgate_s2s::element::NS_CONTENT)
+        .context("an error reply")?;
+    let cond = err
+        .elements()
+        .next()
+        .map(|c| c.name.clone())
+        .unwrap_or_default();
+    let text = err
+        .child("text", fedgate_s2s::element::NS_STANZA_ERRORS)
+        .map(fedgate_s2s::element::Element::text)
+        .unwrap_or_default();
+    expect(
+        cond == "policy-violation",
+        "the policy denied shady.blocked.test",
+    )?;
+    expect(
+        dns.queries() == before,
+        "a denied domain is never looked up",
+    )?;
+    writeln!(
+        out,
+        "  alice@north.test -> mallory@shady.blocked.test: denied by policy with <{cond}/> \"{text}\" (no DNS query)"
+    )?;
+
     writeln!(out, "\n  metrics (north.test):")?;
     let metrics = crate::http::metrics_text(&north.gw.http);
     for line in metrics.lines().filter(|l| {
@@ -237,6 +280,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
             && (l.starts_with("fedgate_auth_total")
                 || l.starts_with("fedgate_stanzas_routed_total")
                 || l.starts_with("fedgate_stanzas_bounced_total")
+                || l.starts_with("fedgate_policy_denials_total")
                 || l.starts_with("fedgate_streams{"))
     }) {
         writeln!(out, "    {line}")?;
@@ -253,7 +297,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
     dns.stop().await;
     writeln!(
         out,
-        "\ndemo complete: messages, presence subscription and error bounces crossed the federation."
+        "\ndemo complete: messages, a presence subscription, error bounces and a policy denial."
     )?;
     Ok(out)
 }

@@ -508,6 +508,10 @@ fn demo_and_check_config_binaries() {
     assert!(text.contains("subscription complete"), "{text}");
     assert!(text.contains("<remote-server-not-found/>"), "{text}");
     assert!(
+        text.contains("denied by policy with <policy-violation/>") && text.contains("no-blocked"),
+        "{text}"
+    );
+    assert!(
         text.contains(
             "fedgate_auth_total{direction=\"out\",method=\"sasl-external\",result=\"ok\"} 1"
         ),

@@ -297,3 +297,172 @@ async fn certificate_floor_refuses_dialback_for_that_domain() {
     ga.shutdown().await;
     gb.shutdown().await;
 }
+
+/// `fedgate policy check|test|explain` on the shipped example and on a broken file.
+#[test]
+fn policy_cli_check_test_explain() {
+    let exe = env!("CARGO_BIN_EXE_fedgate");
+    let ex = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(exe).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let policy = ex.join("policy.toml");
+    let tests = ex.join("policy-tests.toml");
+    let (code, out) = run(&["policy", "check", policy.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains(": ok ("), "{out}");
+    let (code, out) = run(&[
+        "policy",
+        "test",
+        policy.to_str().unwrap(),
+        tests.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.lines().any(|l| l.ends_with(" passed, 0 failed")),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "policy",
+        "explain",
+        policy.to_str().unwrap(),
+        "--from",
+        "bob@partner.test",
+        "--to",
+        "alice@example.test",
+        "--kind",
+        "message",
+        "--direction",
+        "inbound",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.starts_with("ALLOW\nrule: partners (line "), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "default = \"allow\"\n[[rule]]\nid = \"x\"\ndomains = [\"*x.test\"]\nacton = \"deny\"\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["policy", "check", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{out}");
+    let b = bad.display();
+    assert!(
+        out.contains(&format!(
+            "{b}:4:12: error: `*x.test`: a wildcard must be a whole label"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{b}:5:1: error: unknown key `acton` (did you mean `action`?"
+        )),
+        "{out}"
+    );
+
+    // A failing case fails the command.
+    let t = dir.path().join("t.toml");
+    std::fs::write(&t, "[[case]]\nfrom = \"bob@partner.test\"\nto = \"alice@example.test\"\nkind = \"message\"\ndirection = \"inbound\"\nexpect = \"deny\"\n").unwrap();
+    let (code, out) = run(&[
+        "policy",
+        "test",
+        policy.to_str().unwrap(),
+        t.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("FAIL") && out.contains("0 passed, 1 failed"),
+        "{out}"
+    );
+}
+
+/// A candidate policy in shadow mode decides beside the active one: differences are counted,
+/// never enforced.
+#[tokio::test]
+async fn shadow_policy_counts_differences_without_enforcing() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut a, b, _dns) = pair(&pki, "default = \"allow\"\n", &dir).await;
+    let cand = dir.path().join("candidate.toml");
+    std::fs::write(&cand, "default = \"allow\"\n[[rule]]\nid = \"would-deny\"\ndomains = [\"b.test\"]\naction = \"deny\"\nkinds = [\"message\"]\n").unwrap();
+    a.extra
+        .push_str(&format!("shadow_file = {:?}\n", cand.display().to_string()));
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    cb.send(&message(
+        "bob@b.test",
+        "alice@a.test",
+        "sh1",
+        "still delivered",
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        body(&ca.recv(T).await.unwrap()).as_deref(),
+        Some("still delivered")
+    );
+    let m = http_get(&ga, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_policy_shadow_diff_total{active=\"allow\",shadow=\"deny\"}"
+        ),
+        1,
+        "{m}"
+    );
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
+
+/// max_streams caps concurrent inbound streams from one domain: two nodes of b.test connect,
+/// the second is refused with a policy-violation stream error.
+#[tokio::test]
+async fn max_streams_caps_inbound_streams_per_domain() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b1, dns) = pair(
+        &pki,
+        "default = \"allow\"\n[[rule]]\nid = \"b-one-stream\"\ndomains = [\"b.test\"]\naction = \"allow\"\nmax_streams = 1\n",
+        &dir,
+    )
+    .await;
+    let mut b2 = GwSpec::new(&pki, "b.test");
+    b2.dns = Some(dns.addr());
+    b2.dialback_secret = b1.dialback_secret.clone();
+    let (ga, gb1, gb2) = (a.start().await, b1.start().await, b2.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut c1 = b1.component(&gb1).await;
+    let mut c2 = b2.component(&gb2).await;
+    c1.send(&message("bob@b.test", "alice@a.test", "m1", "first stream"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&ca.recv(T).await.unwrap()).as_deref(),
+        Some("first stream")
+    );
+    c2.send(&message(
+        "carl@b.test",
+        "alice@a.test",
+        "m2",
+        "second stream",
+    ))
+    .await
+    .unwrap();
+    let e = c2.recv(T).await.unwrap();
+    let (cond, text) = error_condition(&e).unwrap();
+    assert_eq!(cond, "policy-violation", "{text}");
+    assert!(
+        text.contains("limit: b.test already has 1 inbound streams"),
+        "{text}"
+    );
+    ga.shutdown().await;
+    gb1.shutdown().await;
+    gb2.shutdown().await;
+}

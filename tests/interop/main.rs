@@ -245,3 +245,105 @@ async fn prosody_user_gets_errors_for_unreachable_local_service() {
     g.shutdown().await;
     dns.stop().await;
 }
+
+/// A real Prosody peer under policy: messages from p.test are not allowed (presence is), so
+/// its user gets service-unavailable; then the whole domain is denied and Prosody's user gets
+/// an error for the refused stream, while fedgate counts the denial by rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_user_is_denied_by_policy() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "default = \"allow\"\n[[rule]]\nid = \"p-no-chat\"\ndomains = [\"p.test\"]\naction = \"allow\"\n\
+         kinds = [\"presence\", \"subscription\", \"iq\"]\n",
+    )
+    .unwrap();
+    let mut gw = GwSpec::new(&pki, "example.test");
+    gw.extra = format!("\n[policy]\nfile = {:?}\n", policy.display().to_string());
+    let p_ip = next_ip();
+    let mut zone = Zone::new();
+    srv_literal(&mut zone, "p.test", p_ip);
+    srv_literal(&mut zone, "example.test", gw.ip);
+    let dns: TestDns = dns(zone).await;
+    gw.dns = Some(dns.addr());
+    let g = gw.start().await;
+    let mut comp = gw.component(&g).await;
+    let (pc, pk) = pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
+    let mut opts = ProsodyOpts::new("p.test", p_ip, dns.addr(), pc, pk).user("alice", "pw-alice");
+    opts.trust_ca = Some(pki.ca_path());
+    let prosody = Prosody::start(opts).await.unwrap();
+    let mut alice = XmppClient::connect(
+        &interop_python(),
+        "alice@p.test",
+        "pw-alice",
+        prosody.c2s_addr(),
+    )
+    .await
+    .unwrap();
+
+    alice
+        .send_message("bob@example.test", "may I chat?")
+        .await
+        .unwrap();
+    let (from, cond) = alice
+        .expect_message_error(W)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
+    assert!(from.starts_with("bob@example.test"), "{from}");
+    assert_eq!(cond, "service-unavailable");
+    // Presence is allowed: the subscription request reaches the component.
+    alice.subscribe("bob@example.test").await;
+    comp.recv_matching(W, |e| {
+        e.name == "presence" && e.attr("type") == Some("subscribe")
+    })
+    .await
+    .unwrap();
+    let m = metrics(&g).await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_policy_denials_total{direction=\"inbound\",kind=\"message\",rule=\"p-no-chat\"}"
+        ),
+        1,
+        "{m}"
+    );
+
+    // Deny the whole domain: Prosody's new stream is refused with a policy-violation stream
+    // error naming the rule, and alice gets an error instead of silence.
+    std::fs::write(&policy, "default = \"allow\"\n[[rule]]\nid = \"p-blocked\"\ndomains = [\"p.test\"]\naction = \"deny\"\n").unwrap();
+    g.policy.reload("test").unwrap();
+    prosody
+        .shell("s2s:close('p.test', 'example.test')")
+        .await
+        .ok();
+    alice
+        .send_message("bob@example.test", "and now?")
+        .await
+        .unwrap();
+    let (_, cond) = alice
+        .expect_message_error(W)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
+    // Prosody 0.12 reports a stream refused by the peer to its user as a failed s2s link.
+    assert!(
+        matches!(
+            cond.as_str(),
+            "remote-server-timeout" | "remote-server-not-found"
+        ),
+        "{cond}"
+    );
+    let m = metrics(&g).await;
+    assert!(
+        metric(
+            &m,
+            "fedgate_policy_denials_total{direction=\"inbound\",kind=\"stream\",rule=\"p-blocked\"}"
+        ) >= 1,
+        "{m}"
+    );
+    alice.close();
+    prosody.stop();
+    g.shutdown().await;
+    dns.stop().await;
+}

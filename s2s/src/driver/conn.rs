@@ -103,6 +103,11 @@ impl Conn {
         self.wbuf.extend_from_slice(bytes);
     }
 
+    /// Drop bytes queued but not yet written (a refusal replaces what was about to be said).
+    pub fn discard_queued(&mut self) {
+        self.wbuf.clear();
+    }
+
     pub fn queued(&self) -> usize {
         self.wbuf.len()
     }

@@ -184,6 +184,8 @@ async fn run(
                                     "limit: {remote} already has {open} inbound streams (policy allows {max})"
                                 ),
                             );
+                            // Not the <success/> or valid result queued for this pair.
+                            conn.discard_queued();
                             conn.close_with(&e.to_bytes()).await;
                             break_on_close(ctx, &remotes);
                             return Err(Failure::new(FailureKind::Limit, e.text));

@@ -171,9 +171,19 @@ impl Pool {
             }) => (conn, method, target),
             Ok(Outcome::Verified(_)) => unreachable!("auth mode"),
             Err(f) => {
-                m.auth
-                    .with_label_values(&["out", "none", f.kind.as_str()])
-                    .inc();
+                // Authentication failures count as such; DNS/connect/TLS failures never got
+                // that far (they are in fedgate_connect_attempts_total).
+                if matches!(
+                    f.kind,
+                    FailureKind::Auth
+                        | FailureKind::CertChain
+                        | FailureKind::CertName
+                        | FailureKind::Policy
+                ) {
+                    m.auth
+                        .with_label_values(&["out", "failed", f.kind.as_str()])
+                        .inc();
+                }
                 m.streams_closed
                     .with_label_values(&["out", f.kind.as_str()])
                     .inc();
