@@ -9,7 +9,8 @@ use crate::inbound::AuthMethods;
 pub struct Floor {
     pub tls_required: bool,
     pub auth: AuthMethods,
-    /// SHA-256 fingerprints (hex with colons) one of which the peer's certificate must have.
+    /// SHA-256 certificate fingerprints (hex, colons and a `sha256:` prefix optional) one of
+    /// which the peer's certificate must have.
     pub pins: Vec<String>,
     /// Most concurrent inbound streams from the domain.
     pub max_streams: Option<u32>,

@@ -466,3 +466,108 @@ async fn max_streams_caps_inbound_streams_per_domain() {
     gb1.shutdown().await;
     gb2.shutdown().await;
 }
+
+/// Pinned fingerprints: with the right pin b.test federates; with a wrong one its certificate
+/// is refused for SASL EXTERNAL and dialback alike, even though the CA is trusted.
+#[tokio::test]
+async fn pinned_fingerprints_are_required() {
+    let pki = Pki::new();
+    for (pin_ok, expect_delivery) in [(true, true), (false, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        // b.test's certificate from the trusted CA; the pin is its fingerprint or a wrong one.
+        let b_cert = pki.leaf("b-pinned", &LeafSpec::dns(&["b.test"]));
+        let leaf = fedgate_certs::Identity::load("b.test", &b_cert.0, &b_cert.1).unwrap();
+        let pin = if pin_ok {
+            fedgate_certs::sha256_fingerprint(leaf.leaf().as_ref())
+        } else {
+            ["AB"; 32].join(":")
+        };
+        let (a, mut b, _dns) = pair(
+            &pki,
+            &format!("default = \"allow\"\n[[rule]]\nid = \"b-pinned\"\ndomains = [\"b.test\"]\naction = \"allow\"\npins = [\"sha256:{pin}\"]\n"),
+            &dir,
+        )
+        .await;
+        b.cert = b_cert;
+        let (ga, gb) = (a.start().await, b.start().await);
+        let mut ca = a.component(&ga).await;
+        let mut cb = b.component(&gb).await;
+        cb.send(&message("bob@b.test", "alice@a.test", "p1", "pinned"))
+            .await
+            .unwrap();
+        if expect_delivery {
+            assert_eq!(body(&ca.recv(T).await.unwrap()).as_deref(), Some("pinned"));
+        } else {
+            let e = cb.recv(T).await.unwrap();
+            let (cond, text) = error_condition(&e).unwrap();
+            assert_eq!(cond, "remote-server-not-found", "{text}");
+            assert!(text.contains("auth"), "{text}");
+            assert!(ca.recv(Duration::from_millis(300)).await.is_err());
+        }
+        ga.shutdown().await;
+        gb.shutdown().await;
+    }
+}
+
+/// SIGHUP makes a running `fedgate run` reload its policy (file watching off).
+#[tokio::test]
+async fn sighup_reloads_the_policy_of_a_running_gateway() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = GwSpec::new(&pki, "a.test");
+    a.extra = policy_file(&dir, "default = \"allow\"\n");
+    a.extra.push_str("watch = false\n");
+    let cfg = dir.path().join("fedgate.toml");
+    std::fs::write(&cfg, a.toml()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fedgate"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics_url = format!("{}:9269", a.ip);
+    let get = || async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&metrics_url).await.ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.ok()?;
+        Some(metric(&out, "fedgate_policy_rules"))
+    };
+    let mut rules = None;
+    for _ in 0..100 {
+        rules = get().await;
+        if rules.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rules, Some(0));
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "default = \"allow\"\n[[rule]]\nid = \"new\"\ndomains = [\"x.test\"]\naction = \"deny\"\n",
+    )
+    .unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if get().await == Some(1) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(reloaded, "SIGHUP reloaded the policy");
+    assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
+}

@@ -235,7 +235,13 @@ pub fn check_peer(
     let floor = gate.floor(domain, peer_is_client);
     if !floor.pins.is_empty() {
         let fp = fedgate_certs::sha256_fingerprint(leaf.as_ref());
-        if !floor.pins.iter().any(|p| p.eq_ignore_ascii_case(&fp)) {
+        let matches = |p: &String| {
+            let p = p.strip_prefix("sha256:").unwrap_or(p);
+            p.eq_ignore_ascii_case(&fp)
+                || p.replace(':', "")
+                    .eq_ignore_ascii_case(&fp.replace(':', ""))
+        };
+        if !floor.pins.iter().any(matches) {
             return Err(format!(
                 "cert-chain: certificate {fp} is not pinned for {domain}{}",
                 floor
