@@ -219,18 +219,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
         ))
         .await?;
     let e = north.comp.recv_matching(T, |e| e.name == "message").await?;
-    let err = e
-        .child("error", fedgate_s2s::element::NS_CONTENT)
-        .context("an error reply")?;
-    let cond = err
-        .elements()
-        .next()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let text = err
-        .child("text", fedgate_s2s::element::NS_STANZA_ERRORS)
-        .map(fedgate_s2s::element::Element::text)
-        .unwrap_or_default();
+    let (cond, text) = fedgate_s2s::wire::stanza_error(&e).context("an error reply")?;
     writeln!(
         out,
         "\n  alice@north.test -> carol@nowhere.test: bounced with <{cond}/> \"{text}\""
@@ -248,18 +237,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
         ))
         .await?;
     let e = north.comp.recv_matching(T, |e| e.name == "message").await?;
-    let err = e
-        .child("error", fedgate_s2s::element::NS_CONTENT)
-        .context("an error reply")?;
-    let cond = err
-        .elements()
-        .next()
-        .map(|c| c.name.clone())
-        .unwrap_or_default();
-    let text = err
-        .child("text", fedgate_s2s::element::NS_STANZA_ERRORS)
-        .map(fedgate_s2s::element::Element::text)
-        .unwrap_or_default();
+    let (cond, text) = fedgate_s2s::wire::stanza_error(&e).context("an error reply")?;
     expect(
         cond == "policy-violation",
         "the policy denied shady.blocked.test",

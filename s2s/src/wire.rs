@@ -221,6 +221,22 @@ pub fn bounce(
     reply
 }
 
+/// Reads an error reply (the counterpart of [`bounce`]): (condition, text), or `None` when the
+/// stanza carries no `<error/>`.
+pub fn stanza_error(stanza: &Element) -> Option<(String, String)> {
+    let e = stanza.child("error", NS_CONTENT)?;
+    let cond = e
+        .elements()
+        .find(|c| c.ns == NS_STANZA_ERRORS && c.name != "text")?
+        .name
+        .clone();
+    let text = e
+        .child("text", NS_STANZA_ERRORS)
+        .map(Element::text)
+        .unwrap_or_default();
+    Some((cond, text))
+}
+
 /// The (from-domain, to-domain) of a stanza, if both are present and well-formed.
 pub fn stanza_domains(stanza: &Element) -> (Option<&str>, Option<&str>) {
     (
@@ -256,6 +272,14 @@ mod tests {
              xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>dns: no such domain</text></error></message>"
         );
         assert!(!bounceable(&b));
+        assert_eq!(
+            stanza_error(&b),
+            Some((
+                "remote-server-not-found".into(),
+                "dns: no such domain".into()
+            ))
+        );
+        assert_eq!(stanza_error(&m), None);
         let p = Element::new("presence", NS_CONTENT);
         assert!(!bounceable(&p));
         assert!(bounceable(&p.clone().with_attr("type", "subscribe")));

@@ -10,21 +10,11 @@ use std::time::Duration;
 use fedgate::component_client::{body, message, presence};
 use fedgate::testdns::Zone;
 use fedgate_certs::dev::LeafSpec;
-use fedgate_s2s::element::{Element, NS_CONTENT, NS_STANZA_ERRORS};
+use fedgate_s2s::element::{Element, NS_CONTENT};
 use support::*;
 
 fn error_condition(el: &Element) -> Option<(String, String)> {
-    let e = el.child("error", NS_CONTENT)?;
-    let cond = e
-        .elements()
-        .find(|c| c.ns == NS_STANZA_ERRORS && c.name != "text")?
-        .name
-        .clone();
-    let text = e
-        .child("text", NS_STANZA_ERRORS)
-        .map(Element::text)
-        .unwrap_or_default();
-    Some((cond, text))
+    fedgate_s2s::wire::stanza_error(el)
 }
 
 /// Two gateways a.test and b.test found through SRV, each with a component.

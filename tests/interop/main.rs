@@ -8,7 +8,7 @@ mod peers;
 #[allow(dead_code)]
 mod support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use fedgate::component_client::{body, message, presence};
@@ -102,13 +102,21 @@ async fn message_and_subscriptions(
     assert_eq!(ok.attr("from"), Some(remote.as_str()));
 }
 
-/// Prosody as remote domain p.test: message from a Prosody user to a component user of
-/// example.test and the reply back; subscriptions both ways; SASL EXTERNAL both ways (both
-/// sides trust the test CA).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prosody_federates_with_sasl_external() {
+/// fedgate for example.test (with `extra` config, e.g. a [policy] section) and Prosody for
+/// p.test trusting the test CA, both found through the test DNS, and alice logged into Prosody.
+struct ProsodySetup {
+    _pki: Pki,
+    dns: TestDns,
+    gw: GwSpec,
+    g: fedgate::gateway::Gateway,
+    prosody: Prosody,
+    alice: XmppClient,
+}
+
+async fn with_prosody(extra: String, secure_auth: bool) -> ProsodySetup {
     let pki = Pki::new();
     let mut gw = GwSpec::new(&pki, "example.test");
+    gw.extra = extra;
     let p_ip = next_ip();
     let mut zone = Zone::new();
     srv_literal(&mut zone, "p.test", p_ip);
@@ -116,14 +124,12 @@ async fn prosody_federates_with_sasl_external() {
     let dns: TestDns = dns(zone).await;
     gw.dns = Some(dns.addr());
     let g = gw.start().await;
-    let mut comp = gw.component(&g).await;
-
     let (pc, pk) = pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
     let mut opts = ProsodyOpts::new("p.test", p_ip, dns.addr(), pc, pk).user("alice", "pw-alice");
     opts.trust_ca = Some(pki.ca_path());
-    opts.secure_auth = true;
+    opts.secure_auth = secure_auth;
     let prosody = Prosody::start(opts).await.unwrap();
-    let mut alice = XmppClient::connect(
+    let alice = XmppClient::connect(
         &interop_python(),
         "alice@p.test",
         "pw-alice",
@@ -131,13 +137,39 @@ async fn prosody_federates_with_sasl_external() {
     )
     .await
     .unwrap();
+    ProsodySetup {
+        _pki: pki,
+        dns,
+        gw,
+        g,
+        prosody,
+        alice,
+    }
+}
 
-    message_and_subscriptions(&mut comp, &mut alice, "bob@example.test", &|| {
+impl ProsodySetup {
+    async fn stop(self) {
+        self.alice.close();
+        self.prosody.stop();
+        self.g.shutdown().await;
+        self.dns.stop().await;
+    }
+}
+
+/// Prosody as remote domain p.test: message from a Prosody user to a component user of
+/// example.test and the reply back; subscriptions both ways; SASL EXTERNAL both ways (both
+/// sides trust the test CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_federates_with_sasl_external() {
+    let mut t = with_prosody(String::new(), true).await;
+    let mut comp = t.gw.component(&t.g).await;
+    let prosody = &t.prosody;
+    message_and_subscriptions(&mut comp, &mut t.alice, "bob@example.test", &|| {
         prosody.diagnostics()
     })
     .await;
 
-    let m = metrics(&g).await;
+    let m = metrics(&t.g).await;
     assert!(
         metric(
             &m,
@@ -152,10 +184,7 @@ async fn prosody_federates_with_sasl_external() {
         ) >= 1,
         "{m}"
     );
-    alice.close();
-    prosody.stop();
-    g.shutdown().await;
-    dns.stop().await;
+    t.stop().await;
 }
 
 /// ejabberd as remote domain e.test, which does not trust our CA: our outbound stream falls
@@ -208,42 +237,20 @@ async fn ejabberd_federates_with_dialback() {
 /// fedgate (through Prosody to the client), with the failure kind in the text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_user_gets_errors_for_unreachable_local_service() {
-    let pki = Pki::new();
-    let mut gw = GwSpec::new(&pki, "example.test");
-    let p_ip = next_ip();
-    let mut zone = Zone::new();
-    srv_literal(&mut zone, "p.test", p_ip);
-    srv_literal(&mut zone, "example.test", gw.ip);
-    let dns: TestDns = dns(zone).await;
-    gw.dns = Some(dns.addr());
-    let g = gw.start().await; // no component attached: the local service is down
-    let (pc, pk) = pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
-    let mut opts = ProsodyOpts::new("p.test", p_ip, dns.addr(), pc, pk).user("alice", "pw-alice");
-    opts.trust_ca = Some(pki.ca_path());
-    let prosody = Prosody::start(opts).await.unwrap();
-    let mut alice = XmppClient::connect(
-        &interop_python(),
-        "alice@p.test",
-        "pw-alice",
-        prosody.c2s_addr(),
-    )
-    .await
-    .unwrap();
-    alice
+    // No component attached: the local service is down.
+    let mut t = with_prosody(String::new(), false).await;
+    t.alice
         .send_message("bob@example.test", "is anyone there?")
         .await
         .unwrap();
-    let (from, cond) = alice
+    let (from, cond) = t
+        .alice
         .expect_message_error(W)
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", prosody.diagnostics()));
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.prosody.diagnostics()));
     assert!(from.starts_with("bob@example.test"), "{from}");
     assert_eq!(cond, "service-unavailable");
-    let _: SocketAddr = prosody.s2s_addr();
-    alice.close();
-    prosody.stop();
-    g.shutdown().await;
-    dns.stop().await;
+    t.stop().await;
 }
 
 /// A real Prosody peer under policy: messages from p.test are not allowed (presence is), so
@@ -251,7 +258,6 @@ async fn prosody_user_gets_errors_for_unreachable_local_service() {
 /// an error for the refused stream, while fedgate counts the denial by rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prosody_user_is_denied_by_policy() {
-    let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
@@ -260,28 +266,13 @@ async fn prosody_user_is_denied_by_policy() {
          kinds = [\"presence\", \"subscription\", \"iq\"]\n",
     )
     .unwrap();
-    let mut gw = GwSpec::new(&pki, "example.test");
-    gw.extra = format!("\n[policy]\nfile = {:?}\n", policy.display().to_string());
-    let p_ip = next_ip();
-    let mut zone = Zone::new();
-    srv_literal(&mut zone, "p.test", p_ip);
-    srv_literal(&mut zone, "example.test", gw.ip);
-    let dns: TestDns = dns(zone).await;
-    gw.dns = Some(dns.addr());
-    let g = gw.start().await;
-    let mut comp = gw.component(&g).await;
-    let (pc, pk) = pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
-    let mut opts = ProsodyOpts::new("p.test", p_ip, dns.addr(), pc, pk).user("alice", "pw-alice");
-    opts.trust_ca = Some(pki.ca_path());
-    let prosody = Prosody::start(opts).await.unwrap();
-    let mut alice = XmppClient::connect(
-        &interop_python(),
-        "alice@p.test",
-        "pw-alice",
-        prosody.c2s_addr(),
+    let mut t = with_prosody(
+        format!("\n[policy]\nfile = {:?}\n", policy.display().to_string()),
+        false,
     )
-    .await
-    .unwrap();
+    .await;
+    let mut comp = t.gw.component(&t.g).await;
+    let (alice, prosody, g) = (&mut t.alice, &t.prosody, &t.g);
 
     alice
         .send_message("bob@example.test", "may I chat?")
@@ -300,7 +291,7 @@ async fn prosody_user_is_denied_by_policy() {
     })
     .await
     .unwrap();
-    let m = metrics(&g).await;
+    let m = metrics(g).await;
     assert_eq!(
         metric(
             &m,
@@ -334,7 +325,7 @@ async fn prosody_user_is_denied_by_policy() {
         ),
         "{cond}"
     );
-    let m = metrics(&g).await;
+    let m = metrics(g).await;
     assert!(
         metric(
             &m,
@@ -342,8 +333,5 @@ async fn prosody_user_is_denied_by_policy() {
         ) >= 1,
         "{m}"
     );
-    alice.close();
-    prosody.stop();
-    g.shutdown().await;
-    dns.stop().await;
+    t.stop().await;
 }
