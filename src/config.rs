@@ -45,9 +45,15 @@ pub struct DomainConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
-    /// Generate a self-signed certificate at start (development only).
+    /// Without cert/key: generate a self-signed certificate at start (development only).
+    /// With cert/key: the certificate is self-signed on purpose (labs), so `certs check` and
+    /// reload accept it although no trusted CA issued it.
     #[serde(default)]
     pub self_signed: bool,
+    /// Further names the certificate must cover (e.g. `conference.example.test`); checked by
+    /// `fedgate certs check` and on reload.
+    #[serde(default)]
+    pub aliases: Vec<String>,
     /// XEP-0114 shared secret of this domain's local component; no component without it.
     pub component_secret: Option<String>,
 }
@@ -120,6 +126,22 @@ pub struct TlsConfig {
     pub system_roots: bool,
     /// Extra trust anchors (PEM files).
     pub trust_anchors: Vec<PathBuf>,
+    /// Own certificates with fewer days left are a problem (`certs check`, reload).
+    pub min_days: i64,
+    /// How often the running gateway looks at the cert/key files of hosted domains for
+    /// changes (0: never; SIGHUP always reloads).
+    pub reload_check_secs: u64,
+    /// When PKIX does not establish a peer's identity, try POSH (RFC 7711): fetch
+    /// `https://<domain>/.well-known/posh/xmpp-server.json` and accept the key it names.
+    pub posh: bool,
+    /// HTTPS port for POSH fetches (443; tests use another).
+    pub posh_port: u16,
+    /// When PKIX does not establish a peer's identity, try DANE (RFC 7673): TLSA records at
+    /// the SRV target, used only when DNSSEC validates them.
+    pub dane: bool,
+    /// DNSSEC trust anchor for DANE (a file with DNSKEY records in zone-file form); none: the
+    /// root zone's key built into the resolver.
+    pub dane_trust_anchor: Option<PathBuf>,
 }
 
 impl Default for TlsConfig {
@@ -127,6 +149,12 @@ impl Default for TlsConfig {
         Self {
             system_roots: true,
             trust_anchors: Vec::new(),
+            min_days: 7,
+            reload_check_secs: 30,
+            posh: false,
+            posh_port: 443,
+            dane: false,
+            dane_trust_anchor: None,
         }
     }
 }
@@ -249,6 +277,9 @@ impl Config {
         cfg.source = file.to_owned();
         for d in &mut cfg.domains {
             d.name = d.name.trim_end_matches('.').to_ascii_lowercase();
+            for a in &mut d.aliases {
+                *a = a.trim_end_matches('.').to_ascii_lowercase();
+            }
             for p in [&mut d.cert, &mut d.key].into_iter().flatten() {
                 if p.is_relative() {
                     *p = base.join(&*p);
@@ -314,14 +345,7 @@ impl Config {
                 ));
             }
             match (&d.cert, &d.key, d.self_signed) {
-                (Some(_), Some(_), false) | (None, None, true) => {}
-                (Some(_), Some(_), true) => {
-                    return Err(err(
-                        f,
-                        format!("{k}.self_signed"),
-                        "give either cert+key or self_signed = true, not both",
-                    ));
-                }
+                (Some(_), Some(_), _) | (None, None, true) => {}
                 (None, None, false) => {
                     return Err(err(
                         f,
@@ -333,6 +357,15 @@ impl Config {
                     ));
                 }
                 _ => return Err(err(f, format!("{k}.cert"), "cert and key go together")),
+            }
+            for (j, a) in d.aliases.iter().enumerate() {
+                if a.is_empty() || a.contains(['@', '/', ' ']) || !a.contains('.') {
+                    return Err(err(
+                        f,
+                        format!("{k}.aliases[{j}]"),
+                        format!("'{a}' is not a domain name"),
+                    ));
+                }
             }
             if d.component_secret.as_deref().is_some_and(str::is_empty) {
                 return Err(err(f, format!("{k}.component_secret"), "must not be empty"));
@@ -396,6 +429,9 @@ impl Config {
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(err(f, "log.format", "\"text\" or \"json\""));
+        }
+        if self.tls.min_days < 0 {
+            return Err(err(f, "tls.min_days", "must not be negative"));
         }
         if self.s2s.retry_backoff_min_secs > self.s2s.retry_backoff_max_secs {
             return Err(err(
@@ -490,6 +526,29 @@ mod tests {
         assert!(!c.s2s.tls_required);
         assert_eq!(c.s2s.listen, vec!["127.0.0.9:5269", "127.0.0.9:5270"]);
         assert_eq!(c.metrics.listen.as_deref(), Some("127.0.0.9:9000"));
+    }
+
+    #[test]
+    fn aliases_and_cert_settings() {
+        let c = parse(
+            "[[domains]]\nname = \"a.test\"\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             self_signed = true\naliases = [\"Conference.A.test.\"]\n[tls]\nmin_days = 3\n\
+             reload_check_secs = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.domains[0].aliases, ["conference.a.test"]);
+        assert!(c.domains[0].self_signed);
+        assert_eq!((c.tls.min_days, c.tls.reload_check_secs), (3, 5));
+        let d = parse(OK).unwrap();
+        assert_eq!((d.tls.min_days, d.tls.reload_check_secs), (7, 30));
+        let e = parse("[[domains]]\nname = \"a.test\"\nself_signed = true\naliases = [\"x y\"]\n")
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: domains[0].aliases[0]: 'x y' is not a domain name"
+        );
+        let e = parse(&format!("{OK}[tls]\nmin_days = -1\n")).unwrap_err();
+        assert_eq!(e.key, "tls.min_days");
     }
 
     #[test]

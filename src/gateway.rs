@@ -16,6 +16,7 @@ use fedgate_s2s::xml::Limits;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::cert_reload::{CertReloader, ReloadOutcome};
 use crate::config::Config;
 use crate::http::HttpState;
 use crate::policy_runtime::PolicyRuntime;
@@ -23,6 +24,8 @@ use crate::router::Router;
 
 pub struct Gateway {
     pub ctx: Arc<S2sContext>,
+    /// Own certificates: hot reload and expiry gauges.
+    pub certs: Arc<CertReloader>,
     pub policy: Arc<PolicyRuntime>,
     _watcher: Option<notify::RecommendedWatcher>,
     pub pool: Arc<Pool>,
@@ -91,10 +94,12 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 impl Gateway {
     pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
         let identities = load_identities(cfg)?;
-        let anchors = TrustAnchors::new(cfg.tls.system_roots, &cfg.tls.trust_anchors)
-            .with_context(|| format!("{}: tls.trust_anchors", cfg.source))?;
+        let anchors = Arc::new(
+            TrustAnchors::new(cfg.tls.system_roots, &cfg.tls.trust_anchors)
+                .with_context(|| format!("{}: tls.trust_anchors", cfg.source))?,
+        );
         let verifier =
-            PeerVerifier::new(Arc::new(anchors)).strict_client_eku(cfg.s2s.strict_client_eku);
+            PeerVerifier::new(anchors.clone()).strict_client_eku(cfg.s2s.strict_client_eku);
         let nameservers = if cfg.dns.nameservers.is_empty() {
             None
         } else {
@@ -150,6 +155,18 @@ impl Gateway {
             &registry,
             component_secrets,
         );
+        let mut provers: Vec<Arc<dyn fedgate_s2s::driver::context::IdentityProver>> = Vec::new();
+        if cfg.tls.posh {
+            let port = (cfg.tls.posh_port != 443).then_some(cfg.tls.posh_port);
+            let client = fedgate_s2s::driver::posh::PoshClient::new(
+                anchors.clone(),
+                ctx.resolver.clone(),
+                port,
+            );
+            provers.push(Arc::new(crate::provers::Posh(Arc::new(client))));
+        }
+        ctx.set_provers(provers);
+        let certs = CertReloader::new(cfg, ctx.identities.clone(), anchors, &registry);
         let pool = Pool::new(ctx.clone());
         let components = Arc::new(Components::default());
         ctx.set_gate(policy.clone());
@@ -211,11 +228,19 @@ impl Gateway {
             }
             None => None,
         };
+        if cfg.tls.reload_check_secs > 0 {
+            tasks.push(tokio::spawn(poll_certs(
+                certs.clone(),
+                ctx.shutdown_signal(),
+                Duration::from_secs(cfg.tls.reload_check_secs),
+            )));
+        }
         let mut hosted: Vec<_> = ctx.hosted.iter().cloned().collect();
         hosted.sort();
         tracing::info!(domains = ?hosted, s2s = ?s2s_addrs, direct_tls = ?direct_tls_addrs, components = ?component_addr, metrics = ?metrics_addr, "fedgate started");
         Ok(Self {
             ctx,
+            certs,
             policy,
             _watcher: watcher,
             pool,
@@ -229,6 +254,13 @@ impl Gateway {
         })
     }
 
+    /// Reloads the own certificates of every hosted domain from their files now (SIGHUP):
+    /// each pair that passes the checks of `fedgate certs check` replaces the identity in use
+    /// for new streams; a failing pair is refused, logged and counted, the old one stays.
+    pub fn reload_certs(&self, trigger: &str) -> Vec<(String, ReloadOutcome)> {
+        self.certs.reload_all(trigger)
+    }
+
     /// Close every stream cleanly (closing tags, stream errors `system-shutdown`), then stop.
     pub async fn shutdown(self) {
         self.ctx.begin_shutdown();
@@ -237,5 +269,30 @@ impl Gateway {
         }
         // Give streams a moment to write their closing tags.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Looks at the certificate files every `every` until shutdown (the check itself reads small
+/// files and verifies one chain per changed domain, so it runs on a blocking thread).
+async fn poll_certs(
+    certs: Arc<CertReloader>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let c = certs.clone();
+                let _ = tokio::task::spawn_blocking(move || c.poll()).await;
+            }
+            r = shutdown.changed() => {
+                if r.is_err() || *shutdown.borrow() {
+                    return;
+                }
+            }
+        }
     }
 }

@@ -54,15 +54,7 @@ async fn handle(state: &HttpState, sock: &mut tokio::net::TcpStream) -> std::io:
         )
     } else {
         match path.split('?').next().unwrap_or("") {
-            "/metrics" => {
-                let mut out = Vec::new();
-                let _ = TextEncoder::new().encode(&state.registry.gather(), &mut out);
-                (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    String::from_utf8_lossy(&out).into_owned(),
-                )
-            }
+            "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
             "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
             "/status" => ("200 OK", "application/json", status_json(state).to_string()),
             _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
@@ -79,6 +71,10 @@ async fn handle(state: &HttpState, sock: &mut tokio::net::TcpStream) -> std::io:
 
 /// The Prometheus text exposition of every metric.
 pub fn metrics_text(state: &HttpState) -> String {
+    state
+        .ctx
+        .metrics
+        .refresh_peer_cert_expiry(&state.ctx.status);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&state.registry.gather(), &mut out);
     String::from_utf8_lossy(&out).into_owned()
@@ -106,6 +102,7 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
                     "last_error": s.last_error.map(|(t, f)| serde_json::json!({
                         "at": unix(t), "kind": f.kind.as_str(), "detail": f.detail,
                     })),
+                    "peer_cert_expires": s.peer_cert_expiry.iter().min(),
                     "attempts": s.attempts.iter().map(|(t, target, r)| serde_json::json!({
                         "at": unix(*t), "target": target, "result": r,
                     })).collect::<Vec<_>>(),

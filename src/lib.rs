@@ -7,6 +7,8 @@
 //! `sip-fed`, `intercluster`); this crate only wires them together and may not reimplement it.
 
 pub mod bench;
+pub mod cert_reload;
+pub mod certs_cli;
 pub mod classify;
 pub mod component_client;
 pub mod config;
@@ -16,5 +18,7 @@ pub mod http;
 pub mod policy_cli;
 pub mod policy_runtime;
 pub mod probe;
+pub mod provers;
 pub mod router;
 pub mod testdns;
+pub mod testhttps;

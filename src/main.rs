@@ -35,6 +35,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: fedgate::policy_cli::PolicyCmd,
     },
+    /// Check the own certificates of every hosted domain, or generate lab/test certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: fedgate::certs_cli::CertsCmd,
+    },
     /// Load figures: s2s relay throughput and latency, s2s sessions/s and memory per idle
     /// session, policy decision cost.
     Bench(fedgate::bench::BenchArgs),
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Policy { cmd } => fedgate::policy_cli::run(cmd),
+        Cmd::Certs { cmd } => fedgate::certs_cli::run(cmd),
         Cmd::Probe(args) => ExitCode::from(fedgate::probe::cli(args)),
         Cmd::Demo(args) => {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -134,7 +140,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Until SIGINT/SIGTERM; SIGHUP reloads the policy files.
+/// Until SIGINT/SIGTERM; SIGHUP reloads the policy files and the own certificates.
 async fn wait_for_signal(gw: &Gateway) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -145,6 +151,7 @@ async fn wait_for_signal(gw: &Gateway) {
             _ = term.recv() => return,
             _ = hup.recv() => {
                 let _ = gw.policy.reload("SIGHUP");
+                let _ = gw.reload_certs("SIGHUP");
             }
         }
     }

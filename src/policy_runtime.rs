@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fedgate_policy::{Decision, Direction, Kind, Policy, Request, TlsFloor};
-use fedgate_s2s::gate::{Floor, Gatekeeper};
+use fedgate_s2s::gate::{CertMethods, Floor, Gatekeeper};
 use fedgate_s2s::inbound::AuthMethods;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 
@@ -354,6 +354,18 @@ impl Gatekeeper for PolicyRuntime {
             pins: s.pins,
             max_streams: s.max_streams,
             rule: s.rule.map(|r| format!("{} (line {})", r.id, r.line)),
+        }
+    }
+
+    fn cert_methods(&self, remote: &str, inbound: bool) -> CertMethods {
+        match self
+            .active
+            .load()
+            .domain_settings(remote, dir(inbound))
+            .auth_cert_methods
+        {
+            Some((pkix, dane, posh)) => CertMethods { pkix, dane, posh },
+            None => CertMethods::ALL,
         }
     }
 }

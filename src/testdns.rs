@@ -17,8 +17,31 @@
 //! resolver does not cache them (RFC 2308 §5) and records added with `set_zone` are seen at
 //! once. Positive answers are cached by resolvers for [`TTL`] seconds: tests that change an
 //! existing name's records should use a fresh resolver or distinct names.
+//!
+//! **DNSSEC** ([`TestDns::start_signed`], for DANE tests): the same [`Zone`] is published as a
+//! small signed DNS tree built with hickory-server's authoritative machinery
+//! (`InMemoryZoneHandler` + `Catalog`, ECDSA P-256 keys, NSEC denial of existence):
+//! - a signed root zone `.` whose key is the trust anchor to give the validating resolver
+//!   (`DaneResolver::new(.., Some(vec![anchor]))`);
+//! - one signed child zone per [`Zone::sign`] origin, with its DS in the root zone (a secure
+//!   delegation), holding every record at or below that origin;
+//! - every other record lives in an *unsigned* zone at its name's last two labels (`u.test`
+//!   for `_xmpp-server._tcp.u.test`), delegated from the root without DS, so validators prove
+//!   it insecure (NSEC at the delegation), exactly like an unsigned domain under a signed TLD.
+//!
+//! Limits of the signed mode:
+//! - no IPv4-literal synthesis;
+//! - a [`Zone::sign`] origin must not lie below one of the derived two-label unsigned zones
+//!   (sign `d.test`, not `a.b.test` next to unsigned records under `b.test`);
+//! - hickory-server 0.26.3's NSEC NXDOMAIN answers prove the absence of the wildcard at the
+//!   query name's *parent* instead of at the closest encloser, so an NXDOMAIN for a name two or
+//!   more labels below the closest existing name (e.g. `_xmpp-server._tcp.nosuch.d.test` when
+//!   `nosuch.d.test` does not exist) can validate as bogus. NXDOMAIN one label below an
+//!   existing name or an empty non-terminal (`_xmpps-server._tcp.d.test`,
+//!   `_5269._tcp.xmpp.d.test`) and NODATA validate. (NSEC3 mode was tried and made every
+//!   answer bogus for hickory-resolver 0.26.3, so NSEC is used.)
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +52,8 @@ use anyhow::Context as _;
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
+use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV, TLSA};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -51,6 +75,12 @@ enum Rec {
     },
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
+    Tlsa {
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: Vec<u8>,
+    },
 }
 
 impl Rec {
@@ -59,7 +89,46 @@ impl Rec {
             Self::Srv { .. } => RecordType::SRV,
             Self::A(_) => RecordType::A,
             Self::Aaaa(_) => RecordType::AAAA,
+            Self::Tlsa { .. } => RecordType::TLSA,
         }
+    }
+
+    /// The record data; `None` (with a warning) for an unusable SRV target.
+    fn rdata(&self) -> Option<RData> {
+        Some(match self {
+            Self::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => {
+                let target = if target == "." || target.is_empty() {
+                    Name::root()
+                } else {
+                    match Name::from_ascii(format!("{}.", target.trim_end_matches('.'))) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            tracing::warn!(%target, error = %e, "testdns: bad SRV target");
+                            return None;
+                        }
+                    }
+                };
+                RData::SRV(SRV::new(*priority, *weight, *port, target))
+            }
+            Self::A(ip) => RData::A(A(*ip)),
+            Self::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            Self::Tlsa {
+                usage,
+                selector,
+                matching,
+                data,
+            } => RData::TLSA(TLSA::new(
+                CertUsage::from(*usage),
+                Selector::from(*selector),
+                Matching::from(*matching),
+                data.clone(),
+            )),
+        })
     }
 }
 
@@ -68,6 +137,8 @@ impl Rec {
 pub struct Zone {
     records: BTreeMap<String, Vec<Rec>>,
     negative_ttl: Option<u32>,
+    /// Origins published as signed zones by [`TestDns::start_signed`].
+    signed: BTreeSet<String>,
 }
 
 /// Lower case, no trailing dot.
@@ -112,6 +183,35 @@ impl Zone {
         self.push(name, Rec::Aaaa(ip))
     }
 
+    /// Add a TLSA record (RFC 6698), e.g.
+    /// `tlsa("_5269._tcp.xmpp.d.test", 3, 1, 1, &sha256_of_spki)`.
+    pub fn tlsa(
+        &mut self,
+        name: &str,
+        usage: u8,
+        selector: u8,
+        matching: u8,
+        data: &[u8],
+    ) -> &mut Self {
+        self.push(
+            name,
+            Rec::Tlsa {
+                usage,
+                selector,
+                matching,
+                data: data.to_vec(),
+            },
+        )
+    }
+
+    /// Publish `origin` (e.g. `"d.test"`) as a DNSSEC-signed zone, securely delegated from the
+    /// signed test root, when served by [`TestDns::start_signed`]: every record at or below it
+    /// is signed. Ignored by [`TestDns::start`] (plain, unsigned answers).
+    pub fn sign(&mut self, origin: &str) -> &mut Self {
+        self.signed.insert(key(origin));
+        self
+    }
+
     /// Put an SOA with this TTL/minimum into NXDOMAIN and NODATA answers, so that resolvers
     /// cache them for that long (RFC 2308). Default: no SOA, negative answers not cached.
     pub fn negative_ttl(&mut self, seconds: u32) -> &mut Self {
@@ -141,28 +241,8 @@ impl Zone {
             if !wanted(rec.record_type()) {
                 continue;
             }
-            let data = match rec {
-                Rec::Srv {
-                    priority,
-                    weight,
-                    port,
-                    target,
-                } => {
-                    let target = if target == "." || target.is_empty() {
-                        Name::root()
-                    } else {
-                        match Name::from_ascii(format!("{}.", target.trim_end_matches('.'))) {
-                            Ok(n) => n,
-                            Err(e) => {
-                                tracing::warn!(%target, error = %e, "testdns: bad SRV target");
-                                continue;
-                            }
-                        }
-                    };
-                    RData::SRV(SRV::new(*priority, *weight, *port, target))
-                }
-                Rec::A(ip) => RData::A(A(*ip)),
-                Rec::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            let Some(data) = rec.rdata() else {
+                continue;
             };
             out.push(Record::from_rdata(qname.clone(), TTL, data));
         }
@@ -205,10 +285,12 @@ struct Shared {
 
 struct Handler {
     shared: Arc<Shared>,
+    /// Present when serving the signed tree ([`TestDns::start_signed`]).
+    signed: Option<Arc<signed::Signed>>,
 }
 
 impl Handler {
-    async fn handle<R: ResponseHandler>(
+    async fn handle<R: ResponseHandler, T: Time>(
         &self,
         request: &Request,
         mut response_handle: R,
@@ -252,6 +334,12 @@ impl Handler {
                 names.pop_front();
             }
             names.push_back(k.clone());
+        }
+
+        if let Some(signed) = &self.signed {
+            return signed
+                .handle::<R, T>(request, &qname, qtype, response_handle)
+                .await;
         }
 
         let zone = self
@@ -305,7 +393,7 @@ impl RequestHandler for Handler {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        Box::pin(self.handle(request, response_handle))
+        Box::pin(self.handle::<R, T>(request, response_handle))
     }
 }
 
@@ -315,6 +403,7 @@ pub struct TestDns {
     server: Server<Handler>,
     addr: SocketAddr,
     shared: Arc<Shared>,
+    signed: Option<Arc<signed::Signed>>,
 }
 
 impl std::fmt::Debug for TestDns {
@@ -346,6 +435,7 @@ impl TestDns {
         });
         let mut server = Server::new(Handler {
             shared: shared.clone(),
+            signed: None,
         });
         server.register_socket(udp);
         server.register_listener(tcp, TCP_TIMEOUT, 65_535);
@@ -354,7 +444,52 @@ impl TestDns {
             server,
             addr,
             shared,
+            signed: None,
         })
+    }
+
+    /// Serve `zone` as a DNSSEC-signed tree (see the module docs): a signed root, a signed,
+    /// securely delegated zone per [`Zone::sign`] origin, and insecurely delegated unsigned
+    /// zones for every other record. Returns the server and the root's trust anchor, for
+    /// `fedgate_s2s::driver::dane::DaneResolver::new(Some(dns.nameservers()), Some(vec![anchor]))`.
+    ///
+    /// Answers come from hickory-server's authoritative `Catalog`: with the DO bit they carry
+    /// RRSIGs, DNSKEY/DS are served, and negative answers in signed zones carry NSEC proofs and
+    /// the SOA (TTL/minimum [`Zone::negative_ttl`], default 1 s). Signatures are valid from now
+    /// for 7 days. Query counting and [`TestDns::set_zone`] work as for [`TestDns::start`]
+    /// (`set_zone` re-signs with the same keys). Only loopback addresses are accepted.
+    pub async fn start_signed(
+        bind: SocketAddr,
+        zone: Zone,
+    ) -> anyhow::Result<(Self, fedgate_s2s::driver::dane::DaneTrustAnchor)> {
+        anyhow::ensure!(
+            bind.ip().is_loopback(),
+            "test DNS must bind a loopback address, not {bind}"
+        );
+        let signed = Arc::new(signed::Signed::new(&zone)?);
+        let anchor = signed.trust_anchor()?;
+        let (udp, tcp) = bind_pair(bind).await?;
+        let addr = udp.local_addr().context("test DNS: local address")?;
+        let shared = Arc::new(Shared {
+            zone: RwLock::new(Arc::new(zone)),
+            ..Shared::default()
+        });
+        let mut server = Server::new(Handler {
+            shared: shared.clone(),
+            signed: Some(signed.clone()),
+        });
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_TIMEOUT, 65_535);
+        tracing::debug!(%addr, "signed test DNS listening (udp+tcp)");
+        Ok((
+            Self {
+                server,
+                addr,
+                shared,
+                signed: Some(signed),
+            },
+            anchor,
+        ))
     }
 
     /// The address (UDP and TCP) the server answers on.
@@ -364,7 +499,16 @@ impl TestDns {
 
     /// Replace the zone while running. Resolvers may still hold cached positive answers
     /// (TTL 60); negative answers are uncached unless [`Zone::negative_ttl`] was set.
+    ///
+    /// On a signed server ([`TestDns::start_signed`]) the tree is rebuilt and re-signed with the
+    /// same keys (new [`Zone::sign`] origins get new keys); a failure is logged and the old
+    /// tree stays.
     pub fn set_zone(&self, zone: Zone) {
+        if let Some(signed) = &self.signed
+            && let Err(e) = signed.rebuild(&zone)
+        {
+            tracing::warn!(error = %e, "testdns: re-signing failed, old signed zones kept");
+        }
         *self.shared.zone.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
     }
 
@@ -395,6 +539,258 @@ impl TestDns {
         if let Err(e) = self.server.shutdown_gracefully().await {
             tracing::debug!(error = %e, "test DNS shutdown");
         }
+    }
+}
+
+/// The signed tree behind [`TestDns::start_signed`].
+mod signed {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, RwLock};
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use hickory_server::dnssec::NxProofKind;
+    use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
+    use hickory_server::proto::dnssec::crypto::EcdsaSigningKey;
+    use hickory_server::proto::dnssec::rdata::{DNSKEY, DNSSECRData, DS};
+    use hickory_server::proto::dnssec::{
+        Algorithm, DigestType, DnssecSigner, PublicKey as _, SigningKey,
+    };
+    use hickory_server::proto::rr::rdata::{NS, SOA};
+    use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+    use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+    use hickory_server::store::in_memory::InMemoryZoneHandler;
+    use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+
+    use super::{TTL, Zone};
+
+    const ALG: Algorithm = Algorithm::ECDSAP256SHA256;
+    /// RRSIG validity.
+    const SIG_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
+    const NS_HOST: &str = "ns.testdns.invalid.";
+
+    type Handler = InMemoryZoneHandler<TokioRuntimeProvider>;
+
+    /// One zone of the tree, served by a catalog that holds only it.
+    struct Served {
+        origin: LowerName,
+        catalog: Catalog,
+    }
+
+    pub(super) struct Signed {
+        /// PKCS#8 keys by origin (`"."` for the root), kept across rebuilds.
+        keys: Mutex<BTreeMap<String, Vec<u8>>>,
+        /// Zones, most specific origin first.
+        zones: RwLock<Arc<Vec<Served>>>,
+    }
+
+    impl Signed {
+        pub(super) fn new(zone: &Zone) -> anyhow::Result<Self> {
+            let this = Self {
+                keys: Mutex::new(BTreeMap::new()),
+                zones: RwLock::new(Arc::new(Vec::new())),
+            };
+            this.rebuild(zone)?;
+            Ok(this)
+        }
+
+        /// The root zone's key as trust anchor.
+        pub(super) fn trust_anchor(
+            &self,
+        ) -> anyhow::Result<fedgate_s2s::driver::dane::DaneTrustAnchor> {
+            let key = self.key(".")?;
+            let public = key.to_public_key().context("root public key")?;
+            Ok(fedgate_s2s::driver::dane::DaneTrustAnchor {
+                zone: ".".to_owned(),
+                algorithm: u8::from(ALG),
+                public_key: public.public_bytes().to_vec(),
+            })
+        }
+
+        /// The signing key for `origin`, generated on first use.
+        fn key(&self, origin: &str) -> anyhow::Result<EcdsaSigningKey> {
+            let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
+            if !keys.contains_key(origin) {
+                let pkcs8 = EcdsaSigningKey::generate_pkcs8(ALG)
+                    .map_err(|e| anyhow::anyhow!("generating a DNSSEC key: {e}"))?;
+                keys.insert(origin.to_owned(), pkcs8.secret_pkcs8_der().to_vec());
+            }
+            let der = PrivatePkcs8KeyDer::from(keys[origin].clone());
+            EcdsaSigningKey::from_pkcs8(&der, ALG)
+                .map_err(|e| anyhow::anyhow!("loading the DNSSEC key of {origin}: {e}"))
+        }
+
+        /// Builds (or rebuilds) every zone from `zone`.
+        pub(super) fn rebuild(&self, zone: &Zone) -> anyhow::Result<()> {
+            let soa_min = zone.negative_ttl.unwrap_or(1);
+            let root = Name::root();
+            // Origins: signed ones from the zone, unsigned ones derived from record names.
+            let mut origins: BTreeMap<String, bool> = BTreeMap::new();
+            for o in &zone.signed {
+                origins.insert(o.clone(), true);
+            }
+            for name in zone.records.keys() {
+                if zone.signed.iter().any(|o| under(name, o)) {
+                    continue;
+                }
+                let labels: Vec<&str> = name.split('.').collect();
+                let origin = labels[labels.len().saturating_sub(2)..].join(".");
+                origins.entry(origin).or_insert(false);
+            }
+
+            let mut handlers: Vec<(Name, Handler, bool)> = Vec::new();
+            let mut root_zone = new_zone(&root, true, soa_min)?;
+            for (origin, &is_signed) in &origins {
+                let name = fqdn(origin)?;
+                let mut child = new_zone(&name, is_signed, soa_min)?;
+                // Records at or below this origin, unless a more specific origin holds them.
+                for (owner, recs) in &zone.records {
+                    let home = origins
+                        .keys()
+                        .filter(|o| under(owner, o))
+                        .max_by_key(|o| o.len());
+                    if home != Some(origin) {
+                        continue;
+                    }
+                    let owner_name = fqdn(owner)?;
+                    for rec in recs {
+                        if let Some(data) = rec.rdata() {
+                            upsert(
+                                &mut child,
+                                Record::from_rdata(owner_name.clone(), TTL, data),
+                            )?;
+                        }
+                    }
+                }
+                // Delegation from the root: NS, plus DS for a signed child.
+                upsert(&mut root_zone, ns_record(&name)?)?;
+                if is_signed {
+                    let key = self.key(origin)?;
+                    let public = key.to_public_key().context("child public key")?;
+                    let ds = DS::from_key(&public, &name, DigestType::SHA256)
+                        .map_err(|e| anyhow::anyhow!("DS for {origin}: {e}"))?;
+                    upsert(
+                        &mut root_zone,
+                        Record::from_rdata(name.clone(), TTL, RData::DNSSEC(DNSSECRData::DS(ds))),
+                    )?;
+                    self.sign_zone(&mut child, &name, origin)?;
+                }
+                handlers.push((name, child, is_signed));
+            }
+            self.sign_zone(&mut root_zone, &root, ".")?;
+            handlers.push((root, root_zone, true));
+
+            let mut served: Vec<Served> = handlers
+                .into_iter()
+                .map(|(name, handler, _)| {
+                    let origin = LowerName::from(&name);
+                    let mut catalog = Catalog::new();
+                    catalog.upsert(
+                        origin.clone(),
+                        vec![Arc::new(handler) as Arc<dyn ZoneHandler>],
+                    );
+                    Served { origin, catalog }
+                })
+                .collect();
+            served.sort_by_key(|s| std::cmp::Reverse(s.origin.num_labels()));
+            *self.zones.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
+            Ok(())
+        }
+
+        fn sign_zone(&self, zone: &mut Handler, name: &Name, origin: &str) -> anyhow::Result<()> {
+            let key = self.key(origin)?;
+            let public = key.to_public_key().context("public key")?;
+            let signer = DnssecSigner::new(
+                DNSKEY::from_key(&public),
+                Box::new(key),
+                name.clone(),
+                SIG_VALIDITY,
+            );
+            zone.add_zone_signing_key_mut(signer)
+                .map_err(|e| anyhow::anyhow!("adding the key of {origin}: {e}"))?;
+            zone.secure_zone_mut()
+                .map_err(|e| anyhow::anyhow!("signing {origin}: {e}"))
+        }
+
+        /// Answers from the zone that is authoritative for the query: the most specific origin
+        /// at or above the name, except that DS at a zone apex comes from the parent.
+        pub(super) async fn handle<R: ResponseHandler, T: Time>(
+            &self,
+            request: &Request,
+            qname: &Name,
+            qtype: RecordType,
+            response_handle: R,
+        ) -> ResponseInfo {
+            let zones = self.zones.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let lower = LowerName::from(qname);
+            let served = zones
+                .iter()
+                .find(|z| {
+                    z.origin.zone_of(&lower)
+                        && !(qtype == RecordType::DS && z.origin == lower && !lower.is_root())
+                })
+                .or_else(|| zones.last());
+            match served {
+                Some(z) => {
+                    z.catalog
+                        .handle_request::<R, T>(request, response_handle)
+                        .await
+                }
+                None => unreachable!("the root zone is always present"),
+            }
+        }
+    }
+
+    /// `name` equals `origin` or lies below it (both normalized, no trailing dot).
+    fn under(name: &str, origin: &str) -> bool {
+        name == origin || name.ends_with(&format!(".{origin}"))
+    }
+
+    fn fqdn(name: &str) -> anyhow::Result<Name> {
+        if name.is_empty() || name == "." {
+            return Ok(Name::root());
+        }
+        Name::from_ascii(format!("{name}.")).with_context(|| format!("bad zone name {name:?}"))
+    }
+
+    fn ns_record(owner: &Name) -> anyhow::Result<Record> {
+        Ok(Record::from_rdata(
+            owner.clone(),
+            TTL,
+            RData::NS(NS(Name::from_ascii(NS_HOST)?)),
+        ))
+    }
+
+    fn upsert(zone: &mut Handler, record: Record) -> anyhow::Result<()> {
+        let what = format!("{} {}", record.name, record.record_type());
+        anyhow::ensure!(zone.upsert_mut(record, 1), "testdns: could not add {what}");
+        Ok(())
+    }
+
+    /// An empty zone with SOA and NS at its apex.
+    fn new_zone(origin: &Name, signed: bool, soa_min: u32) -> anyhow::Result<Handler> {
+        let mut zone = Handler::empty(
+            origin.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+            signed.then_some(NxProofKind::Nsec),
+        );
+        let soa = SOA::new(
+            Name::from_ascii(NS_HOST)?,
+            Name::from_ascii("hostmaster.testdns.invalid.")?,
+            1,
+            3600,
+            600,
+            86_400,
+            soa_min,
+        );
+        upsert(
+            &mut zone,
+            Record::from_rdata(origin.clone(), TTL, RData::SOA(soa)),
+        )?;
+        upsert(&mut zone, ns_record(origin)?)?;
+        Ok(zone)
     }
 }
 
@@ -688,6 +1084,95 @@ mod tests {
             dns.queries(),
             after_neg,
             "negative answer served from cache"
+        );
+        dns.stop().await;
+    }
+
+    #[tokio::test]
+    async fn tlsa_records_are_served_plain() {
+        let mut z = Zone::new();
+        z.tlsa("_5269._tcp.xmpp.g.test", 3, 1, 1, &[0xab; 32]);
+        let (dns, _) = start(z).await;
+        let r =
+            fedgate_s2s::driver::dane::DaneResolver::new(Some(dns.nameservers()), None).unwrap();
+        // Unsigned and not under the (real) root: never DANE, and no panic.
+        let out = r.lookup("g.test", "xmpp.g.test", 5269).await;
+        assert!(
+            !matches!(out, fedgate_s2s::driver::dane::TlsaLookup::Secure(_)),
+            "{out:?}"
+        );
+        let plain = hickory_resolver::TokioResolver::builder_with_config(
+            hickory_resolver::config::ResolverConfig::from_name_servers(vec![{
+                let mut udp = hickory_resolver::config::ConnectionConfig::udp();
+                udp.port = dns.addr().port();
+                hickory_resolver::config::NameServerConfig::new(dns.addr().ip(), true, vec![udp])
+            }]),
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .build()
+        .unwrap();
+        let lookup = plain
+            .tlsa_lookup(Name::from_ascii("_5269._tcp.xmpp.g.test.").unwrap())
+            .await
+            .unwrap();
+        let got: Vec<_> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TLSA(t) => Some((
+                    u8::from(t.cert_usage),
+                    u8::from(t.selector),
+                    u8::from(t.matching),
+                    t.cert_data.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![(3, 1, 1, vec![0xab; 32])]);
+        dns.stop().await;
+    }
+
+    #[tokio::test]
+    async fn signed_tree_validates_secure_and_insecure() {
+        use fedgate_s2s::driver::dane::{DaneResolver, TlsaLookup};
+        let mut z = Zone::new();
+        z.sign("s.test")
+            .srv("_xmpp-server._tcp.s.test", 0, 0, 5269, "xmpp.s.test")
+            .a("xmpp.s.test", ip4("127.0.0.60"))
+            .tlsa("_5269._tcp.xmpp.s.test", 3, 1, 1, &[0xcd; 32])
+            .srv(
+                "_xmpp-server._tcp.plain.test",
+                0,
+                0,
+                5269,
+                "xmpp.plain.test",
+            )
+            .a("xmpp.plain.test", ip4("127.0.0.61"))
+            .tlsa("_5269._tcp.xmpp.plain.test", 3, 1, 1, &[0xcd; 32]);
+        let (dns, anchor) = TestDns::start_signed(LO.parse().unwrap(), z).await.unwrap();
+        assert_eq!(anchor.zone, ".");
+        let r = DaneResolver::new(Some(dns.nameservers()), Some(vec![anchor])).unwrap();
+        match r.lookup("s.test", "xmpp.s.test", 5269).await {
+            TlsaLookup::Secure(recs) => assert_eq!(recs[0].data, vec![0xcd; 32]),
+            other => panic!("{other:?}"),
+        }
+        match r.lookup("plain.test", "xmpp.plain.test", 5269).await {
+            TlsaLookup::NotApplicable(why) => assert!(why.contains("insecure"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(dns.queries() > 0);
+        assert!(
+            dns.queried_names()
+                .contains(&"_5269._tcp.xmpp.s.test".to_owned()),
+            "{:?}",
+            dns.queried_names()
+        );
+        // The non-validating s2s resolver gets the same records from the signed server.
+        let s2s = S2sResolver::new(Some(dns.nameservers()), StaticTargets::default()).unwrap();
+        assert_eq!(s2s.targets("s.test").await.unwrap()[0].host, "xmpp.s.test");
+        assert_eq!(
+            s2s.addrs("xmpp.plain.test").await.unwrap(),
+            vec![IpAddr::V4(ip4("127.0.0.61"))]
         );
         dns.stop().await;
     }

@@ -23,6 +23,11 @@ const DAY: i64 = 24 * HOUR;
 /// For `fedgate run` without configuration and for labs: peers will not trust it (they fall
 /// back to dialback) unless they pin it.
 pub fn self_signed(domains: &[&str]) -> Result<(String, String), CertError> {
+    self_signed_days(domains, 365)
+}
+
+/// Like [`self_signed`], valid from one hour ago for `days` days (`fedgate certs generate`).
+pub fn self_signed_days(domains: &[&str], days: i64) -> Result<(String, String), CertError> {
     let Some(first) = domains.first() else {
         return Err(CertError::Generate("no domain given".to_owned()));
     };
@@ -30,7 +35,7 @@ pub fn self_signed(domains: &[&str]) -> Result<(String, String), CertError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = cn(first);
     params.not_before = offset(now - HOUR)?;
-    params.not_after = offset(now + 365 * DAY)?;
+    params.not_after = offset(now + days * DAY)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -149,6 +154,45 @@ impl TestCa {
             cert_pem,
             chain_suffix,
         })
+    }
+
+    /// A root CA loaded from its certificate and key PEM, as [`new`](TestCa::new) (and
+    /// `fedgate certs generate --ca`) writes them: the subject must be a single CN. The key
+    /// must belong to the certificate.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, CertError> {
+        let certs = crate::pem::parse_certs(cert_pem.as_bytes(), "CA certificate PEM")?;
+        let parsed = crate::names::parse_cert(&certs[0])
+            .map_err(|f| CertError::Generate(format!("CA certificate: {}", f.detail)))?;
+        if !parsed.is_ca() {
+            return Err(CertError::Generate(
+                "the CA certificate is not a CA (no basicConstraints cA)".to_owned(),
+            ));
+        }
+        let name = parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or_else(|| CertError::Generate("the CA certificate has no CN".to_owned()))?
+            .to_owned();
+        let key =
+            KeyPair::from_pem(key_pem).map_err(|e| CertError::Generate(format!("CA key: {e}")))?;
+        if key.public_key_raw() != parsed.public_key().subject_public_key.data.as_ref() {
+            return Err(CertError::Generate(
+                "the CA key does not match the CA certificate".to_owned(),
+            ));
+        }
+        let params = ca_params(&name)?;
+        Ok(TestCa {
+            issuer: Issuer::new(params, key),
+            cert_pem: cert_pem.to_owned(),
+            chain_suffix: Vec::new(),
+        })
+    }
+
+    /// This CA's private key (PKCS#8 PEM), to keep beside [`cert_pem`](TestCa::cert_pem).
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// This CA's certificate (PEM), to use as trust anchor (for a root).
@@ -334,6 +378,22 @@ mod tests {
     #[test]
     fn self_signed_needs_a_domain() {
         assert!(matches!(self_signed(&[]), Err(CertError::Generate(_))));
+    }
+
+    #[test]
+    fn ca_round_trips_through_pem() {
+        let ca = TestCa::new("round trip CA").unwrap();
+        let again = TestCa::from_pem(&ca.cert_pem(), &ca.key_pem()).unwrap();
+        let (chain, _) = again.issue(&LeafSpec::dns(&["a.test"])).unwrap();
+        let anchors = crate::TrustAnchors::from_pem_certs(&[&ca.cert_pem()]).unwrap();
+        let certs = crate::pem::parse_certs(chain.as_bytes(), "leaf").unwrap();
+        crate::PeerVerifier::new(std::sync::Arc::new(anchors))
+            .verify(&certs, "a.test", false, rustls_pki_types::UnixTime::now())
+            .unwrap();
+        let other = TestCa::new("other").unwrap();
+        assert!(TestCa::from_pem(&ca.cert_pem(), &other.key_pem()).is_err());
+        let (leaf, leaf_key) = ca.issue(&LeafSpec::dns(&["a.test"])).unwrap();
+        assert!(TestCa::from_pem(&leaf, &leaf_key).is_err());
     }
 
     #[test]

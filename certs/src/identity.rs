@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
@@ -65,7 +66,7 @@ impl Identity {
         )
     }
 
-    fn from_pem_bytes(
+    pub(crate) fn from_pem_bytes(
         domain: &str,
         cert_pem: &[u8],
         cert_source: &str,
@@ -138,21 +139,53 @@ fn store_key(domain: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// Own identities by hosted domain.
-///
-/// Picks by SNI (or by stream `to` via [`get`](IdentityStore::get)); the TLS resolver falls back
-/// to the default identity (the first one added) when SNI is absent or unknown.
+/// The map behind the store: one immutable snapshot, swapped whole on change.
 #[derive(Default, Clone)]
-pub struct IdentityStore {
+struct StoreMap {
     by_domain: HashMap<String, Arc<Identity>>,
     /// Insertion order of the keys; the first is the default.
     order: Vec<String>,
 }
 
+impl StoreMap {
+    fn with(&self, id: Identity) -> (StoreMap, Option<Arc<Identity>>) {
+        let mut next = self.clone();
+        let key = store_key(&id.domain);
+        let old = next.by_domain.insert(key.clone(), Arc::new(id));
+        if old.is_none() {
+            next.order.push(key);
+        }
+        (next, old)
+    }
+}
+
+/// Own identities by hosted domain.
+///
+/// Picks by SNI (or by stream `to` via [`get`](IdentityStore::get)); the TLS resolver falls back
+/// to the default identity (the first one added) when SNI is absent or unknown.
+///
+/// The map sits behind an [`ArcSwap`]: [`replace`](IdentityStore::replace) swaps one domain's
+/// identity while the store is shared (`Arc<IdentityStore>` inside rustls configs), so new
+/// handshakes get the new certificate and open connections keep theirs. Validate a
+/// replacement first ([`check_identity`](crate::check_identity)).
+#[derive(Default)]
+pub struct IdentityStore {
+    map: ArcSwap<StoreMap>,
+}
+
+impl Clone for IdentityStore {
+    /// An independent store holding the same identities now.
+    fn clone(&self) -> Self {
+        IdentityStore {
+            map: ArcSwap::new(self.map.load_full()),
+        }
+    }
+}
+
 impl fmt::Debug for IdentityStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdentityStore")
-            .field("domains", &self.order)
+            .field("domains", &self.map.load().order)
             .finish()
     }
 }
@@ -166,50 +199,64 @@ impl IdentityStore {
     /// Adds an identity, replacing one of the same domain (which keeps its place in the order,
     /// so replacing the default keeps it the default).
     pub fn insert(&mut self, id: Identity) {
-        let key = store_key(&id.domain);
-        if self.by_domain.insert(key.clone(), Arc::new(id)).is_none() {
-            self.order.push(key);
-        }
+        self.replace(id);
+    }
+
+    /// Swaps in `id` for its domain (or adds it) while the store is shared; returns the
+    /// identity it replaced. New TLS handshakes use it at once; open connections are not
+    /// touched. No check is made here: validate first.
+    pub fn replace(&self, id: Identity) -> Option<Arc<Identity>> {
+        let mut old = None;
+        self.map.rcu(|cur| {
+            let (next, prev) = cur.with(id.clone());
+            old = prev;
+            next
+        });
+        old
     }
 
     /// The identity of a hosted domain (case-insensitive, trailing dot tolerant); no fallback.
     pub fn get(&self, domain: &str) -> Option<Arc<Identity>> {
-        self.by_domain.get(&store_key(domain)).cloned()
+        self.map.load().by_domain.get(&store_key(domain)).cloned()
     }
 
     /// The identity for `domain`, or the default when there is none (what TLS uses).
     pub fn get_or_default(&self, domain: Option<&str>) -> Option<Arc<Identity>> {
+        let map = self.map.load();
         domain
-            .and_then(|d| self.get(d))
-            .or_else(|| self.default_identity())
+            .and_then(|d| map.by_domain.get(&store_key(d)))
+            .or_else(|| map.order.first().and_then(|k| map.by_domain.get(k)))
+            .cloned()
     }
 
     /// The default identity: the first added.
     pub fn default_identity(&self) -> Option<Arc<Identity>> {
-        self.order
-            .first()
-            .and_then(|k| self.by_domain.get(k))
-            .cloned()
+        self.get_or_default(None)
     }
 
     /// The hosted domains, in insertion order (normalized: lowercase, no trailing dot).
     pub fn domains(&self) -> Vec<String> {
-        self.order.clone()
+        self.map.load().order.clone()
     }
 
     /// Number of identities.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.map.load().order.len()
     }
 
     /// Whether the store is empty.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.map.load().order.is_empty()
     }
 
-    /// Identities in insertion order (e.g. for expiry gauges).
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Identity>> {
-        self.order.iter().filter_map(|k| self.by_domain.get(k))
+    /// The current identities in insertion order (e.g. for expiry gauges): a snapshot.
+    pub fn identities(&self) -> Vec<Arc<Identity>> {
+        let map = self.map.load();
+        map.order
+            .iter()
+            .filter_map(|k| map.by_domain.get(k))
+            .cloned()
+            .collect()
     }
 }
 

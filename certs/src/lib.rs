@@ -17,6 +17,7 @@
 //! files; no async runtime; no other fedgate crate — it is a leaf that `fedgate-s2s`,
 //! `fedgate-sip`, `fedgate-intercluster` and the root crate use.
 
+pub mod check;
 mod clock;
 pub mod dev;
 mod error;
@@ -24,18 +25,21 @@ mod failure;
 mod identity;
 mod names;
 mod pem;
+pub mod posh;
 mod provider;
 mod summary;
 mod tls_config;
 mod trust;
 mod verify;
 
+pub use check::{CheckOptions, IdentityReport, Problem, ProblemKind, check_identity};
 pub use error::CertError;
 pub use failure::{CertFailure, CertFailureKind};
 pub use identity::{Identity, IdentityStore};
 pub use names::{NameMatch, cert_names, check_name};
 pub use provider::crypto_provider;
 pub use summary::{CertSummary, cert_summary, sha256_fingerprint};
+pub use tls_config::client_config_for;
 pub use tls_config::{client_config, server_config};
 pub use trust::{SYSTEM_BUNDLE, TrustAnchors};
 pub use verify::{PeerVerifier, VerifiedPeer};

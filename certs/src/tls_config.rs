@@ -187,6 +187,28 @@ impl ResolvesClientCert for FixedClientCert {
     }
 }
 
+/// Presents the **current** identity of one hosted domain as client certificate, read from
+/// the store at each handshake (so a reloaded certificate is used by new connections).
+#[derive(Debug)]
+struct StoreClientCert {
+    store: Arc<IdentityStore>,
+    domain: String,
+}
+
+impl ResolvesClientCert for StoreClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.store.get(&self.domain).map(|id| id.certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        self.store.get(&self.domain).is_some()
+    }
+}
+
 /// Server side (inbound s2s, direct TLS or STARTTLS): the certificate is picked from `store`
 /// by SNI (default identity otherwise); a client certificate is **requested, not required**,
 /// and accepted at the TLS level whatever it is (see the module docs: check it afterwards with
@@ -207,6 +229,11 @@ pub(crate) fn build_server_config(
         .with_client_cert_verifier(DeferredPeerCheck::new())
         .with_cert_resolver(store);
     config.alpn_protocols = alpn;
+    // No session resumption: a resumed session would carry the certificates of its first
+    // handshake, and a reloaded identity must be what every new stream sees (s2s streams are
+    // long-lived, so the saved handshakes are few).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Arc::new(config)
 }
 
@@ -227,17 +254,128 @@ pub(crate) fn build_client_config(
     alpn: Vec<Vec<u8>>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<ClientConfig> {
+    let resolver = client_identity
+        .map(|id| Arc::new(FixedClientCert(id.certified.clone())) as Arc<dyn ResolvesClientCert>);
+    build_client_config_with(resolver, alpn, versions)
+}
+
+/// Client side for a hosted domain: like [`client_config`], but the client certificate is
+/// looked up in `store` for `domain` at every handshake, so certificates swapped in with
+/// [`IdentityStore::replace`] are presented by new connections without rebuilding the config.
+/// No client certificate is sent while the store has no identity for `domain`. Sessions are
+/// not resumed, so every connection shows the current certificates.
+pub fn client_config_for(
+    store: Arc<IdentityStore>,
+    domain: &str,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<ClientConfig> {
+    let config = build_client_config_with(
+        Some(Arc::new(StoreClientCert {
+            store,
+            domain: domain.to_owned(),
+        })),
+        alpn,
+        VERSIONS,
+    );
+    // No session resumption (see `build_server_config`): each new connection presents the
+    // current certificate.
+    let mut config = Arc::unwrap_or_clone(config);
+    config.resumption = rustls::client::Resumption::disabled();
+    Arc::new(config)
+}
+
+fn build_client_config_with(
+    resolver: Option<Arc<dyn ResolvesClientCert>>,
+    alpn: Vec<Vec<u8>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
     let builder = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(versions)
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .dangerous()
         .with_custom_certificate_verifier(DeferredPeerCheck::new());
-    let mut config = match client_identity {
-        Some(id) => {
-            builder.with_client_cert_resolver(Arc::new(FixedClientCert(id.certified.clone())))
-        }
+    let mut config = match resolver {
+        Some(r) => builder.with_client_cert_resolver(r),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn;
     Arc::new(config)
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+    use crate::dev::{LeafSpec, TestCa};
+    use rustls::{ClientConnection, ServerConnection};
+
+    fn identity(ca: &TestCa, domain: &str) -> Identity {
+        let (c, k) = ca.issue(&LeafSpec::dns(&[domain])).unwrap();
+        Identity::from_pem(domain, &c, &k).unwrap()
+    }
+
+    /// In-memory handshake: (leaf the client saw, leaf the server saw from the client).
+    fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+        sni: &str,
+    ) -> (CertificateDer<'static>, Option<CertificateDer<'static>>) {
+        let name = ServerName::try_from(sni.to_owned()).unwrap();
+        let mut c = rustls::Connection::Client(ClientConnection::new(client, name).unwrap());
+        let mut s = rustls::Connection::Server(ServerConnection::new(server).unwrap());
+        fn pump(from: &mut rustls::Connection, to: &mut rustls::Connection) -> bool {
+            let mut buf = Vec::new();
+            while from.wants_write() {
+                from.write_tls(&mut buf).unwrap();
+            }
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                to.read_tls(&mut rd).unwrap();
+                to.process_new_packets().unwrap();
+            }
+            !buf.is_empty()
+        }
+        for _ in 0..20 {
+            let a = pump(&mut c, &mut s);
+            let b = pump(&mut s, &mut c);
+            if !a && !b {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+        (
+            c.peer_certificates().unwrap()[0].clone().into_owned(),
+            s.peer_certificates().map(|p| p[0].clone().into_owned()),
+        )
+    }
+
+    #[test]
+    fn replaced_identities_are_served_and_presented_by_new_handshakes() {
+        let ca = TestCa::new("ca").unwrap();
+        let mut store = IdentityStore::new();
+        store.insert(identity(&ca, "a.test"));
+        store.insert(identity(&ca, "b.test"));
+        let store = Arc::new(store);
+        let server = server_config(store.clone(), vec![]);
+        let client = client_config_for(store.clone(), "b.test", vec![]);
+        let (a1, b1) = (store.get("a.test").unwrap(), store.get("b.test").unwrap());
+        let (served, presented) = handshake(server.clone(), client.clone(), "a.test");
+        assert_eq!(&served, a1.leaf());
+        assert_eq!(presented.as_ref(), Some(b1.leaf()));
+
+        let old = store.replace(identity(&ca, "A.test")).unwrap();
+        assert_eq!(old.leaf(), a1.leaf());
+        store.replace(identity(&ca, "b.test"));
+        assert_eq!(store.domains(), ["a.test", "b.test"]);
+        let (a2, b2) = (store.get("a.test").unwrap(), store.get("b.test").unwrap());
+        assert_ne!(a2.leaf(), a1.leaf());
+        // same configs, new certificates
+        let (served, presented) = handshake(server, client, "a.test");
+        assert_eq!(&served, a2.leaf());
+        assert_eq!(presented.as_ref(), Some(b2.leaf()));
+        assert_eq!(store.identities().len(), 2);
+        // a client config for a domain without identity sends none
+        let anon = client_config_for(store.clone(), "c.test", vec![]);
+        let (_, presented) = handshake(server_config(store, vec![]), anon, "b.test");
+        assert!(presented.is_none());
+    }
 }

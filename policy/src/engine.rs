@@ -382,6 +382,7 @@ pub(crate) fn domain_settings(p: &Policy, remote: &str, direction: Direction) ->
             {
                 out.auth_certificate = Some(c);
                 out.auth_dialback = Some(d);
+                out.auth_cert_methods = Some(s.cert_methods);
                 contributed = true;
             }
             if !pins_set && let Some(pins) = &s.pins {

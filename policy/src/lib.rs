@@ -197,6 +197,9 @@ pub struct DomainSettings {
     pub tls: Option<TlsFloor>,
     pub auth_certificate: Option<bool>,
     pub auth_dialback: Option<bool>,
+    /// Which certificate methods may prove the domain's identity: (pkix, dane, posh); set
+    /// together with `auth_certificate`.
+    pub auth_cert_methods: Option<(bool, bool, bool)>,
     /// Normalized `sha256:AB:CD:…` (uppercase hex, 32 bytes).
     pub pins: Vec<String>,
     pub protocol: Option<String>,
@@ -245,6 +248,8 @@ pub(crate) struct RuleSettings {
     pub tls: Option<TlsFloor>,
     /// (certificate, dialback)
     pub auth: Option<(bool, bool)>,
+    /// (pkix, dane, posh): "certificate" stands for all three.
+    pub cert_methods: (bool, bool, bool),
     pub pins: Option<Vec<String>>,
     pub protocol: Option<String>,
     pub max_stanza_bytes: Option<usize>,

@@ -690,9 +690,25 @@ impl<'a> Parser<'a> {
             && let Some(items) = self.strings("auth", v)
         {
             let (mut cert, mut dialback, mut ok) = (false, false, true);
+            let mut methods = (false, false, false);
             for (m, span) in &items {
                 match *m {
-                    "certificate" => cert = true,
+                    "certificate" => {
+                        cert = true;
+                        methods = (true, true, true);
+                    }
+                    "pkix" => {
+                        cert = true;
+                        methods.0 = true;
+                    }
+                    "dane" => {
+                        cert = true;
+                        methods.1 = true;
+                    }
+                    "posh" => {
+                        cert = true;
+                        methods.2 = true;
+                    }
                     "dialback" => dialback = true,
                     other => {
                         self.err(
@@ -700,7 +716,7 @@ impl<'a> Parser<'a> {
                             unknown_msg(
                                 "authentication method",
                                 other,
-                                &["certificate", "dialback"],
+                                &["certificate", "pkix", "dane", "posh", "dialback"],
                             ),
                         );
                         ok = false;
@@ -714,6 +730,7 @@ impl<'a> Parser<'a> {
                 );
             } else if ok {
                 s.auth = Some((cert, dialback));
+                s.cert_methods = methods;
                 if s.auth == Some((true, false)) && s.tls == Some(TlsFloor::Optional) {
                     let span = t.get("tls").map(|v| v.span()).unwrap_or(v.span());
                     self.warn(

@@ -1074,3 +1074,26 @@ fn fast_and_explained_agree_on_many_requests() {
         (true, "deep".into())
     );
 }
+
+#[test]
+fn auth_can_name_certificate_methods() {
+    let p = pol(
+        "default = \"allow\"\n[[rule]]\nid = \"strict\"\ndomains = [\"bank.test\"]\naction = \"allow\"\n\
+         auth = [\"pkix\", \"dane\"]\n[[rule]]\nid = \"loose\"\ndomains = [\"*.test\"]\naction = \"allow\"\n\
+         auth = [\"certificate\", \"dialback\"]\n",
+    );
+    let s = p.domain_settings("bank.test", Inbound);
+    assert_eq!(
+        (s.auth_certificate, s.auth_dialback),
+        (Some(true), Some(false))
+    );
+    assert_eq!(s.auth_cert_methods, Some((true, true, false)));
+    let s = p.domain_settings("other.test", Inbound);
+    assert_eq!(s.auth_cert_methods, Some((true, true, true)));
+    assert_eq!(s.auth_dialback, Some(true));
+    assert_diag(
+        "default = \"allow\"\n[[rule]]\nid = \"x\"\ndomains = [\"a.test\"]\naction = \"allow\"\nauth = [\"pki\"]\n",
+        "6:9: error:",
+        "unknown authentication method `pki` (did you mean `pkix`?",
+    );
+}

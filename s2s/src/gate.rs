@@ -2,7 +2,7 @@
 //! local one in a direction, and the transport/authentication floor that applies to it. The
 //! root crate implements [`Gatekeeper`] from the policy file; [`Open`] is the config-only one.
 
-use crate::inbound::AuthMethods;
+use crate::inbound::{AuthMethod, AuthMethods};
 
 /// What must hold for streams with one remote domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,31 @@ pub struct Floor {
     pub rule: Option<String>,
 }
 
+/// Which certificate-based methods may establish a remote domain's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertMethods {
+    pub pkix: bool,
+    pub dane: bool,
+    pub posh: bool,
+}
+
+impl CertMethods {
+    pub const ALL: Self = Self {
+        pkix: true,
+        dane: true,
+        posh: true,
+    };
+
+    pub fn allows(self, m: AuthMethod) -> bool {
+        match m {
+            AuthMethod::Pkix => self.pkix,
+            AuthMethod::Dane => self.dane,
+            AuthMethod::Posh => self.posh,
+            AuthMethod::Dialback => false,
+        }
+    }
+}
+
 pub trait Gatekeeper: Send + Sync + 'static {
     /// May `remote` federate with `local` (`inbound`: the remote side initiated)? `Err` carries
     /// a text naming the deciding rule (it goes into stream errors and logs).
@@ -25,6 +50,12 @@ pub trait Gatekeeper: Send + Sync + 'static {
 
     /// The floor for `remote` in a direction.
     fn floor(&self, remote: &str, inbound: bool) -> Floor;
+
+    /// Which certificate methods may prove `remote`'s identity (all unless the policy narrows
+    /// them, e.g. to `pkix` or `dane`).
+    fn cert_methods(&self, _remote: &str, _inbound: bool) -> CertMethods {
+        CertMethods::ALL
+    }
 }
 
 /// Everyone may federate; the floor is the gateway's global setting.

@@ -33,25 +33,33 @@ impl Default for AuthMethods {
     }
 }
 
-/// How a domain pair was authenticated.
+/// How a remote domain's identity was established (RFC 6125 PKIX, DANE RFC 7673, POSH
+/// RFC 7711, or Server Dialback XEP-0220).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthMethod {
-    /// SASL EXTERNAL with a certificate valid for the domain (XEP-0178).
-    SaslExternal,
-    /// Dialback answered without a verify round trip because the certificate is valid (XEP-0344).
-    DialbackCert,
-    /// Dialback with a verify round trip to the authoritative server (XEP-0220).
+    Pkix,
+    Dane,
+    Posh,
     Dialback,
 }
 
 impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::SaslExternal => "sasl-external",
-            Self::DialbackCert => "dialback-cert",
+            Self::Pkix => "pkix",
+            Self::Dane => "dane",
+            Self::Posh => "posh",
             Self::Dialback => "dialback",
         }
     }
+}
+
+/// A certificate accepted for a domain: by which method, and until when (unix seconds; `None`
+/// where the method ignores expiry, as DANE-EE does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertOk {
+    pub method: AuthMethod,
+    pub not_after: Option<i64>,
 }
 
 /// Settings an inbound stream needs.
@@ -82,8 +90,8 @@ impl InboundSettings {
     }
 }
 
-/// Checks the peer's certificate for a domain: `Ok` if valid for it, else the failure text.
-pub type CertCheck = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Checks the peer's certificate for a domain: how it is valid for it, else the failure text.
+pub type CertCheck = Box<dyn Fn(&str) -> Result<CertOk, String> + Send + Sync>;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -105,6 +113,11 @@ pub enum Action {
         local: String,
         remote: String,
         method: AuthMethod,
+        /// When the certificate that proved the identity expires (RFC 6120 §13.7.2.3: the
+        /// stream must not outlive it).
+        not_after: Option<i64>,
+        /// The protocol that authenticated the pair: "sasl-external" or "dialback".
+        mechanism: &'static str,
     },
     /// A stanza from an authorized pair, to hand to the router.
     Stanza(Element, usize),
@@ -179,6 +192,28 @@ impl Inbound {
 
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out)
+    }
+
+    /// The peer certificate's verdict for `domain`, narrowed to the methods the policy
+    /// accepts for it.
+    fn cert_for(&self, domain: &str) -> Result<CertOk, String> {
+        let Some(check) = &self.cert else {
+            return Err("no-certificate: the peer presented no certificate".into());
+        };
+        let ok = check(domain)?;
+        if self
+            .settings
+            .gate
+            .cert_methods(domain, true)
+            .allows(ok.method)
+        {
+            Ok(ok)
+        } else {
+            Err(format!(
+                "policy: {} is not an accepted method for {domain}",
+                ok.method.as_str()
+            ))
+        }
     }
 
     fn send(&mut self, b: Vec<u8>) {
@@ -274,7 +309,7 @@ impl Inbound {
         }
         if !self.sasl_done && self.floor.auth.certificate && self.tls {
             let offer = match (&self.cert, &self.peer) {
-                (Some(check), Some(peer)) => check(peer).is_ok(),
+                (Some(_), Some(peer)) => self.cert_for(peer).is_ok(),
                 (Some(_), None) => true,
                 (None, _) => false,
             };
@@ -430,29 +465,34 @@ impl Inbound {
                 "policy: certificate authentication is not accepted for this domain",
             );
         }
-        let verdict = match &self.cert {
-            Some(check) => check(&domain),
-            None => Err("no-certificate: the peer presented no certificate".into()),
-        };
-        match verdict {
-            Ok(()) => {
+        match self.cert_for(&domain) {
+            Ok(ok) => {
                 self.sasl_done = true;
                 self.send(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>".to_vec());
                 self.out.push(Action::ResetParser);
-                self.authorize(local, domain, AuthMethod::SaslExternal);
+                self.authorize(local, domain, ok.method, ok.not_after, "sasl-external");
                 self.state = State::AwaitHeader;
             }
             Err(text) => fail(self, "not-authorized", &text),
         }
     }
 
-    fn authorize(&mut self, local: String, remote: String, method: AuthMethod) {
+    fn authorize(
+        &mut self,
+        local: String,
+        remote: String,
+        method: AuthMethod,
+        not_after: Option<i64>,
+        mechanism: &'static str,
+    ) {
         self.pending.remove(&(local.clone(), remote.clone()));
         if self.authorized.insert((local.clone(), remote.clone())) {
             self.out.push(Action::Authenticated {
                 local,
                 remote,
                 method,
+                not_after,
+                mechanism,
             });
         }
     }
@@ -500,10 +540,8 @@ impl Inbound {
         if floor.tls_required && !self.tls {
             return reply_error(self, "cancel", "policy-violation");
         }
-        let cert_ok = self
-            .cert
-            .as_ref()
-            .is_some_and(|check| check(&remote).is_ok());
+        let cert = self.cert_for(&remote).ok();
+        let cert_ok = cert.is_some();
         // Dialback needs the method allowed, or a certificate that would have passed SASL
         // EXTERNAL; pinned domains always need their certificate.
         let dialback_ok = floor.auth.dialback || floor.auth.certificate && cert_ok;
@@ -517,9 +555,9 @@ impl Inbound {
         }
         // XEP-0344: a certificate valid for the originating domain makes the verify round trip
         // unnecessary.
-        if cert_ok {
+        if let Some(ok) = cert {
             self.send(db_result_valid(&local, &remote));
-            return self.authorize(local, remote, AuthMethod::DialbackCert);
+            return self.authorize(local, remote, ok.method, ok.not_after, "dialback");
         }
         if !self.pending.insert((local.clone(), remote.clone())) {
             return;
@@ -540,7 +578,7 @@ impl Inbound {
         }
         if valid {
             self.send(db_result_valid(local, remote));
-            self.authorize(pair.0, pair.1, AuthMethod::Dialback);
+            self.authorize(pair.0, pair.1, AuthMethod::Dialback, None, "dialback");
         } else {
             self.pending.remove(&pair);
             tracing::info!(local, remote, why, "dialback key not verified");
@@ -663,7 +701,10 @@ mod tests {
     fn check_ok_for(domains: &'static [&'static str]) -> CertCheck {
         Box::new(move |d| {
             if domains.contains(&d) {
-                Ok(())
+                Ok(CertOk {
+                    method: AuthMethod::Pkix,
+                    not_after: Some(2_000_000_000),
+                })
             } else {
                 Err(format!("cert-name: not valid for {d}"))
             }
@@ -715,7 +756,9 @@ mod tests {
         assert!(acts.contains(&Action::Authenticated {
             local: "a.test".into(),
             remote: "r.test".into(),
-            method: AuthMethod::SaslExternal
+            method: AuthMethod::Pkix,
+            not_after: Some(2_000_000_000),
+            mechanism: "sasl-external",
         }));
         let acts = feed(&mut m, &mut p, &header("r.test", "a.test"));
         assert!(!sent(&acts).contains("EXTERNAL"), "no second SASL");
@@ -847,7 +890,7 @@ mod tests {
         assert!(acts.iter().any(|a| matches!(
             a,
             Action::Authenticated {
-                method: AuthMethod::DialbackCert,
+                method: AuthMethod::Pkix,
                 ..
             }
         )));

@@ -9,6 +9,7 @@
 //! implements.
 
 pub mod component;
+pub mod dane;
 pub mod dialback;
 pub mod driver;
 pub mod element;

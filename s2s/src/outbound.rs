@@ -10,7 +10,7 @@ use crate::dialback::DialbackSecret;
 use crate::element::{
     Element, NS_DIALBACK, NS_DIALBACK_FEATURE, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS, escape,
 };
-use crate::inbound::{AuthMethod, AuthMethods};
+use crate::inbound::{AuthMethod, AuthMethods, CertOk};
 use crate::wire::{Failure, FailureKind, Header, parse_stream_error};
 use crate::xml::StreamEvent;
 
@@ -36,7 +36,14 @@ pub enum Action {
     /// [`Outbound::tls_established`]; the parser must be reset.
     StartTls,
     ResetParser,
-    Established(AuthMethod),
+    /// Authenticated. `identity`: how the remote's identity is known (its certificate by
+    /// pkix/dane/posh, or only by DNS as with dialback); `not_after`: when that certificate
+    /// expires; `sasl`: we authenticated with SASL EXTERNAL (else dialback).
+    Established {
+        identity: AuthMethod,
+        not_after: Option<i64>,
+        sasl: bool,
+    },
     /// Verify mode: the authoritative server's answer.
     Verified(bool),
     /// Give up on this stream; send `</stream:stream>` if it is open and close.
@@ -64,7 +71,7 @@ pub struct Outbound {
     state: State,
     tls: bool,
     /// Result of checking the remote server's certificate for the remote domain.
-    remote_cert: Option<Result<(), String>>,
+    remote_cert: Option<Result<CertOk, String>>,
     sasl_done: bool,
     sasl_tried: bool,
     stream_id: Option<String>,
@@ -88,7 +95,7 @@ impl Outbound {
     }
 
     /// Call once connected (after the TLS handshake for direct TLS, with its certificate check).
-    pub fn start(&mut self, direct_tls_cert: Option<Result<(), String>>) {
+    pub fn start(&mut self, direct_tls_cert: Option<Result<CertOk, String>>) {
         if let Some(c) = direct_tls_cert {
             self.tls = true;
             self.remote_cert = Some(c);
@@ -96,7 +103,7 @@ impl Outbound {
         self.send_header();
     }
 
-    pub fn tls_established(&mut self, remote_cert: Result<(), String>) {
+    pub fn tls_established(&mut self, remote_cert: Result<CertOk, String>) {
         self.tls = true;
         self.remote_cert = Some(remote_cert);
         self.send_header();
@@ -218,10 +225,7 @@ impl Outbound {
                     return;
                 }
                 match el.attr("type") {
-                    Some("valid") => {
-                        self.state = State::Established;
-                        self.out.push(Action::Established(AuthMethod::Dialback));
-                    }
+                    Some("valid") => self.established(false),
                     Some("invalid") => {
                         self.fail(FailureKind::Auth, "dialback: peer says our key is invalid")
                     }
@@ -285,11 +289,9 @@ impl Outbound {
             return;
         }
         if self.sasl_done {
-            self.state = State::Established;
-            self.out.push(Action::Established(AuthMethod::SaslExternal));
-            return;
+            return self.established(true);
         }
-        let cert_ok = matches!(self.remote_cert, Some(Ok(())));
+        let cert_ok = matches!(self.remote_cert, Some(Ok(_)));
         if !cert_ok && !self.s.auth.dialback {
             let why = match &self.remote_cert {
                 Some(Err(e)) => e.clone(),
@@ -338,6 +340,19 @@ impl Outbound {
             FailureKind::Auth,
             format!("no acceptable authentication method; peer offered: {offered}"),
         );
+    }
+
+    fn established(&mut self, sasl: bool) {
+        self.state = State::Established;
+        let (identity, not_after) = match &self.remote_cert {
+            Some(Ok(ok)) => (ok.method, ok.not_after),
+            _ => (AuthMethod::Dialback, None),
+        };
+        self.out.push(Action::Established {
+            identity,
+            not_after,
+            sasl,
+        });
     }
 
     fn send_db_result(&mut self) {
@@ -395,14 +410,20 @@ mod tests {
                         let cert: Option<inbound::CertCheck> = out_cert_valid_for.map(|d| {
                             Box::new(move |x: &str| {
                                 if x == d {
-                                    Ok(())
+                                    Ok(CertOk {
+                                        method: AuthMethod::Pkix,
+                                        not_after: Some(7),
+                                    })
                                 } else {
                                     Err(format!("cert-name: not {x}"))
                                 }
                             }) as inbound::CertCheck
                         });
                         i.tls_established(cert);
-                        o.tls_established(Ok(()));
+                        o.tls_established(Ok(CertOk {
+                            method: AuthMethod::Pkix,
+                            not_after: Some(7),
+                        }));
                     }
                     Action::ResetParser => po.reset(),
                     other => o_log.push(other),
@@ -484,11 +505,18 @@ mod tests {
             Some("local.test"),
             |_, _, _, _| false,
         );
-        assert_eq!(o, vec![Action::Established(AuthMethod::SaslExternal)]);
+        assert_eq!(
+            o,
+            vec![Action::Established {
+                identity: AuthMethod::Pkix,
+                not_after: Some(7),
+                sasl: true
+            }]
+        );
         assert!(i.iter().any(|a| matches!(
             a,
             inbound::Action::Authenticated {
-                method: AuthMethod::SaslExternal,
+                method: AuthMethod::Pkix,
                 ..
             }
         )));
@@ -504,7 +532,14 @@ mod tests {
             None,
             |local, remote, id, key| secret.verify(local, remote, id, key),
         );
-        assert_eq!(o, vec![Action::Established(AuthMethod::Dialback)]);
+        assert_eq!(
+            o,
+            vec![Action::Established {
+                identity: AuthMethod::Pkix,
+                not_after: Some(7),
+                sasl: false
+            }]
+        );
     }
 
     #[test]

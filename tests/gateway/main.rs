@@ -1,7 +1,11 @@
 //! Whole gateways in one process, on distinct loopback addresses, with a real in-process DNS
 //! server, real TLS (test CA made by rcgen) and XEP-0114 components on both sides.
 
+mod certs;
+mod dane;
+mod expiry;
 mod policy;
+mod posh;
 mod probe;
 mod support;
 
@@ -108,7 +112,7 @@ async fn message_presence_and_iq_cross_the_federation() {
     assert_eq!(
         metric(
             &m,
-            "fedgate_auth_total{direction=\"out\",method=\"sasl-external\",result=\"ok\"}"
+            "fedgate_auth_total{direction=\"out\",mechanism=\"sasl-external\",method=\"pkix\",result=\"ok\"}"
         ),
         1,
         "{m}"
@@ -121,7 +125,7 @@ async fn message_presence_and_iq_cross_the_federation() {
     );
     let s: serde_json::Value = serde_json::from_str(&http_get(&gb, "/status").await).unwrap();
     assert_eq!(
-        s["remote_domains"]["a.test"]["auth"]["b.test"], "sasl-external",
+        s["remote_domains"]["a.test"]["auth"]["b.test"], "pkix",
         "{s}"
     );
     assert_eq!(http_get(&ga, "/healthz").await, "ok\n");
@@ -340,7 +344,7 @@ async fn two_nodes_share_one_domain() {
     assert_eq!(
         metric(
             &m,
-            "fedgate_auth_total{direction=\"in\",method=\"dialback\",result=\"ok\"}"
+            "fedgate_auth_total{direction=\"in\",mechanism=\"dialback\",method=\"dialback\",result=\"ok\"}"
         ),
         1,
         "{m}"
@@ -503,7 +507,7 @@ fn demo_and_check_config_binaries() {
     );
     assert!(
         text.contains(
-            "fedgate_auth_total{direction=\"out\",method=\"sasl-external\",result=\"ok\"} 1"
+            "fedgate_auth_total{direction=\"out\",mechanism=\"sasl-external\",method=\"pkix\",result=\"ok\"} 1"
         ),
         "{text}"
     );

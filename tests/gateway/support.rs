@@ -62,6 +62,8 @@ pub struct GwSpec {
     pub static_targets: BTreeMap<String, String>,
     /// TOML appended at the end (e.g. a [policy] section).
     pub extra: String,
+    /// Lines added to the [tls] table.
+    pub extra_tls: String,
 }
 
 impl GwSpec {
@@ -77,6 +79,7 @@ impl GwSpec {
             extra_s2s: String::new(),
             static_targets: BTreeMap::new(),
             extra: String::new(),
+            extra_tls: String::new(),
         }
     }
 
@@ -90,7 +93,7 @@ impl GwSpec {
             "[[domains]]\nname = \"{d}\"\ncert = {c}\nkey = {k}\ncomponent_secret = \"{cs}\"\n\n\
              [s2s]\nlisten = [\"{ip}:5269\"]\ndialback_secret = \"{sec}\"\n\
              connect_timeout_secs = 3\nnegotiation_timeout_secs = 10\nretry_backoff_min_secs = 0\n{extra}\n\
-             [tls]\nsystem_roots = false\ntrust_anchors = [{trust}]\n\n\
+             [tls]\nsystem_roots = false\ntrust_anchors = [{trust}]\n{extra_tls}\n\
              [components]\nlisten = \"{ip}:5347\"\n\n[metrics]\nlisten = \"{ip}:9269\"\n",
             d = self.domain,
             c = q(&self.cert.0),
@@ -99,6 +102,7 @@ impl GwSpec {
             ip = self.ip,
             sec = self.dialback_secret,
             extra = self.extra_s2s,
+            extra_tls = self.extra_tls,
             trust = self.trust.iter().map(q).collect::<Vec<_>>().join(", "),
         );
         if let Some(dns) = self.dns {

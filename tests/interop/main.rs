@@ -173,14 +173,14 @@ async fn prosody_federates_with_sasl_external() {
     assert!(
         metric(
             &m,
-            "fedgate_auth_total{direction=\"in\",method=\"sasl-external\",result=\"ok\"}"
+            "fedgate_auth_total{direction=\"in\",mechanism=\"sasl-external\",method=\"pkix\",result=\"ok\"}"
         ) >= 1,
         "{m}"
     );
     assert!(
         metric(
             &m,
-            "fedgate_auth_total{direction=\"out\",method=\"sasl-external\",result=\"ok\"}"
+            "fedgate_auth_total{direction=\"out\",mechanism=\"sasl-external\",method=\"pkix\",result=\"ok\"}"
         ) >= 1,
         "{m}"
     );
@@ -223,7 +223,7 @@ async fn ejabberd_federates_with_dialback() {
     assert!(
         metric(
             &m,
-            "fedgate_auth_total{direction=\"out\",method=\"dialback\",result=\"ok\"}"
+            "fedgate_auth_total{direction=\"out\",mechanism=\"dialback\",method=\"pkix\",result=\"ok\"}"
         ) >= 1,
         "{m}"
     );

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use super::conn::Conn;
 use super::context::S2sContext;
 use super::io::Io;
-use crate::inbound::AuthMethod;
+use crate::inbound::{AuthMethod, CertOk};
 use crate::outbound::{Action, Mode, Outbound, OutboundSettings};
 use crate::resolve::{DnsErrorKind, Target};
 use crate::wire::{Failure, FailureKind};
@@ -17,7 +17,12 @@ use crate::wire::{Failure, FailureKind};
 pub enum Outcome {
     Established {
         conn: Box<Conn>,
+        /// How the remote's identity is known (pkix/dane/posh, or dialback: DNS only).
         method: AuthMethod,
+        /// When the remote's certificate expires, if it established the identity.
+        not_after: Option<i64>,
+        /// How we authenticated: "sasl-external" or "dialback".
+        mechanism: &'static str,
         target: String,
     },
     Verified(bool),
@@ -80,9 +85,17 @@ pub async fn connect(
                     ctx.metrics.connects.with_label_values(&["ok"]).inc();
                     ctx.status.attempt(remote, &label, Ok(()));
                     return Ok(match o {
-                        Outcome::Established { conn, method, .. } => Outcome::Established {
+                        Outcome::Established {
                             conn,
                             method,
+                            not_after,
+                            mechanism,
+                            ..
+                        } => Outcome::Established {
+                            conn,
+                            method,
+                            not_after,
+                            mechanism,
                             target: label,
                         },
                         v => v,
@@ -135,7 +148,8 @@ async fn attempt(
     let fut = async {
         if t.direct_tls {
             upgrade(ctx, &mut conn, local, remote, true).await?;
-            m.start(Some(pinned(&floor, check_server(ctx, &conn, remote))?));
+            let check = check_server(ctx, &conn, remote, (&t.host, t.port)).await;
+            m.start(Some(pinned(&floor, check)?));
         } else {
             m.start(None);
         }
@@ -154,16 +168,24 @@ async fn attempt(
                     Action::Send(b) => conn.queue(&b),
                     Action::StartTls => {
                         upgrade(ctx, &mut conn, local, remote, false).await?;
-                        m.tls_established(pinned(&floor, check_server(ctx, &conn, remote))?);
+                        let check = check_server(ctx, &conn, remote, (&t.host, t.port)).await;
+                        m.tls_established(pinned(&floor, check)?);
                     }
                     Action::ResetParser => conn.parser.reset(),
-                    Action::Established(method) => {
+                    Action::Established {
+                        identity,
+                        not_after,
+                        sasl,
+                    } => {
                         conn.flush()
                             .await
                             .map_err(|e| Failure::new(FailureKind::Connect, e.to_string()))?;
+                        tracing::debug!(%local, %remote, identity = identity.as_str(), sasl, "outbound authenticated");
                         return Ok(Outcome::Established {
                             conn: Box::new(conn),
-                            method,
+                            method: identity,
+                            not_after,
+                            mechanism: if sasl { "sasl-external" } else { "dialback" },
                             target: String::new(),
                         });
                     }
@@ -205,8 +227,8 @@ async fn attempt(
 /// dialback fallback around a pin).
 fn pinned(
     floor: &crate::gate::Floor,
-    check: Result<(), String>,
-) -> Result<Result<(), String>, Failure> {
+    check: Result<CertOk, String>,
+) -> Result<Result<CertOk, String>, Failure> {
     match check {
         Err(e) if !floor.pins.is_empty() => Err(Failure::new(FailureKind::CertChain, e)),
         other => Ok(other),
@@ -233,7 +255,23 @@ async fn upgrade(
 }
 
 /// Check the receiving server's certificate for the remote domain.
-fn check_server(ctx: &S2sContext, conn: &Conn, remote: &str) -> Result<(), String> {
-    let chain = conn.io.peer_certs();
-    super::context::check_peer(&ctx.verifier, ctx.gate().as_ref(), &chain, remote, false)
+async fn check_server(
+    ctx: &S2sContext,
+    conn: &Conn,
+    remote: &str,
+    target: (&str, u16),
+) -> Result<CertOk, String> {
+    let Some(peer) = ctx.peer_cert(conn.io.peer_certs(), false) else {
+        return Err("no-certificate: the server sent none".into());
+    };
+    ctx.prepare_identity(&peer, remote, Some(target)).await;
+    let ok = super::context::check_peer(&ctx.verifier, ctx.gate().as_ref(), &peer, remote)?;
+    if ctx.gate().cert_methods(remote, false).allows(ok.method) {
+        Ok(ok)
+    } else {
+        Err(format!(
+            "policy: {} is not an accepted method for {remote}",
+            ok.method.as_str()
+        ))
+    }
 }

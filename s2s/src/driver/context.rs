@@ -2,17 +2,19 @@
 //! status, the sink that takes stanzas in, and the shutdown signal.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use fedgate_certs::{Identity, IdentityStore, PeerVerifier};
+use fedgate_certs::{IdentityStore, PeerVerifier};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use tokio::sync::watch;
 
 use crate::dialback::DialbackSecret;
 use crate::element::Element;
 use crate::gate::{Floor, Gatekeeper, Open};
-use crate::inbound::{AuthMethods, CertCheck};
+use crate::inbound::{AuthMethod, AuthMethods, CertCheck, CertOk};
 use crate::resolve::S2sResolver;
 use crate::xml::Limits;
 
@@ -107,6 +109,7 @@ pub struct S2sContext {
     pub component_secrets: Arc<HashMap<String, String>>,
     sink: OnceLock<Arc<dyn StanzaSink>>,
     gate: OnceLock<Arc<dyn Gatekeeper>>,
+    provers: OnceLock<Vec<Arc<dyn IdentityProver>>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -129,9 +132,13 @@ impl S2sContext {
         ));
         let mut client_tls = HashMap::new();
         for d in &hosted {
-            let id: Option<Arc<Identity>> = identities.get(d);
-            let plain = fedgate_certs::client_config(id.clone(), Vec::new());
-            let direct = fedgate_certs::client_config(id, vec![b"xmpp-server".to_vec()]);
+            // The client certificate is read from the store at each handshake (hot reload).
+            let plain = fedgate_certs::client_config_for(identities.clone(), d, Vec::new());
+            let direct = fedgate_certs::client_config_for(
+                identities.clone(),
+                d,
+                vec![b"xmpp-server".to_vec()],
+            );
             client_tls.insert(
                 d.clone(),
                 (
@@ -154,6 +161,7 @@ impl S2sContext {
             component_secrets: Arc::new(component_secrets),
             sink: OnceLock::new(),
             gate: OnceLock::new(),
+            provers: OnceLock::new(),
             shutdown: watch::channel(false).0,
         })
     }
@@ -201,38 +209,124 @@ impl S2sContext {
         let _ = self.shutdown.send(true);
     }
 
-    /// A certificate check for a peer's chain, usable by the negotiation machines.
-    pub fn cert_check(
+    /// The certificate a peer presented, with what DANE/POSH found for it per domain.
+    pub fn peer_cert(
         &self,
         chain: Vec<CertificateDer<'static>>,
         peer_is_client: bool,
-    ) -> Option<CertCheck> {
-        if chain.is_empty() {
-            return None;
-        }
+    ) -> Option<Arc<PeerCert>> {
+        (!chain.is_empty()).then(|| {
+            Arc::new(PeerCert {
+                chain,
+                peer_is_client,
+                extra: Mutex::new(HashMap::new()),
+            })
+        })
+    }
+
+    /// A certificate check for the negotiation machines: PKIX first, then what the provers
+    /// (DANE, POSH) established in [`Self::prepare_identity`]; pins on top of either.
+    pub fn cert_check(&self, peer: Option<&Arc<PeerCert>>) -> Option<CertCheck> {
+        let peer = peer?.clone();
         let verifier = self.verifier.clone();
         let gate = self.gate();
         Some(Box::new(move |domain: &str| {
-            check_peer(&verifier, gate.as_ref(), &chain, domain, peer_is_client)
+            check_peer(&verifier, gate.as_ref(), &peer, domain)
         }))
+    }
+
+    /// Connects DANE and POSH (or any other way to prove a certificate valid for a domain when
+    /// PKIX does not).
+    pub fn set_provers(&self, provers: Vec<Arc<dyn IdentityProver>>) {
+        let _ = self.provers.set(provers);
+    }
+
+    /// Before a machine asks about `domain`: if PKIX does not establish the peer's identity,
+    /// ask the provers (once per domain per stream). `target`: the host and port we connected
+    /// to (outbound), for DANE's TLSA name.
+    pub async fn prepare_identity(
+        &self,
+        peer: &PeerCert,
+        domain: &str,
+        target: Option<(&str, u16)>,
+    ) {
+        let Some(provers) = self.provers.get().filter(|p| !p.is_empty()) else {
+            return;
+        };
+        if peer
+            .extra
+            .lock()
+            .expect("peer cert lock")
+            .contains_key(domain)
+            || self
+                .verifier
+                .verify(&peer.chain, domain, peer.peer_is_client, UnixTime::now())
+                .is_ok()
+        {
+            return;
+        }
+        let mut why = Vec::new();
+        let mut verdict = Err(String::new());
+        for p in provers {
+            match p.prove(domain, &peer.chain, target).await {
+                Ok(ok) => {
+                    verdict = Ok(ok);
+                    break;
+                }
+                Err(e) => why.push(e),
+            }
+        }
+        if verdict.is_err() {
+            verdict = Err(why.join("; "));
+        }
+        tracing::debug!(%domain, ?verdict, "DANE/POSH verdict");
+        peer.extra
+            .lock()
+            .expect("peer cert lock")
+            .insert(domain.to_owned(), verdict);
     }
 }
 
-/// Chain and name check of a peer certificate for `domain`, plus the policy's pins for it.
+/// A peer's certificate chain and the DANE/POSH verdicts obtained for it.
+pub struct PeerCert {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub peer_is_client: bool,
+    extra: Mutex<HashMap<String, Result<CertOk, String>>>,
+}
+
+/// A way other than PKIX to prove that a certificate is valid for a domain (DANE, POSH).
+pub trait IdentityProver: Send + Sync + 'static {
+    fn prove<'a>(
+        &'a self,
+        domain: &'a str,
+        chain: &'a [CertificateDer<'static>],
+        target: Option<(&'a str, u16)>,
+    ) -> Pin<Box<dyn Future<Output = Result<CertOk, String>> + Send + 'a>>;
+}
+
+/// Chain and name check of a peer certificate for `domain` (PKIX), else a DANE/POSH verdict,
+/// plus the policy's pins for the domain.
 pub fn check_peer(
     verifier: &PeerVerifier,
     gate: &dyn Gatekeeper,
-    chain: &[CertificateDer<'static>],
+    peer: &PeerCert,
     domain: &str,
-    peer_is_client: bool,
-) -> Result<(), String> {
-    let Some(leaf) = chain.first() else {
+) -> Result<CertOk, String> {
+    let Some(leaf) = peer.chain.first() else {
         return Err("no-certificate: the peer presented none".into());
     };
-    verifier
-        .verify(chain, domain, peer_is_client, UnixTime::now())
-        .map_err(|f| f.to_string())?;
-    let floor = gate.floor(domain, peer_is_client);
+    let ok = match verifier.verify(&peer.chain, domain, peer.peer_is_client, UnixTime::now()) {
+        Ok(v) => CertOk {
+            method: AuthMethod::Pkix,
+            not_after: Some(v.not_after),
+        },
+        Err(f) => match peer.extra.lock().expect("peer cert lock").get(domain) {
+            Some(Ok(ok)) => *ok,
+            Some(Err(e)) if !e.is_empty() => return Err(format!("{f}; {e}")),
+            _ => return Err(f.to_string()),
+        },
+    };
+    let floor = gate.floor(domain, peer.peer_is_client);
     if !floor.pins.is_empty() {
         let fp = fedgate_certs::sha256_fingerprint(leaf.as_ref());
         let matches = |p: &String| {
@@ -251,7 +345,7 @@ pub fn check_peer(
             ));
         }
     }
-    Ok(())
+    Ok(ok)
 }
 
 /// A fresh unpredictable stream id (it feeds dialback keys).

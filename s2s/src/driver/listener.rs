@@ -98,6 +98,7 @@ async fn run(
         gate: ctx.gate(),
     };
     let mut machine = Inbound::new(settings, new_stream_id(), false);
+    let mut peer = None;
     if first[0] == 0x16 || direct_tls_only {
         tokio::time::timeout(s.negotiation_timeout, conn.accept_tls(&ctx.server_tls))
             .await
@@ -108,7 +109,8 @@ async fn run(
                     .with_label_values(&["in", f.kind.as_str()])
                     .inc();
             })?;
-        machine.tls_established(ctx.cert_check(conn.io.peer_certs(), true));
+        peer = ctx.peer_cert(conn.io.peer_certs(), true);
+        machine.tls_established(ctx.cert_check(peer.as_ref()));
     }
 
     let (vtx, mut vrx) = mpsc::unbounded_channel::<(String, String, bool, String)>();
@@ -119,6 +121,8 @@ async fn run(
     let idle = tokio::time::sleep(s.idle_timeout);
     tokio::pin!(idle);
     let mut remotes: Vec<String> = Vec::new();
+    // (remote, not_after) of the certificates that authenticated pairs on this stream.
+    let mut expiries: Vec<(String, i64)> = Vec::new();
     let result = loop {
         for a in machine.take_actions() {
             match a {
@@ -131,7 +135,8 @@ async fn run(
                     .await;
                     match r {
                         Ok(Ok(())) => {
-                            machine.tls_established(ctx.cert_check(conn.io.peer_certs(), true))
+                            peer = ctx.peer_cert(conn.io.peer_certs(), true);
+                            machine.tls_established(ctx.cert_check(peer.as_ref()));
                         }
                         Ok(Err(f)) => {
                             ctx.metrics
@@ -165,13 +170,19 @@ async fn run(
                     local,
                     remote,
                     method,
+                    not_after,
+                    mechanism,
                 } => {
+                    if let Some(t) = not_after {
+                        ctx.status.peer_cert_add(&remote, t);
+                        expiries.push((remote.clone(), t));
+                    }
                     ctx.metrics
                         .auth
-                        .with_label_values(&["in", method.as_str(), "ok"])
+                        .with_label_values(&["in", method.as_str(), mechanism, "ok"])
                         .inc();
                     ctx.status.authenticated(&remote, &local, method.as_str());
-                    tracing::info!(%local, %remote, method = method.as_str(), tls = ?conn.io.tls_version(), "inbound s2s pair authenticated");
+                    tracing::info!(%local, %remote, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "inbound s2s pair authenticated");
                     if !remotes.contains(&remote) {
                         let max = ctx.gate().floor(&remote, true).max_streams;
                         let open = ctx.status.inbound_streams(&remote);
@@ -252,6 +263,12 @@ async fn run(
         tokio::select! {
             ev = conn.next_event() => match ev {
                 Ok(ev) => {
+                    // DANE/POSH need I/O: ask them before the machine decides about a domain.
+                    if let Some(p) = &peer {
+                        for d in domains_to_prove(&ev) {
+                            ctx.prepare_identity(p, &d, None).await;
+                        }
+                    }
                     machine.handle(ev);
                     idle.as_mut().reset(tokio::time::Instant::now() + s.idle_timeout);
                 }
@@ -274,6 +291,13 @@ async fn run(
                 conn.close_with(b"</stream:stream>").await;
                 break Ok(());
             }
+            remote = until_expiry(&expiries) => {
+                // RFC 6120 §13.7.2.3 and §4.9.3.16: the stream must not outlive the certificate.
+                let e = StreamError::new("reset", format!("the certificate of {remote} expired"));
+                conn.close_with(&e.to_bytes()).await;
+                tracing::info!(%remote, "closed inbound stream: peer certificate expired");
+                break Ok(());
+            }
             _ = shutdown.changed() => {
                 let e = StreamError::new("system-shutdown", "fedgate is shutting down");
                 conn.close_with(&e.to_bytes()).await;
@@ -282,7 +306,42 @@ async fn run(
         }
     };
     break_on_close(ctx, &remotes);
+    for (r, t) in &expiries {
+        ctx.status.peer_cert_remove(r, *t);
+    }
     result
+}
+
+/// The domains whose identity the machine is about to check: the stream header's `from`
+/// and the `from` of a dialback request.
+fn domains_to_prove(ev: &crate::xml::StreamEvent) -> Vec<String> {
+    use crate::xml::StreamEvent;
+    match ev {
+        StreamEvent::Open(h) => h.from.iter().map(|f| f.to_ascii_lowercase()).collect(),
+        StreamEvent::Element(el, _)
+            if el.is("result", crate::element::NS_DIALBACK) && el.attr("type").is_none() =>
+        {
+            el.attr("from")
+                .map(str::to_ascii_lowercase)
+                .into_iter()
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Resolves when the earliest certificate expiry among `expiries` passes (never if none).
+pub(crate) async fn until_expiry(expiries: &[(String, i64)]) -> String {
+    let Some((remote, t)) = expiries.iter().min_by_key(|(_, t)| *t) else {
+        return std::future::pending().await;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    // notAfter is the last valid second: act once it has passed.
+    let left = u64::try_from(t.saturating_sub(now)).unwrap_or(0) + 1;
+    tokio::time::sleep(std::time::Duration::from_secs(left)).await;
+    remote.clone()
 }
 
 fn break_on_close(ctx: &S2sContext, remotes: &[String]) {

@@ -13,7 +13,8 @@ pub struct Metrics {
     pub streams: IntGaugeVec,
     /// Streams ended, by direction and result (ok or failure kind).
     pub streams_closed: IntCounterVec,
-    /// Domain-pair authentications by direction, method and result.
+    /// Domain-pair authentications by direction, identity method (pkix/dane/posh/dialback),
+    /// mechanism (sasl-external/dialback) and result.
     pub auth: IntCounterVec,
     /// Stanzas routed, by path (remote-to-local, local-to-remote) and remote domain.
     pub routed: IntCounterVec,
@@ -29,6 +30,9 @@ pub struct Metrics {
     pub connects: IntCounterVec,
     /// Bytes queued towards remote domains and components, waiting to be written.
     pub queued_bytes: IntGauge,
+    /// Seconds until the soonest-expiring certificate among a remote domain's authenticated
+    /// streams expires (refreshed at each scrape).
+    pub peer_cert_expiry: IntGaugeVec,
     domains: Mutex<HashSet<String>>,
 }
 
@@ -54,6 +58,16 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(queued_bytes.clone()))
             .expect("unique metric");
+        let peer_cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "fedgate_peer_cert_expiry_seconds",
+                "Seconds until the certificate of a remote domain's authenticated stream expires (soonest)",
+            ),
+            &["remote_domain"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(peer_cert_expiry.clone()))
+            .expect("unique metric");
         Self {
             streams,
             streams_closed: vec_counter(
@@ -66,7 +80,7 @@ impl Metrics {
                 r,
                 "fedgate_auth_total",
                 "Domain-pair authentications",
-                &["direction", "method", "result"],
+                &["direction", "method", "mechanism", "result"],
             ),
             routed: vec_counter(
                 r,
@@ -100,7 +114,23 @@ impl Metrics {
                 &["result"],
             ),
             queued_bytes,
+            peer_cert_expiry,
             domains: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Refresh the peer certificate expiry gauges from the per-domain status.
+    pub fn refresh_peer_cert_expiry(&self, status: &super::status::Status) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        self.peer_cert_expiry.reset();
+        for (domain, s) in status.snapshot() {
+            if let Some(t) = s.peer_cert_expiry.iter().min() {
+                self.peer_cert_expiry
+                    .with_label_values(&[&self.domain_label(&domain)])
+                    .set(t - now);
+            }
         }
     }
 

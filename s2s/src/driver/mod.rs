@@ -5,10 +5,12 @@ pub mod components;
 pub mod conn;
 pub mod connect;
 pub mod context;
+pub mod dane;
 pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
+pub mod posh;
 pub mod status;
 
 pub use components::Components;

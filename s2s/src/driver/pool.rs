@@ -163,12 +163,14 @@ impl Pool {
         };
         let res = connect(&ctx, &local, &remote, mode).await;
         m.streams.with_label_values(&["out", "negotiating"]).dec();
-        let (mut conn, method, target) = match res {
+        let (mut conn, method, not_after, mechanism, target) = match res {
             Ok(Outcome::Established {
                 conn,
                 method,
+                not_after,
+                mechanism,
                 target,
-            }) => (conn, method, target),
+            }) => (conn, method, not_after, mechanism, target),
             Ok(Outcome::Verified(_)) => unreachable!("auth mode"),
             Err(f) => {
                 // Authentication failures count as such; DNS/connect/TLS failures never got
@@ -181,7 +183,7 @@ impl Pool {
                         | FailureKind::Policy
                 ) {
                     m.auth
-                        .with_label_values(&["out", "failed", f.kind.as_str()])
+                        .with_label_values(&["out", "failed", "none", f.kind.as_str()])
                         .inc();
                 }
                 m.streams_closed
@@ -201,12 +203,12 @@ impl Pool {
         };
         self.backoff.lock().expect("backoff lock").remove(&remote);
         m.auth
-            .with_label_values(&["out", method.as_str(), "ok"])
+            .with_label_values(&["out", method.as_str(), mechanism, "ok"])
             .inc();
         m.streams.with_label_values(&["out", "established"]).inc();
         ctx.status.stream_opened(&remote, true);
         ctx.status.authenticated(&remote, &local, method.as_str());
-        tracing::info!(%local, %remote, %target, method = method.as_str(), tls = ?conn.io.tls_version(), "outbound s2s established");
+        tracing::info!(%local, %remote, %target, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "outbound s2s established");
         conn.parser.set_limits(ctx.settings.limits);
         let label = m.domain_label(&remote);
         let routed = m.routed.with_label_values(&["local-to-remote", &label]);
@@ -216,6 +218,11 @@ impl Pool {
         tokio::pin!(idle);
         let mut keepalive = tokio::time::interval(ctx.settings.keepalive_interval);
         keepalive.reset();
+        let expiries: Vec<(String, i64)> =
+            not_after.map(|t| (remote.clone(), t)).into_iter().collect();
+        if let Some(t) = not_after {
+            ctx.status.peer_cert_add(&remote, t);
+        }
         let end: Result<&str, Failure> = loop {
             tokio::select! {
                 st = rx.recv() => {
@@ -250,6 +257,11 @@ impl Pool {
                     Err(e) => break Err(e.failure()),
                 },
                 _ = &mut idle => break Ok("idle"),
+                // RFC 6120 §13.7.2.3: do not keep using a stream whose peer certificate expired;
+                // what is still queued goes over a new, freshly verified stream.
+                _ = super::listener::until_expiry(&expiries) => {
+                    break Err(Failure::new(FailureKind::CertChain, format!("the certificate of {remote} expired")));
+                }
                 _ = keepalive.tick() => {
                     conn.queue(b" ");
                     if let Err(e) = conn.flush().await {
@@ -271,6 +283,9 @@ impl Pool {
         }
         m.streams.with_label_values(&["out", "established"]).dec();
         ctx.status.stream_closed(&remote, true);
+        if let Some(t) = not_after {
+            ctx.status.peer_cert_remove(&remote, t);
+        }
         match end {
             Ok(why) => {
                 for st in &rest {

@@ -17,6 +17,8 @@ pub struct DomainStatus {
     pub last_error: Option<(SystemTime, Failure)>,
     /// The last attempts: when, target, result.
     pub attempts: VecDeque<(SystemTime, String, String)>,
+    /// Expiry (unix seconds) of the certificate of each authenticated stream with this domain.
+    pub peer_cert_expiry: Vec<i64>,
 }
 
 #[derive(Default)]
@@ -84,6 +86,18 @@ impl Status {
             d.attempts.push_back((now, target.to_owned(), r));
             while d.attempts.len() > MAX_ATTEMPTS {
                 d.attempts.pop_front();
+            }
+        });
+    }
+
+    pub fn peer_cert_add(&self, remote: &str, not_after: i64) {
+        self.with(remote, |d| d.peer_cert_expiry.push(not_after));
+    }
+
+    pub fn peer_cert_remove(&self, remote: &str, not_after: i64) {
+        self.with(remote, |d| {
+            if let Some(i) = d.peer_cert_expiry.iter().position(|t| *t == not_after) {
+                d.peer_cert_expiry.swap_remove(i);
             }
         });
     }

@@ -1,0 +1,101 @@
+//! RFC 6120 §13.7.2.3: a stream must not outlive the certificate that authenticated it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fedgate::component_client::{body, message};
+use fedgate::testdns::Zone;
+use fedgate_certs::dev::LeafSpec;
+
+use super::support::*;
+
+#[tokio::test]
+async fn stream_is_closed_when_the_peer_certificate_expires() {
+    let pki = Pki::new();
+    let mut a = GwSpec::new(&pki, "a.test");
+    let mut b = GwSpec::new(&pki, "b.test");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // b.test's certificate is valid for 3 more seconds.
+    b.cert = pki.leaf(
+        "b-short",
+        &LeafSpec {
+            not_before: Some(now - 60),
+            not_after: Some(now + 3),
+            ..LeafSpec::dns(&["b.test"])
+        },
+    );
+    let mut zone = Zone::new();
+    srv_to(&mut zone, "a.test", a.ip);
+    srv_to(&mut zone, "b.test", b.ip);
+    let dns = dns(zone).await;
+    a.dns = Some(dns.addr());
+    b.dns = Some(dns.addr());
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    cb.send(&message("bob@b.test", "alice@a.test", "e1", "while valid"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&ca.recv(T).await.unwrap()).as_deref(),
+        Some("while valid")
+    );
+    let m = http_get(&ga, "/metrics").await;
+    let left = metric(
+        &m,
+        "fedgate_peer_cert_expiry_seconds{remote_domain=\"b.test\"}",
+    );
+    assert!((1..=3).contains(&left), "{left}\n{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_auth_total{direction=\"in\",mechanism=\"sasl-external\",method=\"pkix\",result=\"ok\"}"
+        ),
+        1
+    );
+
+    // After expiry a.test resets the stream.
+    let mut closed = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = http_get(&ga, "/metrics").await;
+        if metric(
+            &m,
+            "fedgate_streams{direction=\"in\",state=\"established\"}",
+        ) == 0
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "the inbound stream from b.test was closed at expiry"
+    );
+    let s: serde_json::Value = serde_json::from_str(&http_get(&gb, "/status").await).unwrap();
+    let err = s["remote_domains"]["a.test"]["last_error"]["detail"].to_string();
+    assert!(err.contains("reset") && err.contains("expired"), "{s}");
+
+    // The next stanza needs a new stream: the expired certificate no longer passes, so the
+    // pair authenticates with dialback instead.
+    cb.send(&message("bob@b.test", "alice@a.test", "e2", "after expiry"))
+        .await
+        .unwrap();
+    assert_eq!(
+        body(&ca.recv(T).await.unwrap()).as_deref(),
+        Some("after expiry")
+    );
+    let m = http_get(&ga, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_auth_total{direction=\"in\",mechanism=\"dialback\",method=\"dialback\",result=\"ok\"}"
+        ),
+        1,
+        "{m}"
+    );
+    ga.shutdown().await;
+    gb.shutdown().await;
+}
