@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use fedgate_certs::{PeerVerifier, TrustAnchors};
 use fedgate_policy::{Decision, Direction, Kind, Policy, Request, TlsFloor};
 use fedgate_s2s::gate::{CertMethods, Floor, Gatekeeper};
 use fedgate_s2s::inbound::AuthMethods;
@@ -75,7 +76,14 @@ pub struct PolicyRuntime {
     defaults: Floor,
     metrics: Metrics,
     buckets: Mutex<HashMap<(String, bool), Bucket>>,
+    /// Verifiers for per-partner trust anchors, by anchor files (emptied on reload).
+    partner_verifiers: Mutex<HashMap<Vec<PathBuf>, Option<Arc<PeerVerifier>>>>,
+    /// Builds a verifier from anchors with the gateway's other settings (EKU, CRLs).
+    verifier_builder: std::sync::OnceLock<VerifierBuilder>,
 }
+
+/// How the gateway turns trust anchors into a peer verifier.
+pub type VerifierBuilder = Box<dyn Fn(Arc<TrustAnchors>) -> PeerVerifier + Send + Sync>;
 
 /// Diagnostics as lines `file:line:column: severity: message`.
 pub fn render_diagnostics(d: &[fedgate_policy::Diagnostic]) -> String {
@@ -123,6 +131,8 @@ impl PolicyRuntime {
             defaults,
             metrics,
             buckets: Mutex::new(HashMap::new()),
+            partner_verifiers: Mutex::new(HashMap::new()),
+            verifier_builder: std::sync::OnceLock::new(),
         });
         rt.loaded("active", &rt.active.load(), "start");
         if let Some(s) = &rt.shadow {
@@ -148,6 +158,11 @@ impl PolicyRuntime {
         );
     }
 
+    /// How per-partner verifiers are built (set once by the gateway).
+    pub fn set_verifier_builder(&self, b: VerifierBuilder) {
+        let _ = self.verifier_builder.set(b);
+    }
+
     pub fn active(&self) -> Arc<Policy> {
         self.active.load_full()
     }
@@ -168,6 +183,10 @@ impl PolicyRuntime {
                     if p.revision() != slot.load().revision() {
                         self.loaded(which, &p, why);
                         slot.store(Arc::new(p));
+                        self.partner_verifiers
+                            .lock()
+                            .expect("verifiers lock")
+                            .clear();
                     }
                 }
                 Err(e) => {
@@ -355,6 +374,38 @@ impl Gatekeeper for PolicyRuntime {
             max_streams: s.max_streams,
             rule: s.rule.map(|r| format!("{} (line {})", r.id, r.line)),
         }
+    }
+
+    fn verifier(&self, remote: &str) -> Option<Arc<PeerVerifier>> {
+        let files = self
+            .active
+            .load()
+            .domain_settings(remote, Direction::Inbound)
+            .trust_anchors;
+        if files.is_empty() {
+            return None;
+        }
+        let mut cache = self.partner_verifiers.lock().expect("verifiers lock");
+        if let Some(v) = cache.get(&files) {
+            return v.clone();
+        }
+        let v = match TrustAnchors::new(false, &files) {
+            Ok(a) => {
+                let a = Arc::new(a);
+                Some(Arc::new(match self.verifier_builder.get() {
+                    Some(build) => build(a),
+                    None => PeerVerifier::new(a),
+                }))
+            }
+            Err(e) => {
+                // The policy checked the files when it loaded; they changed since. Trust
+                // nothing for the domain rather than falling back to the global anchors.
+                tracing::error!(target: "fedgate::audit", event = "partner-anchors-unreadable", %remote, error = %e, "per-partner trust anchors cannot be loaded");
+                Some(Arc::new(PeerVerifier::new(Arc::new(TrustAnchors::empty()))))
+            }
+        };
+        cache.insert(files, v.clone());
+        v
     }
 
     fn cert_methods(&self, remote: &str, inbound: bool) -> CertMethods {

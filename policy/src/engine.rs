@@ -390,6 +390,12 @@ pub(crate) fn domain_settings(p: &Policy, remote: &str, direction: Direction) ->
                 pins_set = true;
                 contributed = true;
             }
+            if out.trust_anchors.is_empty()
+                && let Some(a) = &s.trust_anchors
+            {
+                out.trust_anchors = a.clone();
+                contributed = true;
+            }
             if out.protocol.is_none() && s.protocol.is_some() {
                 out.protocol = s.protocol.clone();
                 contributed = true;

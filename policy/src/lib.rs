@@ -200,8 +200,11 @@ pub struct DomainSettings {
     /// Which certificate methods may prove the domain's identity: (pkix, dane, posh); set
     /// together with `auth_certificate`.
     pub auth_cert_methods: Option<(bool, bool, bool)>,
-    /// Normalized `sha256:AB:CD:…` (uppercase hex, 32 bytes).
+    /// Normalized `sha256:AB:CD:…` (uppercase hex, 32 bytes): the SHA-256 of the certificate
+    /// or of its SubjectPublicKeyInfo.
     pub pins: Vec<String>,
+    /// Trust anchors for this domain alone (PEM files); empty: the gateway's.
+    pub trust_anchors: Vec<std::path::PathBuf>,
     pub protocol: Option<String>,
     pub max_stanza_bytes: Option<usize>,
     /// (stanzas per second, burst) of a token bucket.
@@ -251,6 +254,8 @@ pub(crate) struct RuleSettings {
     /// (pkix, dane, posh): "certificate" stands for all three.
     pub cert_methods: (bool, bool, bool),
     pub pins: Option<Vec<String>>,
+    /// CA certificates (PEM files) that replace the gateway's anchors for these domains.
+    pub trust_anchors: Option<Vec<std::path::PathBuf>>,
     pub protocol: Option<String>,
     pub max_stanza_bytes: Option<usize>,
     pub rate: Option<(f64, u32)>,

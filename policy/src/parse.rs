@@ -28,6 +28,7 @@ const RULE_KEYS: &[&str] = &[
     "tls",
     "auth",
     "pins",
+    "trust_anchors",
     "protocol",
     "max_stanza_bytes",
     "rate",
@@ -757,6 +758,41 @@ impl<'a> Parser<'a> {
                 }
             }
             s.pins = Some(pins);
+        }
+        if let Some(v) = t.get("trust_anchors")
+            && let Some(items) = self.strings("trust_anchors", v)
+        {
+            // Paths relative to the policy file; each must be readable now (a partner whose
+            // anchors are missing would silently fall back to nothing).
+            let base = std::path::Path::new(self.src.file)
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default();
+            let mut files = Vec::new();
+            let empty = items.is_empty();
+            for (f, span) in items {
+                let path = base.join(f);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => files.push(path),
+                    Ok(_) => self.err(
+                        &span,
+                        format!("trust anchor `{}` is not a file", path.display()),
+                    ),
+                    Err(e) => self.err(
+                        &span,
+                        format!("cannot read trust anchor `{}`: {e}", path.display()),
+                    ),
+                }
+            }
+            if empty {
+                self.err(
+                    &v.span(),
+                    "`trust_anchors` is empty: no certificate could be trusted for these domains"
+                        .into(),
+                );
+            } else if !files.is_empty() {
+                s.trust_anchors = Some(files);
+            }
         }
         if let Some(v) = t.get("protocol") {
             s.protocol = self

@@ -1097,3 +1097,31 @@ fn auth_can_name_certificate_methods() {
         "unknown authentication method `pki` (did you mean `pkix`?",
     );
 }
+
+#[test]
+fn trust_anchors_per_rule_resolve_against_the_policy_file() {
+    let dir = std::env::temp_dir().join(format!("fedgate-policy-anchors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("partner-ca.pem"), "placeholder").unwrap();
+    let file = dir.join("policy.toml");
+    let text = "default = \"allow\"\n[[rule]]\nid = \"p\"\ndomains = [\"partner.test\"]\naction = \"allow\"\n\
+                trust_anchors = [\"partner-ca.pem\"]\n";
+    let (p, _) = Policy::parse(text, file.to_str().unwrap()).unwrap();
+    assert_eq!(
+        p.domain_settings("partner.test", Inbound).trust_anchors,
+        vec![dir.join("partner-ca.pem")]
+    );
+    assert!(
+        p.domain_settings("other.test", Inbound)
+            .trust_anchors
+            .is_empty()
+    );
+    let bad = text.replace("partner-ca.pem", "missing.pem");
+    let d = Policy::parse(&bad, file.to_str().unwrap()).err().unwrap();
+    let msg = d[0].to_string();
+    assert!(
+        msg.contains(":6:18: error: cannot read trust anchor"),
+        "{msg}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

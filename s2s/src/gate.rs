@@ -56,6 +56,12 @@ pub trait Gatekeeper: Send + Sync + 'static {
     fn cert_methods(&self, _remote: &str, _inbound: bool) -> CertMethods {
         CertMethods::ALL
     }
+
+    /// A verifier with trust anchors for `remote` alone (per-partner trust from the policy);
+    /// `None`: the gateway's anchors.
+    fn verifier(&self, _remote: &str) -> Option<std::sync::Arc<fedgate_certs::PeerVerifier>> {
+        None
+    }
 }
 
 /// Everyone may federate; the floor is the gateway's global setting.

@@ -571,3 +571,85 @@ async fn sighup_reloads_the_policy_of_a_running_gateway() {
     assert!(reloaded, "SIGHUP reloaded the policy");
     assert!(status.success(), "clean shutdown on SIGTERM: {status:?}");
 }
+
+/// Per-partner trust: b.test's certificate comes from a CA a.test does not trust globally;
+/// the policy names that CA for b.test only, so b.test authenticates with pkix. A rule naming
+/// another CA for b.test means its certificate is not trusted (dialback instead), even though
+/// the global anchors would have accepted a certificate from the test CA.
+#[tokio::test]
+async fn per_partner_trust_anchors_replace_the_global_ones() {
+    let pki = Pki::new();
+    let partner = Pki::new();
+    for (b_from_partner_ca, expect) in [
+        (true, ("sasl-external", "pkix")),
+        (false, ("dialback", "dialback")),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(partner.ca_path(), dir.path().join("partner-ca.pem")).unwrap();
+        let (a, mut b, _dns) = pair(
+            &pki,
+            "default = \"allow\"\n[[rule]]\nid = \"b-own-ca\"\ndomains = [\"b.test\"]\naction = \"allow\"\n\
+             trust_anchors = [\"partner-ca.pem\"]\n",
+            &dir,
+        )
+        .await;
+        if b_from_partner_ca {
+            b.cert = partner.leaf("b-partner", &LeafSpec::dns(&["b.test"]));
+        }
+        let (ga, gb) = (a.start().await, b.start().await);
+        let mut ca = a.component(&ga).await;
+        let mut cb = b.component(&gb).await;
+        cb.send(&message("bob@b.test", "alice@a.test", "t1", "trusted?"))
+            .await
+            .unwrap();
+        assert_eq!(
+            body(&ca.recv(T).await.unwrap()).as_deref(),
+            Some("trusted?")
+        );
+        let m = http_get(&ga, "/metrics").await;
+        let (mechanism, method) = expect;
+        assert_eq!(
+            metric(
+                &m,
+                &format!(
+                    "fedgate_auth_total{{direction=\"in\",mechanism=\"{mechanism}\",method=\"{method}\",result=\"ok\"}}"
+                )
+            ),
+            1,
+            "{m}"
+        );
+        ga.shutdown().await;
+        gb.shutdown().await;
+    }
+}
+
+/// A pin may name the certificate's SubjectPublicKeyInfo (survives re-issuing with the same key).
+#[tokio::test]
+async fn spki_pins_are_accepted() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let b_cert = pki.leaf("b-spki", &LeafSpec::dns(&["b.test"]));
+    let leaf = fedgate_certs::Identity::load("b.test", &b_cert.0, &b_cert.1).unwrap();
+    let spki = fedgate_certs::posh::spki_sha256(leaf.leaf()).unwrap();
+    let pin = spki
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let (a, mut b, _dns) = pair(
+        &pki,
+        &format!("default = \"allow\"\n[[rule]]\nid = \"b-spki\"\ndomains = [\"b.test\"]\naction = \"allow\"\npins = [\"sha256:{pin}\"]\n"),
+        &dir,
+    )
+    .await;
+    b.cert = b_cert;
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    cb.send(&message("bob@b.test", "alice@a.test", "s1", "spki"))
+        .await
+        .unwrap();
+    assert_eq!(body(&ca.recv(T).await.unwrap()).as_deref(), Some("spki"));
+    ga.shutdown().await;
+    gb.shutdown().await;
+}

@@ -259,7 +259,9 @@ impl S2sContext {
             .expect("peer cert lock")
             .contains_key(domain)
             || self
-                .verifier
+                .gate()
+                .verifier(domain)
+                .unwrap_or_else(|| self.verifier.clone())
                 .verify(&peer.chain, domain, peer.peer_is_client, UnixTime::now())
                 .is_ok()
         {
@@ -315,6 +317,9 @@ pub fn check_peer(
     let Some(leaf) = peer.chain.first() else {
         return Err("no-certificate: the peer presented none".into());
     };
+    // Per-partner anchors from the policy replace the gateway's for that domain.
+    let partner = gate.verifier(domain);
+    let verifier = partner.as_deref().unwrap_or(verifier);
     let ok = match verifier.verify(&peer.chain, domain, peer.peer_is_client, UnixTime::now()) {
         Ok(v) => CertOk {
             method: AuthMethod::Pkix,
@@ -328,12 +333,21 @@ pub fn check_peer(
     };
     let floor = gate.floor(domain, peer.peer_is_client);
     if !floor.pins.is_empty() {
+        // A pin names the SHA-256 of the certificate or of its SubjectPublicKeyInfo.
+        let hex = |p: &str| {
+            p.strip_prefix("sha256:")
+                .unwrap_or(p)
+                .replace(':', "")
+                .to_ascii_uppercase()
+        };
         let fp = fedgate_certs::sha256_fingerprint(leaf.as_ref());
+        let cert_hex = hex(&fp);
+        let spki_hex = fedgate_certs::posh::spki_sha256(leaf)
+            .map(|d| d.iter().map(|b| format!("{b:02X}")).collect::<String>())
+            .unwrap_or_default();
         let matches = |p: &String| {
-            let p = p.strip_prefix("sha256:").unwrap_or(p);
-            p.eq_ignore_ascii_case(&fp)
-                || p.replace(':', "")
-                    .eq_ignore_ascii_case(&fp.replace(':', ""))
+            let p = hex(p);
+            p == cert_hex || !spki_hex.is_empty() && p == spki_hex
         };
         if !floor.pins.iter().any(matches) {
             return Err(format!(
