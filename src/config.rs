@@ -126,6 +126,9 @@ pub struct TlsConfig {
     pub system_roots: bool,
     /// Extra trust anchors (PEM files).
     pub trust_anchors: Vec<PathBuf>,
+    /// Certificate revocation lists (PEM or DER files) checked for peer certificate chains;
+    /// relative paths are relative to the config file. Read at start.
+    pub crls: Vec<PathBuf>,
     /// Own certificates with fewer days left are a problem (`certs check`, reload).
     pub min_days: i64,
     /// How often the running gateway looks at the cert/key files of hosted domains for
@@ -149,6 +152,7 @@ impl Default for TlsConfig {
         Self {
             system_roots: true,
             trust_anchors: Vec::new(),
+            crls: Vec::new(),
             min_days: 7,
             reload_check_secs: 30,
             posh: false,
@@ -258,6 +262,7 @@ impl Config {
             .with_list_parse_key("s2s.auth_methods")
             .with_list_parse_key("dns.nameservers")
             .with_list_parse_key("tls.trust_anchors")
+            .with_list_parse_key("tls.crls")
             .source(Some(env.clone().into_iter().collect()));
         let built = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -296,7 +301,17 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        for p in &mut cfg.tls.trust_anchors {
+        if let Some(p) = &mut cfg.tls.dane_trust_anchor
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
+        for p in cfg
+            .tls
+            .trust_anchors
+            .iter_mut()
+            .chain(cfg.tls.crls.iter_mut())
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -560,6 +575,22 @@ mod tests {
             Some(Path::new("/etc/fedgate/a.pem"))
         );
         assert_eq!(c.domains[0].key.as_deref(), Some(Path::new("/k.pem")));
+    }
+
+    #[test]
+    fn crls_resolve_against_the_file() {
+        let c = parse(&format!(
+            "{OK}[tls]\ncrls = [\"ca.crl.pem\", \"/var/lib/crl/b.crl\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tls.crls,
+            [
+                Path::new("/etc/fedgate/ca.crl.pem"),
+                Path::new("/var/lib/crl/b.crl")
+            ]
+        );
+        assert!(parse(OK).unwrap().tls.crls.is_empty());
     }
 
     #[test]

@@ -98,8 +98,11 @@ impl Gateway {
             TrustAnchors::new(cfg.tls.system_roots, &cfg.tls.trust_anchors)
                 .with_context(|| format!("{}: tls.trust_anchors", cfg.source))?,
         );
-        let verifier =
-            PeerVerifier::new(anchors.clone()).strict_client_eku(cfg.s2s.strict_client_eku);
+        let crls = fedgate_certs::load_crls(&cfg.tls.crls)
+            .with_context(|| format!("{}: tls.crls", cfg.source))?;
+        let verifier = PeerVerifier::new(anchors.clone())
+            .strict_client_eku(cfg.s2s.strict_client_eku)
+            .with_crls(crls);
         let nameservers = if cfg.dns.nameservers.is_empty() {
             None
         } else {
@@ -113,7 +116,7 @@ impl Gateway {
         };
         let statics = StaticTargets::parse(&cfg.s2s.static_targets).map_err(anyhow::Error::msg)?;
         let resolver =
-            S2sResolver::new(nameservers, statics).map_err(|e| anyhow::anyhow!("{e}"))?;
+            S2sResolver::new(nameservers.clone(), statics).map_err(|e| anyhow::anyhow!("{e}"))?;
         let secret = match &cfg.s2s.dialback_secret {
             Some(s) => DialbackSecret::new(s),
             None => {
@@ -156,6 +159,30 @@ impl Gateway {
             component_secrets,
         );
         let mut provers: Vec<Arc<dyn fedgate_s2s::driver::context::IdentityProver>> = Vec::new();
+        if cfg.tls.dane {
+            let anchors = match &cfg.tls.dane_trust_anchor {
+                Some(f) => {
+                    let text = std::fs::read_to_string(f).with_context(|| {
+                        format!("{}: tls.dane_trust_anchor: {}", cfg.source, f.display())
+                    })?;
+                    let a = crate::provers::parse_dnskey(&text).map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: tls.dane_trust_anchor: {}: {e}",
+                            cfg.source,
+                            f.display()
+                        )
+                    })?;
+                    Some(vec![a])
+                }
+                None => None,
+            };
+            let dane = fedgate_s2s::driver::dane::DaneResolver::new(nameservers.clone(), anchors)
+                .map_err(|e| anyhow::anyhow!("DANE resolver: {e}"))?;
+            provers.push(Arc::new(crate::provers::Dane {
+                dane,
+                resolver: ctx.resolver.clone(),
+            }));
+        }
         if cfg.tls.posh {
             let port = (cfg.tls.posh_port != 443).then_some(cfg.tls.posh_port);
             let client = fedgate_s2s::driver::posh::PoshClient::new(
@@ -169,6 +196,8 @@ impl Gateway {
         let certs = CertReloader::new(cfg, ctx.identities.clone(), anchors, &registry);
         let pool = Pool::new(ctx.clone());
         let components = Arc::new(Components::default());
+        let base_verifier = ctx.verifier.clone();
+        policy.set_verifier_builder(Box::new(move |anchors| base_verifier.with_anchors(anchors)));
         ctx.set_gate(policy.clone());
         ctx.set_sink(Arc::new(Router::new(
             ctx.clone(),

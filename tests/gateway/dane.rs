@@ -265,3 +265,92 @@ async fn set_zone_resigns() {
     );
     dns.stop().await;
 }
+
+/// End to end: b.test's certificate comes from a CA a.test does not trust, but b.test
+/// publishes it in DNSSEC-signed TLSA records. a.test (tls.dane = true, the test zone's key as
+/// trust anchor) establishes b.test's identity with `dane`. When the TLSA record does not
+/// match, a.test refuses the target instead of falling back to dialback.
+#[tokio::test]
+async fn gateway_uses_dane_and_refuses_a_mismatch() {
+    use base64::Engine as _;
+    use fedgate::component_client::{body, message};
+
+    let pki = crate::support::Pki::new();
+    let other = crate::support::Pki::new();
+    for matching in [true, false] {
+        let mut a = crate::support::GwSpec::new(&pki, "a.test");
+        let mut b = crate::support::GwSpec::new(&pki, "b.test");
+        b.cert = other.leaf("b-dane", &LeafSpec::dns(&["b.test"]));
+        let b_chain = chain_of(&std::fs::read_to_string(&b.cert.0).unwrap());
+        let published = if matching {
+            b_chain[0].clone()
+        } else {
+            chain_of(
+                &std::fs::read_to_string(other.leaf("b-other", &LeafSpec::dns(&["b.test"])).0)
+                    .unwrap(),
+            )[0]
+            .clone()
+        };
+        let mut zone = Zone::new();
+        srv(&mut zone, "a.test", a.ip);
+        srv(&mut zone, "b.test", b.ip);
+        tlsa(
+            &mut zone,
+            "b.test",
+            &Tlsa::for_cert(3, 1, 1, published.as_ref()).unwrap(),
+        );
+        zone.sign("b.test");
+        let (dns, anchor, _) = signed(zone).await;
+        let key_file = pki.dir.path().join("root.key");
+        std::fs::write(
+            &key_file,
+            format!(
+                ". IN DNSKEY 257 3 {} {}\n",
+                anchor.algorithm,
+                base64::engine::general_purpose::STANDARD.encode(&anchor.public_key)
+            ),
+        )
+        .unwrap();
+        a.dns = Some(dns.addr());
+        b.dns = Some(dns.addr());
+        a.extra_tls = format!(
+            "dane = true\ndane_trust_anchor = {:?}\n",
+            key_file.display().to_string()
+        );
+        let (ga, gb) = (a.start().await, b.start().await);
+        let mut ca = a.component(&ga).await;
+        let mut cb = b.component(&gb).await;
+        ca.send(&message("alice@a.test", "bob@b.test", "d1", "over dane"))
+            .await
+            .unwrap();
+        if matching {
+            assert_eq!(
+                body(&cb.recv(crate::support::T).await.unwrap()).as_deref(),
+                Some("over dane")
+            );
+            let m = crate::support::http_get(&ga, "/metrics").await;
+            assert_eq!(
+                crate::support::metric(
+                    &m,
+                    "fedgate_auth_total{direction=\"out\",mechanism=\"sasl-external\",method=\"dane\",result=\"ok\"}"
+                ),
+                1,
+                "{m}"
+            );
+        } else {
+            let e = ca.recv(crate::support::T).await.unwrap();
+            let (cond, text) = fedgate_s2s::wire::stanza_error(&e).unwrap();
+            assert_eq!(cond, "remote-server-not-found", "{text}");
+            assert!(text.contains("dane"), "{text}");
+            assert!(
+                cb.recv(std::time::Duration::from_millis(300))
+                    .await
+                    .is_err(),
+                "nothing delivered"
+            );
+        }
+        ga.shutdown().await;
+        gb.shutdown().await;
+        dns.stop().await;
+    }
+}

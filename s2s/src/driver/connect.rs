@@ -225,11 +225,17 @@ async fn attempt(
 
 /// With pins for the domain, a certificate that fails its check ends the attempt (no
 /// dialback fallback around a pin).
+/// Marks a certificate verdict that must end the attempt (a DANE mismatch).
+const FATAL: &str = "fatal: ";
+
 fn pinned(
     floor: &crate::gate::Floor,
     check: Result<CertOk, String>,
 ) -> Result<Result<CertOk, String>, Failure> {
     match check {
+        Err(e) if e.starts_with(FATAL) => {
+            Err(Failure::new(FailureKind::CertChain, &e[FATAL.len()..]))
+        }
         Err(e) if !floor.pins.is_empty() => Err(Failure::new(FailureKind::CertChain, e)),
         other => Ok(other),
     }
@@ -265,6 +271,9 @@ async fn check_server(
         return Err("no-certificate: the server sent none".into());
     };
     ctx.prepare_identity(&peer, remote, Some(target)).await;
+    if let Some(why) = peer.fatal(remote) {
+        return Err(format!("{FATAL}{why}"));
+    }
     let ok = super::context::check_peer(&ctx.verifier, ctx.gate().as_ref(), &peer, remote)?;
     if ctx.gate().cert_methods(remote, false).allows(ok.method) {
         Ok(ok)

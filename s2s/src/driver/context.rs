@@ -268,18 +268,22 @@ impl S2sContext {
             return;
         }
         let mut why = Vec::new();
-        let mut verdict = Err(String::new());
+        let mut verdict = Err(ProveFailure::soft(""));
         for p in provers {
             match p.prove(domain, &peer.chain, target).await {
                 Ok(ok) => {
                     verdict = Ok(ok);
                     break;
                 }
-                Err(e) => why.push(e),
+                Err(f) if f.fatal => {
+                    verdict = Err(f);
+                    break;
+                }
+                Err(f) => why.push(f.text),
             }
         }
-        if verdict.is_err() {
-            verdict = Err(why.join("; "));
+        if matches!(&verdict, Err(f) if !f.fatal) {
+            verdict = Err(ProveFailure::soft(why.join("; ")));
         }
         tracing::debug!(%domain, ?verdict, "DANE/POSH verdict");
         peer.extra
@@ -293,7 +297,42 @@ impl S2sContext {
 pub struct PeerCert {
     pub chain: Vec<CertificateDer<'static>>,
     pub peer_is_client: bool,
-    extra: Mutex<HashMap<String, Result<CertOk, String>>>,
+    extra: Mutex<HashMap<String, Result<CertOk, ProveFailure>>>,
+}
+
+impl PeerCert {
+    /// A fatal prover verdict for `domain` (the peer must be refused), if any.
+    pub fn fatal(&self, domain: &str) -> Option<String> {
+        match self.extra.lock().expect("peer cert lock").get(domain) {
+            Some(Err(f)) if f.fatal => Some(f.text.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a prover did not establish an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProveFailure {
+    /// The evidence contradicts the certificate (e.g. DNSSEC-validated TLSA records that do
+    /// not match): the connection must be refused, never downgraded to dialback.
+    pub fatal: bool,
+    pub text: String,
+}
+
+impl ProveFailure {
+    pub fn soft(text: impl Into<String>) -> Self {
+        Self {
+            fatal: false,
+            text: text.into(),
+        }
+    }
+
+    pub fn fatal(text: impl Into<String>) -> Self {
+        Self {
+            fatal: true,
+            text: text.into(),
+        }
+    }
 }
 
 /// A way other than PKIX to prove that a certificate is valid for a domain (DANE, POSH).
@@ -303,7 +342,7 @@ pub trait IdentityProver: Send + Sync + 'static {
         domain: &'a str,
         chain: &'a [CertificateDer<'static>],
         target: Option<(&'a str, u16)>,
-    ) -> Pin<Box<dyn Future<Output = Result<CertOk, String>> + Send + 'a>>;
+    ) -> Pin<Box<dyn Future<Output = Result<CertOk, ProveFailure>> + Send + 'a>>;
 }
 
 /// Chain and name check of a peer certificate for `domain` (PKIX), else a DANE/POSH verdict,
@@ -327,7 +366,7 @@ pub fn check_peer(
         },
         Err(f) => match peer.extra.lock().expect("peer cert lock").get(domain) {
             Some(Ok(ok)) => *ok,
-            Some(Err(e)) if !e.is_empty() => return Err(format!("{f}; {e}")),
+            Some(Err(e)) if !e.text.is_empty() => return Err(format!("{f}; {}", e.text)),
             _ => return Err(f.to_string()),
         },
     };
