@@ -7,8 +7,9 @@
 use std::fmt;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CustomExtension, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevokedCertParams, SerialNumber,
 };
 
 use crate::clock::{to_offset, unix_now};
@@ -240,6 +241,54 @@ impl TestCa {
             chain.push_str(pem);
         }
         Ok((chain, key.serialize_pem()))
+    }
+}
+
+/// The serial number of the first certificate of a PEM text (for a chain from
+/// [`TestCa::issue`], the leaf's), as big-endian bytes (the DER INTEGER content), to pass to
+/// [`TestCa::crl`].
+pub fn serial_of(pem: &str) -> Result<Vec<u8>, CertError> {
+    let certs = crate::pem::parse_certs(pem.as_bytes(), "certificate PEM")?;
+    let parsed = crate::names::parse_cert(&certs[0])
+        .map_err(|f| CertError::Generate(format!("certificate: {}", f.detail)))?;
+    Ok(parsed.raw_serial().to_vec())
+}
+
+impl TestCa {
+    /// A CRL (PEM) signed by this CA that revokes the certificates with these serial numbers
+    /// (see [`serial_of`]; an empty list is a CRL that revokes nothing), issued now with its
+    /// nextUpdate in seven days.
+    pub fn crl(&self, revoked_serials: &[Vec<u8>]) -> Result<String, CertError> {
+        let now = unix_now();
+        self.crl_at(revoked_serials, now - HOUR, now + 7 * DAY)
+    }
+
+    /// Like [`crl`](TestCa::crl) with thisUpdate and nextUpdate given (unix seconds), e.g. for
+    /// a CRL past its nextUpdate. Revocation times are thisUpdate.
+    pub fn crl_at(
+        &self,
+        revoked_serials: &[Vec<u8>],
+        this_update: i64,
+        next_update: i64,
+    ) -> Result<String, CertError> {
+        let this_update = offset(this_update)?;
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update: offset(next_update)?,
+            crl_number: SerialNumber::from(unix_now().max(1).to_be_bytes().to_vec()),
+            issuing_distribution_point: None,
+            revoked_certs: revoked_serials
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(serial),
+                    revocation_time: this_update,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
     }
 }
 

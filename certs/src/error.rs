@@ -68,6 +68,14 @@ pub enum CertError {
         /// What went wrong.
         detail: String,
     },
+    /// A certificate revocation list could not be read or is not usable.
+    #[error("bad CRL in {source_name}: {detail}")]
+    Crl {
+        /// File path or description of where the CRL came from.
+        source_name: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// Invalid input to certificate generation (dev and test certificates).
     #[error("cannot generate certificate: {0}")]
     Generate(String),

@@ -9,7 +9,7 @@ pub enum CertFailureKind {
     /// The peer presented no certificate.
     NoCertificate,
     /// The chain does not lead to a trust anchor (unknown issuer, bad signature, CA used as
-    /// end entity, path constraints, revoked, ...).
+    /// end entity, path constraints, an unusable CRL, ...).
     Chain,
     /// The chain is fine but the certificate does not name the domain.
     Name,
@@ -21,11 +21,14 @@ pub enum CertFailureKind {
     Usage,
     /// The certificate could not be parsed.
     Malformed,
+    /// The certificate, or an intermediate of its chain, is listed in a configured certificate
+    /// revocation list of its issuer.
+    Revoked,
 }
 
 impl CertFailureKind {
     /// All kinds, e.g. to pre-register metric label values.
-    pub const ALL: [CertFailureKind; 7] = [
+    pub const ALL: [CertFailureKind; 8] = [
         CertFailureKind::NoCertificate,
         CertFailureKind::Chain,
         CertFailureKind::Name,
@@ -33,10 +36,11 @@ impl CertFailureKind {
         CertFailureKind::NotYetValid,
         CertFailureKind::Usage,
         CertFailureKind::Malformed,
+        CertFailureKind::Revoked,
     ];
 
     /// Stable short name: `no-certificate`, `cert-chain`, `cert-name`, `cert-expired`,
-    /// `cert-not-yet-valid`, `cert-usage`, `cert-malformed`.
+    /// `cert-not-yet-valid`, `cert-usage`, `cert-malformed`, `cert-revoked`.
     pub fn as_str(&self) -> &'static str {
         match self {
             CertFailureKind::NoCertificate => "no-certificate",
@@ -46,6 +50,7 @@ impl CertFailureKind {
             CertFailureKind::NotYetValid => "cert-not-yet-valid",
             CertFailureKind::Usage => "cert-usage",
             CertFailureKind::Malformed => "cert-malformed",
+            CertFailureKind::Revoked => "cert-revoked",
         }
     }
 }

@@ -7,18 +7,20 @@
 //!   Let's Encrypt change ([`PeerVerifier`]) and RFC 9525 / RFC 6120 / XEP-0178 name checks
 //!   for DNS-ID, SRV-ID and XmppAddr ([`check_name`], [`cert_names`], [`cert_summary`]), with
 //!   typed failures ([`CertFailure`], [`CertFailureKind`]);
-//! - **trust anchors** ([`TrustAnchors`]: system bundle and extra PEM files);
+//! - **trust anchors** ([`TrustAnchors`]: system bundle and extra PEM files) and
+//!   **certificate revocation lists** ([`load_crls`], [`PeerVerifier::with_crls`]);
 //! - **rustls config builders** ([`server_config`], [`client_config`]) that defer peer
 //!   certificate decisions to the XMPP layer, and the one choice of crypto provider
 //!   ([`crypto_provider`], ring);
 //! - **dev/test certificate generation** ([`dev`]).
 //!
-//! What it may not touch: no sockets or other I/O besides reading certificate, key and anchor
-//! files; no async runtime; no other fedgate crate — it is a leaf that `fedgate-s2s`,
+//! What it may not touch: no sockets or other I/O besides reading certificate, key, anchor and
+//! CRL files; no async runtime; no other fedgate crate — it is a leaf that `fedgate-s2s`,
 //! `fedgate-sip`, `fedgate-intercluster` and the root crate use.
 
 pub mod check;
 mod clock;
+pub mod crl;
 pub mod dev;
 mod error;
 mod failure;
@@ -33,6 +35,7 @@ mod trust;
 mod verify;
 
 pub use check::{CheckOptions, IdentityReport, Problem, ProblemKind, check_identity};
+pub use crl::{load_crls, parse_crls};
 pub use error::CertError;
 pub use failure::{CertFailure, CertFailureKind};
 pub use identity::{Identity, IdentityStore};

@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use rustls_pki_types::{CertificateDer, UnixTime};
-use webpki::{EndEntityCert, KeyUsage};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use webpki::{
+    EndEntityCert, ExpirationPolicy, KeyUsage, RevocationCheckDepth, RevocationOptionsBuilder,
+    UnknownStatusPolicy,
+};
 
 use crate::clock::fmt_unix;
+use crate::crl::{Crls, hex_serial};
 use crate::failure::{CertFailure, CertFailureKind};
 use crate::names::{NameMatch, match_entries, name_failure, parse_cert, san_entries};
 use crate::provider::crypto_provider;
@@ -32,6 +36,7 @@ pub struct VerifiedPeer {
 pub struct PeerVerifier {
     anchors: Arc<TrustAnchors>,
     strict_client_eku: bool,
+    crls: Arc<Crls>,
 }
 
 #[derive(Clone, Copy)]
@@ -55,7 +60,46 @@ impl PeerVerifier {
         PeerVerifier {
             anchors,
             strict_client_eku: false,
+            crls: Arc::default(),
         }
+    }
+
+    /// Checks chains against these certificate revocation lists (replacing any set before);
+    /// none (the default): no revocation checks.
+    ///
+    /// - Depth: the whole chain: the leaf and every intermediate is looked up in the CRL of its
+    ///   issuer (the CRL's issuer name must equal the certificate's issuer name and the CRL's
+    ///   signature must verify with the issuer's key, which must allow cRLSign when it has a key
+    ///   usage extension).
+    /// - A certificate whose issuer has no CRL here is *not* an error: CRLs are checked where
+    ///   configured, and peers of other CAs pass as before.
+    /// - nextUpdate is not enforced: a CRL past its nextUpdate still revokes every certificate it
+    ///   lists and never blocks one it does not list. The files are read at start, and failing
+    ///   every peer of a CA because a refresh was missed would be an outage out of proportion;
+    ///   [`load_crls`](crate::load_crls) logs a warning for a stale CRL instead.
+    ///
+    /// A listed certificate fails with [`CertFailureKind::Revoked`]; a CRL that cannot be
+    /// checked (bad signature, issuer without cRLSign) fails the chain with
+    /// [`CertFailureKind::Chain`]. Load files with [`load_crls`](crate::load_crls), which
+    /// refuses unusable CRLs; an unparsable DER given here directly is left out with an error
+    /// log.
+    pub fn with_crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.crls = Arc::new(Crls::parse(&crls));
+        self
+    }
+
+    /// A verifier with other anchors and this one's other settings (extended key usage mode,
+    /// CRLs), e.g. for per-partner trust anchors.
+    pub fn with_anchors(&self, anchors: Arc<TrustAnchors>) -> Self {
+        PeerVerifier {
+            anchors,
+            ..self.clone()
+        }
+    }
+
+    /// Number of CRLs in use.
+    pub fn crl_count(&self) -> usize {
+        self.crls.0.len()
     }
 
     /// Default `false`: a certificate whose extended key usage allows serverAuth *or*
@@ -103,9 +147,24 @@ impl PeerVerifier {
         };
         let algs = crypto_provider().signature_verification_algorithms.all;
         let anchors = self.anchors.as_webpki();
+        let crl_refs: Vec<&webpki::CertRevocationList<'static>> = self.crls.0.iter().collect();
+        let revocation = RevocationOptionsBuilder::new(&crl_refs).ok().map(|b| {
+            b.with_depth(RevocationCheckDepth::Chain)
+                .with_status_policy(UnknownStatusPolicy::Allow)
+                .with_expiration_policy(ExpirationPolicy::Ignore)
+                .build()
+        });
         let mut last_err = None;
         for eku in usages {
-            match ee.verify_for_usage(algs, anchors, intermediates, now, eku.usage(), None, None) {
+            match ee.verify_for_usage(
+                algs,
+                anchors,
+                intermediates,
+                now,
+                eku.usage(),
+                revocation,
+                None,
+            ) {
                 Ok(path) => {
                     let mut not_after = leaf_not_after(leaf)?;
                     for cert in path.intermediate_certificates() {
@@ -120,6 +179,9 @@ impl PeerVerifier {
                     return Ok(VerifiedPeer { matched, not_after });
                 }
                 Err(e) if is_eku_error(&e) => last_err = Some(e),
+                Err(webpki::Error::CertRevoked) => {
+                    return Err(self.revoked_failure(&ee, leaf, intermediates));
+                }
                 Err(e) => return Err(map_webpki_error(&e, leaf)),
             }
         }
@@ -135,6 +197,63 @@ impl PeerVerifier {
             };
         }
         Err(failure)
+    }
+
+    /// The failure for a chain that webpki found revoked: which certificate, by whose CRL.
+    fn revoked_failure(
+        &self,
+        ee: &EndEntityCert<'_>,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> CertFailure {
+        if let Some(entry) = self.listed(ee.issuer(), ee.serial()) {
+            return CertFailure::new(
+                CertFailureKind::Revoked,
+                format!(
+                    "certificate serial {} is revoked by the CRL of {}{entry}",
+                    hex_serial(ee.serial()),
+                    issuer_of(leaf)
+                ),
+            );
+        }
+        for ca in intermediates {
+            let Ok(cert) = EndEntityCert::try_from(ca) else {
+                continue;
+            };
+            if let Some(entry) = self.listed(cert.issuer(), cert.serial()) {
+                let subject = parse_cert(ca)
+                    .map(|c| c.subject().to_string())
+                    .unwrap_or_else(|_| "?".to_owned());
+                return CertFailure::new(
+                    CertFailureKind::Revoked,
+                    format!(
+                        "intermediate CA {subject} (serial {}) is revoked by the CRL of {}{entry}",
+                        hex_serial(cert.serial()),
+                        issuer_of(ca)
+                    ),
+                );
+            }
+        }
+        CertFailure::new(
+            CertFailureKind::Revoked,
+            "a certificate of the chain is revoked by a configured CRL",
+        )
+    }
+
+    /// `" (revoked <date>, reason <reason>)"` when a CRL of `issuer` lists `serial`.
+    fn listed(&self, issuer: &[u8], serial: &[u8]) -> Option<String> {
+        self.crls
+            .0
+            .iter()
+            .filter(|crl| crl.issuer() == issuer)
+            .find_map(|crl| crl.find_serial(serial).ok().flatten())
+            .map(|entry| {
+                let date = fmt_unix(i64::try_from(entry.revocation_date.as_secs()).unwrap_or(0));
+                match entry.reason_code {
+                    Some(reason) => format!(" (revoked {date}, reason {reason:?})"),
+                    None => format!(" (revoked {date})"),
+                }
+            })
     }
 }
 
@@ -202,6 +321,28 @@ fn map_webpki_error(e: &webpki::Error, leaf: &CertificateDer<'_>) -> CertFailure
         | E::InvalidCertValidity
         | E::ExtensionValueInvalid
         | E::InvalidSerialNumber => (K::Malformed, format!("malformed certificate: {e}")),
+        E::CertRevoked => (
+            K::Revoked,
+            "a certificate of the chain is revoked by a configured CRL".to_owned(),
+        ),
+        E::CrlExpired { .. }
+        | E::InvalidCrlNumber
+        | E::InvalidCrlSignatureForPublicKey
+        | E::IssuerNotCrlSigner
+        | E::UnknownRevocationStatus
+        | E::UnsupportedCrlIssuingDistributionPoint
+        | E::UnsupportedCrlVersion
+        | E::UnsupportedDeltaCrl
+        | E::UnsupportedIndirectCrl
+        | E::UnsupportedRevocationReason
+        | E::UnsupportedRevocationReasonsPartitioning
+        | E::UnsupportedCrlSignatureAlgorithm
+        | E::UnsupportedCrlSignatureAlgorithmContext(_)
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKey
+        | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_) => (
+            K::Chain,
+            format!("revocation check against the configured CRLs failed: {e}"),
+        ),
         other => (K::Chain, format!("certificate chain rejected: {other}")),
     };
     CertFailure::new(kind, detail)
