@@ -85,9 +85,27 @@ pub fn load_identities(cfg: &Config) -> anyhow::Result<IdentityStore> {
     Ok(store)
 }
 
+/// Accept queue depth: a domain reconnecting hundreds of streams at once (after an outage)
+/// must not see SYNs dropped (and retried a second later) behind the default 128.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
+    let sa: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+    let socket = if sa.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .and_then(|s| {
+        s.set_reuseaddr(true)?;
+        s.bind(sa)?;
+        Ok(s)
+    })
+    .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+    socket
+        .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
