@@ -5,7 +5,6 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedgate::component_client::{body, message};
 use fedgate::config::{Config, Env};
 use fedgate::gateway::Gateway;
 use fedgate_certs::check::ymd;
@@ -350,10 +349,7 @@ async fn reload_good_and_bad_replacements_while_a_stream_is_open() {
     let (ga, gb) = (start_with_reload(&a).await, start_with_reload(&b).await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    ca.send(&message("alice@a.test", "bob@b.test", "r1", "before"))
-        .await
-        .unwrap();
-    assert_eq!(body(&cb.recv(T).await.unwrap()).as_deref(), Some("before"));
+    assert_delivered(&mut ca, &mut cb, "alice@a.test", "bob@b.test", "before").await;
     let first = file_fingerprint(&b.cert.0);
     assert_eq!(served_leaf(b.ip, "b.test").await, first);
     let m = http_get(&gb, "/metrics").await;
@@ -369,29 +365,19 @@ async fn reload_good_and_bad_replacements_while_a_stream_is_open() {
     wait_metric(&gb, B_OK, 1).await;
     assert_eq!(served_leaf(b.ip, "b.test").await, second);
     // The open stream carries on (no new authentication on a.test's side).
-    ca.send(&message(
+    assert_delivered(
+        &mut ca,
+        &mut cb,
         "alice@a.test",
         "bob@b.test",
-        "r2",
         "after good reload",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        body(&cb.recv(T).await.unwrap()).as_deref(),
-        Some("after good reload")
-    );
+    )
+    .await;
     let m = http_get(&ga, "/metrics").await;
     assert_eq!(out_auth_ok(&m), 1, "{m}");
     // A new stream from b.test presents the new certificate as client certificate, and a.test
     // accepts it with SASL EXTERNAL.
-    cb.send(&message("bob@b.test", "alice@a.test", "r3", "new stream"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("new stream")
-    );
+    assert_delivered(&mut cb, &mut ca, "bob@b.test", "alice@a.test", "new stream").await;
     assert_eq!(out_auth_ok(&http_get(&gb, "/metrics").await), 1);
 
     // Bad: a new certificate without its key (key mismatch).
@@ -429,18 +415,14 @@ async fn reload_good_and_bad_replacements_while_a_stream_is_open() {
         other => panic!("{other:?}"),
     }
     // Still flowing both ways over the open streams.
-    ca.send(&message(
+    assert_delivered(
+        &mut ca,
+        &mut cb,
         "alice@a.test",
         "bob@b.test",
-        "r4",
         "after refusals",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        body(&cb.recv(T).await.unwrap()).as_deref(),
-        Some("after refusals")
-    );
+    )
+    .await;
     ga.shutdown().await;
     gb.shutdown().await;
 }

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use fedgate::component_client::{body, message};
 use fedgate::config::{Config, Env};
 use fedgate::gateway::Gateway;
 use fedgate::testdns::Zone;
@@ -50,10 +49,7 @@ async fn b_to_a(crl_revokes_b: bool) -> (u64, u64) {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    cb.send(&message("bob@b.test", "alice@a.test", "c1", "hello"))
-        .await
-        .unwrap();
-    assert_eq!(body(&ca.recv(T).await.unwrap()).as_deref(), Some("hello"));
+    assert_delivered(&mut cb, &mut ca, "bob@b.test", "alice@a.test", "hello").await;
     let m = http_get(&ga, "/metrics").await;
     let counts = (metric(&m, IN_DIALBACK_OK), metric(&m, IN_PKIX_OK));
     ga.shutdown().await;

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fedgate::component_client::{body, message};
 use fedgate::testdns::Zone;
 use fedgate_certs::dev::LeafSpec;
 
@@ -35,13 +34,14 @@ async fn stream_is_closed_when_the_peer_certificate_expires() {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    cb.send(&message("bob@b.test", "alice@a.test", "e1", "while valid"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("while valid")
-    );
+    assert_delivered(
+        &mut cb,
+        &mut ca,
+        "bob@b.test",
+        "alice@a.test",
+        "while valid",
+    )
+    .await;
     let m = http_get(&ga, "/metrics").await;
     let left = metric(
         &m,
@@ -80,13 +80,14 @@ async fn stream_is_closed_when_the_peer_certificate_expires() {
 
     // The next stanza needs a new stream: the expired certificate no longer passes, so the
     // pair authenticates with dialback instead.
-    cb.send(&message("bob@b.test", "alice@a.test", "e2", "after expiry"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("after expiry")
-    );
+    assert_delivered(
+        &mut cb,
+        &mut ca,
+        "bob@b.test",
+        "alice@a.test",
+        "after expiry",
+    )
+    .await;
     let m = http_get(&ga, "/metrics").await;
     assert_eq!(
         metric(

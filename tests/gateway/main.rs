@@ -26,14 +26,7 @@ fn error_condition(el: &Element) -> Option<(String, String)> {
 #[tokio::test]
 async fn message_presence_and_iq_cross_the_federation() {
     let pki = Pki::new();
-    let mut a = GwSpec::new(&pki, "a.test");
-    let mut b = GwSpec::new(&pki, "b.test");
-    let mut zone = Zone::new();
-    srv_to(&mut zone, "a.test", a.ip);
-    srv_to(&mut zone, "b.test", b.ip);
-    let dns = dns(zone).await;
-    a.dns = Some(dns.addr());
-    b.dns = Some(dns.addr());
+    let (a, b, dns) = srv_pair(&pki).await;
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
@@ -186,18 +179,14 @@ async fn falls_back_to_the_next_srv_target() {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    ca.send(&message(
+    assert_delivered(
+        &mut ca,
+        &mut cb,
         "alice@a.test",
         "bob@b.test",
-        "f1",
         "second target",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        body(&cb.recv(T).await.unwrap()).as_deref(),
-        Some("second target")
-    );
+    )
+    .await;
     let s: serde_json::Value = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
     let attempts = s["remote_domains"]["b.test"]["attempts"]
         .as_array()
@@ -279,13 +268,14 @@ async fn untrusted_certificate_uses_dialback_or_is_refused() {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    cb.send(&message("bob@b.test", "alice@a.test", "u1", "via dialback"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("via dialback")
-    );
+    assert_delivered(
+        &mut cb,
+        &mut ca,
+        "bob@b.test",
+        "alice@a.test",
+        "via dialback",
+    )
+    .await;
     let s: serde_json::Value = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
     assert_eq!(
         s["remote_domains"]["b.test"]["auth"]["a.test"], "dialback",
@@ -334,13 +324,14 @@ async fn two_nodes_share_one_domain() {
     let (ga, gb1, gb2) = (a.start().await, b1.start().await, b2.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb2 = b2.component(&gb2).await;
-    cb2.send(&message("bob@b.test", "alice@a.test", "n2", "from node 2"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("from node 2")
-    );
+    assert_delivered(
+        &mut cb2,
+        &mut ca,
+        "bob@b.test",
+        "alice@a.test",
+        "from node 2",
+    )
+    .await;
     let m = http_get(&ga, "/metrics").await;
     assert_eq!(
         metric(

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fedgate::component_client::{body, message, presence};
-use fedgate::testdns::Zone;
+
 use fedgate_certs::dev::LeafSpec;
 use fedgate_s2s::element::{Element, NS_CONTENT};
 
@@ -23,14 +23,7 @@ async fn pair(
     a_policy: &str,
     dir: &tempfile::TempDir,
 ) -> (GwSpec, GwSpec, fedgate::testdns::TestDns) {
-    let mut a = GwSpec::new(pki, "a.test");
-    let mut b = GwSpec::new(pki, "b.test");
-    let mut zone = Zone::new();
-    srv_to(&mut zone, "a.test", a.ip);
-    srv_to(&mut zone, "b.test", b.ip);
-    let dns = dns(zone).await;
-    a.dns = Some(dns.addr());
-    b.dns = Some(dns.addr());
+    let (mut a, b, dns) = srv_pair(pki).await;
     a.extra = policy_file(dir, a_policy);
     (a, b, dns)
 }
@@ -95,13 +88,14 @@ async fn denied_inbound_stream_is_refused_with_the_rule() {
     assert_eq!(cond, "policy-violation", "{text}");
     assert!(text.contains("block-b"), "{text}");
     // Outbound from a.test to b.test is still allowed (the rule is inbound only).
-    ca.send(&message("alice@a.test", "bob@b.test", "s2", "I may write"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&cb.recv(T).await.unwrap()).as_deref(),
-        Some("I may write")
-    );
+    assert_delivered(
+        &mut ca,
+        &mut cb,
+        "alice@a.test",
+        "bob@b.test",
+        "I may write",
+    )
+    .await;
     ga.shutdown().await;
     gb.shutdown().await;
 }
@@ -122,13 +116,14 @@ async fn denied_stanzas_bounce_with_the_documented_errors() {
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
     // Allowed kind crosses.
-    cb.send(&message("bob@b.test", "alice@a.test", "k1", "chat is fine"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("chat is fine")
-    );
+    assert_delivered(
+        &mut cb,
+        &mut ca,
+        "bob@b.test",
+        "alice@a.test",
+        "chat is fine",
+    )
+    .await;
     // Inbound subscription (not in kinds): service-unavailable, nothing about the policy.
     cb.send(&presence("bob@b.test", "alice@a.test", "subscribe"))
         .await
@@ -212,10 +207,7 @@ async fn hot_reload_applies_good_files_and_keeps_the_old_on_bad_ones() {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    cb.send(&message("bob@b.test", "alice@a.test", "h1", "before"))
-        .await
-        .unwrap();
-    assert_eq!(body(&ca.recv(T).await.unwrap()).as_deref(), Some("before"));
+    assert_delivered(&mut cb, &mut ca, "bob@b.test", "alice@a.test", "before").await;
 
     let file = dir.path().join("policy.toml");
     std::fs::write(&file, "default = \"allow\"\n[[rule]]\nid = \"now-deny\"\ndomains = [\"b.test\"]\naction = \"deny\"\nkinds = [\"message\"]\n").unwrap();
@@ -396,18 +388,14 @@ async fn shadow_policy_counts_differences_without_enforcing() {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    cb.send(&message(
+    assert_delivered(
+        &mut cb,
+        &mut ca,
         "bob@b.test",
         "alice@a.test",
-        "sh1",
         "still delivered",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("still delivered")
-    );
+    )
+    .await;
     let m = http_get(&ga, "/metrics").await;
     assert_eq!(
         metric(
@@ -440,13 +428,14 @@ async fn max_streams_caps_inbound_streams_per_domain() {
     let mut ca = a.component(&ga).await;
     let mut c1 = b1.component(&gb1).await;
     let mut c2 = b2.component(&gb2).await;
-    c1.send(&message("bob@b.test", "alice@a.test", "m1", "first stream"))
-        .await
-        .unwrap();
-    assert_eq!(
-        body(&ca.recv(T).await.unwrap()).as_deref(),
-        Some("first stream")
-    );
+    assert_delivered(
+        &mut c1,
+        &mut ca,
+        "bob@b.test",
+        "alice@a.test",
+        "first stream",
+    )
+    .await;
     c2.send(&message(
         "carl@b.test",
         "alice@a.test",
@@ -599,13 +588,7 @@ async fn per_partner_trust_anchors_replace_the_global_ones() {
         let (ga, gb) = (a.start().await, b.start().await);
         let mut ca = a.component(&ga).await;
         let mut cb = b.component(&gb).await;
-        cb.send(&message("bob@b.test", "alice@a.test", "t1", "trusted?"))
-            .await
-            .unwrap();
-        assert_eq!(
-            body(&ca.recv(T).await.unwrap()).as_deref(),
-            Some("trusted?")
-        );
+        assert_delivered(&mut cb, &mut ca, "bob@b.test", "alice@a.test", "trusted?").await;
         let m = http_get(&ga, "/metrics").await;
         let (mechanism, method) = expect;
         assert_eq!(
@@ -646,10 +629,7 @@ async fn spki_pins_are_accepted() {
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;
-    cb.send(&message("bob@b.test", "alice@a.test", "s1", "spki"))
-        .await
-        .unwrap();
-    assert_eq!(body(&ca.recv(T).await.unwrap()).as_deref(), Some("spki"));
+    assert_delivered(&mut cb, &mut ca, "bob@b.test", "alice@a.test", "spki").await;
     ga.shutdown().await;
     gb.shutdown().await;
 }

@@ -178,3 +178,33 @@ pub fn metric(text: &str, prefix: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
+
+/// a.test and b.test, each found through SRV in one test DNS server.
+pub async fn srv_pair(pki: &Pki) -> (GwSpec, GwSpec, TestDns) {
+    let mut a = GwSpec::new(pki, "a.test");
+    let mut b = GwSpec::new(pki, "b.test");
+    let mut zone = Zone::new();
+    srv_to(&mut zone, "a.test", a.ip);
+    srv_to(&mut zone, "b.test", b.ip);
+    let dns = dns(zone).await;
+    a.dns = Some(dns.addr());
+    b.dns = Some(dns.addr());
+    (a, b, dns)
+}
+
+/// A chat message from `from_jid` (sent by component `from`) reaches component `to` unchanged.
+pub async fn assert_delivered(
+    from: &mut ComponentClient,
+    to: &mut ComponentClient,
+    from_jid: &str,
+    to_jid: &str,
+    text: &str,
+) {
+    use fedgate::component_client::{body, message};
+    from.send(&message(from_jid, to_jid, "d", text))
+        .await
+        .unwrap();
+    let m = to.recv(T).await.unwrap();
+    assert_eq!(body(&m).as_deref(), Some(text), "{m:?}");
+    assert_eq!(m.attr("from"), Some(from_jid));
+}
