@@ -218,8 +218,45 @@ pub fn server_config(store: Arc<IdentityStore>, alpn: Vec<Vec<u8>>) -> Arc<Serve
     build_server_config(store, alpn, VERSIONS)
 }
 
-pub(crate) fn build_server_config(
+/// Like [`server_config`], but a client that sends no SNI gets `domain`'s certificate rather
+/// than the default one: for STARTTLS, where the stream header's `to` already named the
+/// domain (RFC 6120 §13.7.1.2). Follows reloads of the store.
+pub fn server_config_for(
     store: Arc<IdentityStore>,
+    domain: &str,
+    alpn: Vec<Vec<u8>>,
+) -> Arc<ServerConfig> {
+    build_server_config(
+        Arc::new(StreamToResolver {
+            store,
+            domain: domain.to_owned(),
+        }),
+        alpn,
+        VERSIONS,
+    )
+}
+
+/// SNI when present, else the domain the stream header named.
+#[derive(Debug)]
+struct StreamToResolver {
+    store: Arc<IdentityStore>,
+    domain: String,
+}
+
+impl rustls::server::ResolvesServerCert for StreamToResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name().unwrap_or(&self.domain);
+        self.store
+            .get_or_default(Some(name))
+            .map(|id| id.certified.clone())
+    }
+}
+
+pub(crate) fn build_server_config(
+    store: Arc<dyn rustls::server::ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<ServerConfig> {

@@ -178,6 +178,11 @@ impl Inbound {
         self.state = State::AwaitHeader;
     }
 
+    /// Our domain as the stream header named it (`to`).
+    pub fn local(&self) -> Option<&str> {
+        self.local.as_deref()
+    }
+
     pub fn stream_id(&self) -> &str {
         &self.stream_id
     }

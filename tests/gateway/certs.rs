@@ -452,3 +452,54 @@ async fn sni_picks_the_certificate_of_each_hosted_domain() {
     }
     ga.shutdown().await;
 }
+
+/// STARTTLS from a peer that sends no SNI: the stream header's `to` chooses the certificate.
+#[tokio::test]
+async fn stream_to_picks_the_certificate_when_there_is_no_sni() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let mut a = GwSpec::new(&pki, "a.test");
+    let d2 = pki.leaf("d2.test", &LeafSpec::dns(&["d2.test"]));
+    a.extra = domain_toml("d2.test", &d2, "");
+    let ga = a.start().await;
+    for (to, expect) in [
+        ("d2.test", file_fingerprint(&d2.0)),
+        ("a.test", file_fingerprint(&a.cert.0)),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect((a.ip, 5269)).await.unwrap();
+        tcp.write_all(
+            format!(
+                "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+                 xmlns:stream='http://etherx.jabber.org/streams' to='{to}' from='x.test' version='1.0'>"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains("</stream:features>") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .unwrap();
+        seen.clear();
+        while !seen.contains("<proceed") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        // An IP address as server name: rustls sends no SNI.
+        let name = rustls_pki_types::ServerName::IpAddress(std::net::IpAddr::V4(a.ip).into());
+        let tls = tokio_rustls::TlsConnector::from(fedgate_certs::client_config(None, vec![]))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(sha256_fingerprint(leaf.as_ref()), expect, "to={to}");
+    }
+    ga.shutdown().await;
+}

@@ -101,6 +101,8 @@ pub struct S2sContext {
     pub identities: Arc<IdentityStore>,
     pub verifier: Arc<PeerVerifier>,
     pub server_tls: tokio_rustls::TlsAcceptor,
+    /// Per hosted domain: SNI, else that domain (the `to` of the stream header before STARTTLS).
+    server_tls_for: HashMap<String, tokio_rustls::TlsAcceptor>,
     /// Client configs per local domain: (STARTTLS without ALPN, direct TLS with `xmpp-server`).
     client_tls: HashMap<String, (tokio_rustls::TlsConnector, tokio_rustls::TlsConnector)>,
     pub resolver: S2sResolver,
@@ -130,6 +132,17 @@ impl S2sContext {
             identities.clone(),
             vec![b"xmpp-server".to_vec()],
         ));
+        let server_tls_for = hosted
+            .iter()
+            .map(|d| {
+                let cfg = fedgate_certs::server_config_for(
+                    identities.clone(),
+                    d,
+                    vec![b"xmpp-server".to_vec()],
+                );
+                (d.clone(), tokio_rustls::TlsAcceptor::from(cfg))
+            })
+            .collect();
         let mut client_tls = HashMap::new();
         for d in &hosted {
             // The client certificate is read from the store at each handshake (hot reload).
@@ -154,6 +167,7 @@ impl S2sContext {
             identities,
             verifier: Arc::new(verifier),
             server_tls,
+            server_tls_for,
             client_tls,
             resolver,
             metrics: Metrics::new(registry),
@@ -192,6 +206,13 @@ impl S2sContext {
                 }))
             })
             .clone()
+    }
+
+    /// The TLS acceptor for STARTTLS on a stream whose header named `local`.
+    pub fn server_tls_for(&self, local: Option<&str>) -> &tokio_rustls::TlsAcceptor {
+        local
+            .and_then(|l| self.server_tls_for.get(l))
+            .unwrap_or(&self.server_tls)
     }
 
     pub fn client_tls(&self, local: &str, direct: bool) -> Option<tokio_rustls::TlsConnector> {

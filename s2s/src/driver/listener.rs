@@ -128,11 +128,9 @@ async fn run(
             match a {
                 Action::Send(b) => conn.queue(&b),
                 Action::StartTls => {
-                    let r = tokio::time::timeout(
-                        s.negotiation_timeout,
-                        conn.accept_tls(&ctx.server_tls),
-                    )
-                    .await;
+                    let acceptor = ctx.server_tls_for(machine.local()).clone();
+                    let r = tokio::time::timeout(s.negotiation_timeout, conn.accept_tls(&acceptor))
+                        .await;
                     match r {
                         Ok(Ok(())) => {
                             peer = ctx.peer_cert(conn.io.peer_certs(), true);
