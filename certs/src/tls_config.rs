@@ -244,10 +244,7 @@ struct StreamToResolver {
 }
 
 impl rustls::server::ResolvesServerCert for StreamToResolver {
-    fn resolve(
-        &self,
-        hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let name = hello.server_name().unwrap_or(&self.domain);
         self.store
             .get_or_default(Some(name))
