@@ -446,15 +446,17 @@ impl S2sContext {
             tracing::debug!(reason, name = %st.el.name, "not bounceable; dropped");
             return;
         }
-        let by = st
-            .el
-            .attr("from")
-            .and_then(crate::element::jid_domain)
-            .map(str::to_owned);
-        let reply = crate::wire::bounce(&st.el, etype, condition, text, None);
+        // RFC 6120 §8.3.2: `by` names the entity that generated the error: our hosted domain,
+        // on whichever side of the stanza it is.
+        let (from, to) = crate::wire::stanza_domains(&st.el);
+        let by = [to, from]
+            .into_iter()
+            .flatten()
+            .map(str::to_ascii_lowercase)
+            .find(|d| self.hosted.contains(d));
+        let reply = crate::wire::bounce(&st.el, etype, condition, text, by.as_deref());
         self.metrics.bounced.with_label_values(&[reason]).inc();
         tracing::info!(reason, condition, to = ?st.el.attr("from"), %text, "bounced stanza");
-        let _ = by;
         let size = st.size;
         self.sink().route(Stanza {
             el: reply,
