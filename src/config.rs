@@ -32,6 +32,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub policy: PolicyConfig,
+    #[serde(default)]
+    pub internal: InternalConfig,
     /// Where the file came from (not a key).
     #[serde(skip)]
     pub source: String,
@@ -56,6 +58,10 @@ pub struct DomainConfig {
     pub aliases: Vec<String>,
     /// XEP-0114 shared secret of this domain's local component; no component without it.
     pub component_secret: Option<String>,
+    /// The s2s address of this domain's own IM server (`tcp://host:port` or `tls://…`):
+    /// traffic for the domain is forwarded there over s2s, the gateway acting as the remote
+    /// domain. Instead of a component.
+    pub internal: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +183,22 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
+/// The internal side: where the gateway's own IM servers send their outbound s2s, and the
+/// resolver that steers them there.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InternalConfig {
+    /// s2s listener for the internal servers' outbound streams; the gateway answers there as
+    /// every remote domain. Keep it on an internal address.
+    pub listen: Option<String>,
+    /// DNS listener that answers `_xmpp-server._tcp.<any non-hosted domain>` with `listen`
+    /// and forwards every other question upstream; point the internal servers at it.
+    pub resolver: Option<String>,
+    /// Upstream resolvers for the questions the internal resolver does not answer
+    /// (default: [dns] nameservers, else the system's).
+    pub upstream: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
@@ -261,6 +283,7 @@ impl Config {
             .with_list_parse_key("s2s.direct_tls_listen")
             .with_list_parse_key("s2s.auth_methods")
             .with_list_parse_key("dns.nameservers")
+            .with_list_parse_key("internal.upstream")
             .with_list_parse_key("tls.trust_anchors")
             .with_list_parse_key("tls.crls")
             .source(Some(env.clone().into_iter().collect()));
@@ -382,6 +405,29 @@ impl Config {
                     ));
                 }
             }
+            if let Some(i) = &d.internal {
+                if d.component_secret.is_some() {
+                    return Err(err(
+                        f,
+                        format!("{k}.internal"),
+                        "a domain has either an internal server or a component, not both",
+                    ));
+                }
+                let mut one = BTreeMap::new();
+                one.insert(d.name.clone(), i.clone());
+                fedgate_s2s::resolve::StaticTargets::parse(&one)
+                    .map_err(|e| err(f, format!("{k}.internal"), e))?;
+                if self.internal.listen.is_none() {
+                    return Err(err(
+                        f,
+                        "internal.listen",
+                        format!(
+                            "required: {} has an internal server, whose outbound s2s arrives there",
+                            d.name
+                        ),
+                    ));
+                }
+            }
             if d.component_secret.as_deref().is_some_and(str::is_empty) {
                 return Err(err(f, format!("{k}.component_secret"), "must not be empty"));
             }
@@ -390,6 +436,7 @@ impl Config {
             ("s2s.listen", &self.s2s.listen),
             ("s2s.direct_tls_listen", &self.s2s.direct_tls_listen),
             ("dns.nameservers", &self.dns.nameservers),
+            ("internal.upstream", &self.internal.upstream),
         ] {
             for a in list {
                 a.parse::<SocketAddr>()
@@ -399,6 +446,8 @@ impl Config {
         for (key, v) in [
             ("components.listen", &self.components.listen),
             ("metrics.listen", &self.metrics.listen),
+            ("internal.listen", &self.internal.listen),
+            ("internal.resolver", &self.internal.resolver),
         ] {
             if let Some(a) = v {
                 a.parse::<SocketAddr>()

@@ -35,6 +35,8 @@ pub struct Gateway {
     pub direct_tls_addrs: Vec<SocketAddr>,
     pub component_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the internal servers' outbound s2s arrives.
+    pub internal_addr: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -132,7 +134,14 @@ impl Gateway {
                     .collect::<Result<Vec<SocketAddr>, _>>()?,
             )
         };
-        let statics = StaticTargets::parse(&cfg.s2s.static_targets).map_err(anyhow::Error::msg)?;
+        // Internal servers are reached at their configured address, never through DNS.
+        let mut targets = cfg.s2s.static_targets.clone();
+        for d in &cfg.domains {
+            if let Some(i) = &d.internal {
+                targets.insert(d.name.clone(), i.clone());
+            }
+        }
+        let statics = StaticTargets::parse(&targets).map_err(anyhow::Error::msg)?;
         let resolver =
             S2sResolver::new(nameservers.clone(), statics).map_err(|e| anyhow::anyhow!("{e}"))?;
         let secret = match &cfg.s2s.dialback_secret {
@@ -217,11 +226,19 @@ impl Gateway {
         let base_verifier = ctx.verifier.clone();
         policy.set_verifier_builder(Box::new(move |anchors| base_verifier.with_anchors(anchors)));
         ctx.set_gate(policy.clone());
+        let internal_domains: Arc<HashSet<String>> = Arc::new(
+            cfg.domains
+                .iter()
+                .filter(|d| d.internal.is_some())
+                .map(|d| d.name.clone())
+                .collect(),
+        );
         ctx.set_sink(Arc::new(Router::new(
             ctx.clone(),
             pool.clone(),
             components.clone(),
             policy.clone(),
+            internal_domains.clone(),
         )));
         let watcher = if cfg.policy.watch.unwrap_or(true) {
             crate::policy_runtime::watch(policy.clone())
@@ -250,9 +267,26 @@ impl Gateway {
                     pool.clone(),
                     l,
                     direct,
+                    None,
                 )));
             }
         }
+        // The internal side: our own IM servers' outbound s2s arrives here.
+        let internal_addr = match &cfg.internal.listen {
+            Some(a) => {
+                let l = bind(a, "internal s2s").await?;
+                let addr = l.local_addr()?;
+                tasks.push(tokio::spawn(fedgate_s2s::driver::listener::serve(
+                    ctx.clone(),
+                    pool.clone(),
+                    l,
+                    false,
+                    Some(internal_domains.clone()),
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
         let component_addr = match &cfg.components.listen {
             Some(a) => {
                 let l = bind(a, "components").await?;
@@ -297,6 +331,7 @@ impl Gateway {
             direct_tls_addrs,
             component_addr,
             metrics_addr,
+            internal_addr,
             tasks,
         })
     }

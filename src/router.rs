@@ -19,6 +19,8 @@ pub struct Router {
     pool: Arc<Pool>,
     components: Arc<Components>,
     policy: Arc<PolicyRuntime>,
+    /// Hosted domains served by our own IM server over the internal link.
+    internal: Arc<std::collections::HashSet<String>>,
 }
 
 impl Router {
@@ -27,12 +29,14 @@ impl Router {
         pool: Arc<Pool>,
         components: Arc<Components>,
         policy: Arc<PolicyRuntime>,
+        internal: Arc<std::collections::HashSet<String>>,
     ) -> Self {
         Self {
             ctx,
             pool,
             components,
             policy,
+            internal,
         }
     }
 
@@ -141,7 +145,7 @@ impl StanzaSink for Router {
         let to_hosted = self.ctx.hosted.contains(&to);
         let crossing = match &st.origin {
             Origin::Remote { .. } => Some((from.as_str(), to.as_str(), Direction::Inbound)),
-            Origin::Component(_) if !to_hosted => {
+            Origin::Component(_) | Origin::Internal { .. } if !to_hosted => {
                 Some((to.as_str(), from.as_str(), Direction::Outbound))
             }
             _ => None,
@@ -149,6 +153,11 @@ impl StanzaSink for Router {
         if let Some((remote, local, direction)) = crossing
             && self.check(&st, remote, local, direction).is_err()
         {
+            return;
+        }
+        if to_hosted && self.internal.contains(&to) {
+            // To our own IM server over s2s, the gateway acting as the sender's domain.
+            self.pool.send(&from, &to, st);
             return;
         }
         if to_hosted {

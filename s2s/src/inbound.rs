@@ -73,9 +73,37 @@ pub struct InboundSettings {
     pub secret: DialbackSecret,
     /// Policy: admission and per-domain floors.
     pub gate: Arc<dyn Gatekeeper>,
+    /// `Some`: this is the internal listener, where the gateway's own IM server(s) for these
+    /// hosted domains send their outbound s2s. The gateway then answers as every remote
+    /// domain (any non-hosted `to`, dialback keys it issued as them), and only these domains
+    /// may authenticate as the peer.
+    pub internal: Option<Arc<HashSet<String>>>,
 }
 
 impl InboundSettings {
+    /// Whether `local` (a stream `to`, a dialback `to`) is a domain we answer for here.
+    fn serves(&self, local: &str) -> bool {
+        match &self.internal {
+            None => self.hosted.contains(local),
+            Some(_) => !self.hosted.contains(local),
+        }
+    }
+
+    /// Whether the peer may authenticate as `remote` on this listener.
+    fn peer_allowed(&self, remote: &str) -> Result<(), String> {
+        match &self.internal {
+            Some(internal) if !internal.contains(remote) => Err(format!(
+                "{remote} is not an internal domain of this gateway (internal listener)"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether dialback keys for `originating` were issued by this gateway.
+    fn issues_keys_for(&self, originating: &str) -> bool {
+        self.serves(originating)
+    }
+
     fn floor_for(&self, remote: Option<&str>) -> Floor {
         match remote {
             Some(r) => self.gate.floor(r, true),
@@ -269,7 +297,7 @@ impl Inbound {
             ));
         }
         if let Some(l) = &local
-            && !self.settings.hosted.contains(l)
+            && !self.settings.serves(l)
         {
             return self.close(StreamError::new(
                 "host-unknown",
@@ -279,6 +307,11 @@ impl Inbound {
         self.local = local;
         self.peer = h.from.as_deref().map(str::to_ascii_lowercase);
         self.floor = self.settings.floor_for(self.peer.as_deref());
+        if let Some(peer) = &self.peer
+            && let Err(why) = self.settings.peer_allowed(peer)
+        {
+            return self.close(StreamError::new("not-authorized", why));
+        }
         if let (Some(peer), Some(local)) = (&self.peer, &self.local)
             && let Err(why) = self.settings.gate.admit(peer, local, true)
         {
@@ -393,7 +426,7 @@ impl Inbound {
                             format!("{} is not authenticated on this stream", pair.1),
                         ));
                     }
-                    let cond = if self.settings.hosted.contains(&pair.0) {
+                    let cond = if self.settings.serves(&pair.0) {
                         "invalid-from"
                     } else {
                         "host-unknown"
@@ -459,6 +492,9 @@ impl Inbound {
         let Some(local) = self.local.clone() else {
             return fail(self, "not-authorized", "stream header had no 'to'");
         };
+        if let Err(why) = self.settings.peer_allowed(&domain) {
+            return fail(self, "not-authorized", &why);
+        }
         if let Err(why) = self.settings.gate.admit(&domain, &local, true) {
             fail(self, "not-authorized", &why);
             return self.close(StreamError::new("policy-violation", why));
@@ -531,8 +567,11 @@ impl Inbound {
                 .into_bytes(),
             );
         };
-        if !self.settings.hosted.contains(&local) {
+        if !self.settings.serves(&local) {
             return reply_error(self, "cancel", "item-not-found");
+        }
+        if self.settings.peer_allowed(&remote).is_err() {
+            return reply_error(self, "auth", "not-authorized");
         }
         if let Err(why) = self.settings.gate.admit(&remote, &local, true) {
             tracing::info!(%remote, %local, %why, "dialback pair refused by policy");
@@ -618,7 +657,7 @@ impl Inbound {
             ));
         };
         let (receiving, originating) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
-        let ty = if !self.settings.hosted.contains(&originating) {
+        let ty = if !self.settings.issues_keys_for(&originating) {
             "invalid"
         } else if self
             .settings
@@ -668,6 +707,7 @@ mod tests {
                 max_streams: None,
                 rule: None,
             })),
+            internal: None,
         }
     }
 
@@ -1001,6 +1041,60 @@ mod tests {
             "<db:result from='strict.test' to='a.test'>K</db:result>",
         ));
         assert!(out.contains("not-authorized"), "{out}");
+    }
+
+    #[test]
+    fn internal_listener_fronts_remote_domains_for_internal_servers_only() {
+        let mut s = settings(true, AuthMethods::default());
+        s.internal = Some(Arc::new(["a.test".to_owned()].into()));
+        // The internal server of a.test opens a stream "to" a remote domain we front.
+        let mut m = Inbound::new(s.clone(), "sid".into(), true);
+        m.tls_established(Some(check_ok_for(&["a.test"])));
+        let mut p = StreamParser::new(Limits::default());
+        let out = sent(&feed(&mut m, &mut p, &header("a.test", "partner.test")));
+        assert!(out.contains("<mechanism>EXTERNAL</mechanism>"), "{out}");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+        );
+        assert!(acts.iter().any(|a| matches!(a, Action::Authenticated { local, remote, .. } if local == "partner.test" && remote == "a.test")));
+        feed(&mut m, &mut p, &header("a.test", "partner.test"));
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<message from='u@a.test' to='v@partner.test'/>",
+        );
+        assert!(matches!(&acts[..], [Action::Stanza(..)]), "{acts:?}");
+        // Only internal domains may be the peer here, and hosted domains are not served.
+        let mut m = Inbound::new(s.clone(), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        let acts = feed(&mut m, &mut p, &header("evil.test", "partner.test"));
+        assert!(
+            matches!(acts.last(), Some(Action::Close(e)) if e.condition == "not-authorized"),
+            "{acts:?}"
+        );
+        let mut m = Inbound::new(s.clone(), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        let acts = feed(&mut m, &mut p, &header("a.test", "b.test"));
+        assert!(
+            matches!(acts.last(), Some(Action::Close(e)) if e.condition == "host-unknown"),
+            "{acts:?}"
+        );
+        // Keys the gateway issued as a fronted domain are verified here.
+        let key = DialbackSecret::new("s3cret").key("a.test", "partner.test", "id-7");
+        let mut m = Inbound::new(s, "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("a.test", "partner.test"));
+        let out = sent(&feed(
+            &mut m,
+            &mut p,
+            &format!("<db:verify from='a.test' to='partner.test' id='id-7'>{key}</db:verify>"),
+        ));
+        assert!(out.contains("type='valid'"), "{out}");
     }
 
     #[test]

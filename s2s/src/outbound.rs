@@ -482,6 +482,7 @@ mod tests {
                 max_streams: None,
                 rule: None,
             })),
+            internal: None,
         }
     }
 

@@ -64,6 +64,10 @@ pub struct GwSpec {
     pub extra: String,
     /// Lines added to the [tls] table.
     pub extra_tls: String,
+    /// Lines added to the [[domains]] entry (e.g. `internal = …`).
+    pub domain_extra: String,
+    /// No component secret (the domain is served by an internal server instead).
+    pub no_component: bool,
 }
 
 impl GwSpec {
@@ -80,6 +84,8 @@ impl GwSpec {
             static_targets: BTreeMap::new(),
             extra: String::new(),
             extra_tls: String::new(),
+            domain_extra: String::new(),
+            no_component: false,
         }
     }
 
@@ -90,7 +96,7 @@ impl GwSpec {
     pub fn toml(&self) -> String {
         let q = |p: &PathBuf| format!("{:?}", p.display().to_string());
         let mut s = format!(
-            "[[domains]]\nname = \"{d}\"\ncert = {c}\nkey = {k}\ncomponent_secret = \"{cs}\"\n\n\
+            "[[domains]]\nname = \"{d}\"\ncert = {c}\nkey = {k}\n{cs}{domain_extra}\n\
              [s2s]\nlisten = [\"{ip}:5269\"]\ndialback_secret = \"{sec}\"\n\
              connect_timeout_secs = 3\nnegotiation_timeout_secs = 10\nretry_backoff_min_secs = 0\n{extra}\n\
              [tls]\nsystem_roots = false\ntrust_anchors = [{trust}]\n{extra_tls}\n\
@@ -98,7 +104,12 @@ impl GwSpec {
             d = self.domain,
             c = q(&self.cert.0),
             k = q(&self.cert.1),
-            cs = self.component_secret(),
+            cs = if self.no_component {
+                String::new()
+            } else {
+                format!("component_secret = \"{}\"\n", self.component_secret())
+            },
+            domain_extra = self.domain_extra,
             ip = self.ip,
             sec = self.dialback_secret,
             extra = self.extra_s2s,

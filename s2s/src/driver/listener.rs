@@ -2,6 +2,7 @@
 //! tell direct TLS (XEP-0368, `0x16`) from a plain stream that will use STARTTLS, and runs the
 //! receiving-side machine for each connection.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,20 +17,22 @@ use crate::inbound::{Action, Inbound, InboundSettings};
 use crate::wire::{Failure, FailureKind, StreamError, stanza_domains};
 
 /// Serve s2s connections on `listener` until shutdown. `direct_tls_only`: a dedicated
-/// XEP-0368 port (TLS from the first byte, no sniffing).
+/// XEP-0368 port (TLS from the first byte, no sniffing). `internal`: the internal listener,
+/// where the gateway's own IM servers for these hosted domains send their outbound s2s.
 pub async fn serve(
     ctx: Arc<S2sContext>,
     pool: Arc<Pool>,
     listener: TcpListener,
     direct_tls_only: bool,
+    internal: Option<Arc<HashSet<String>>>,
 ) {
     let mut shutdown = ctx.shutdown_signal();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
-                    let (ctx, pool) = (ctx.clone(), pool.clone());
-                    tokio::spawn(async move { handle(ctx, pool, tcp, peer, direct_tls_only).await });
+                    let (ctx, pool, internal) = (ctx.clone(), pool.clone(), internal.clone());
+                    tokio::spawn(async move { handle(ctx, pool, tcp, peer, direct_tls_only, internal).await });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -47,11 +50,20 @@ async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
     direct_tls_only: bool,
+    internal: Option<Arc<HashSet<String>>>,
 ) {
     let m = &ctx.metrics;
     m.streams.with_label_values(&["in", "negotiating"]).inc();
     let mut authenticated_gauge = false;
-    let result = run(&ctx, &pool, tcp, direct_tls_only, &mut authenticated_gauge).await;
+    let result = run(
+        &ctx,
+        &pool,
+        tcp,
+        direct_tls_only,
+        internal,
+        &mut authenticated_gauge,
+    )
+    .await;
     if authenticated_gauge {
         m.streams.with_label_values(&["in", "established"]).dec();
     } else {
@@ -72,8 +84,10 @@ async fn run(
     pool: &Arc<Pool>,
     tcp: TcpStream,
     direct_tls_only: bool,
+    internal: Option<Arc<HashSet<String>>>,
     established: &mut bool,
 ) -> Result<(), Failure> {
+    let is_internal = internal.is_some();
     let s = &ctx.settings;
     let _ = tcp.set_nodelay(true);
     let mut first = [0u8; 1];
@@ -95,7 +109,20 @@ async fn run(
         tls_required: s.tls_required,
         auth: s.auth,
         secret: ctx.secret.clone(),
-        gate: ctx.gate(),
+        // The internal servers are ours (config, not policy): policy applies to what they
+        // send per stanza, in the router.
+        gate: if is_internal {
+            Arc::new(crate::gate::Open(crate::gate::Floor {
+                tls_required: s.tls_required,
+                auth: s.auth,
+                pins: Vec::new(),
+                max_streams: None,
+                rule: None,
+            }))
+        } else {
+            ctx.gate()
+        },
+        internal,
     };
     let mut machine = Inbound::new(settings, new_stream_id(), false);
     let mut peer = None;
@@ -219,17 +246,27 @@ async fn run(
                     let (Some(from), Some(to)) = stanza_domains(&el) else {
                         continue;
                     };
-                    let (remote, local) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
-                    let label = ctx.metrics.domain_label(&remote);
-                    ctx.metrics
-                        .routed
-                        .with_label_values(&["remote-to-local", &label])
-                        .inc();
-                    ctx.sink().route(Stanza {
-                        el,
-                        size,
-                        origin: Origin::Remote { local, remote },
-                    });
+                    let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+                    let origin = if is_internal {
+                        // From our internal server (from = hosted) to a remote domain.
+                        Origin::Internal {
+                            local: from,
+                            remote: to,
+                        }
+                    } else {
+                        ctx.metrics
+                            .routed
+                            .with_label_values(&[
+                                "remote-to-local",
+                                &ctx.metrics.domain_label(&from),
+                            ])
+                            .inc();
+                        Origin::Remote {
+                            local: to,
+                            remote: from,
+                        }
+                    };
+                    ctx.sink().route(Stanza { el, size, origin });
                 }
                 Action::Close(e) => {
                     tracing::info!(condition = e.condition, text = %e.text, "closing inbound stream with error");

@@ -59,7 +59,7 @@ impl Pool {
     /// Send a stanza from `local` to `remote`.
     pub fn send(self: &Arc<Self>, local: &str, remote: &str, st: Stanza) {
         if let Some(f) = self.backing_off(remote) {
-            return self.ctx.bounce_failure(&st, &f);
+            return self.bounce_failed(remote, &st, &f);
         }
         let mut st = st;
         for _ in 0..2 {
@@ -92,8 +92,27 @@ impl Pool {
                 }
             }
         }
-        self.ctx
-            .bounce_failure(&st, &Failure::new(FailureKind::Connect, "link unavailable"));
+        self.bounce_failed(
+            remote,
+            &st,
+            &Failure::new(FailureKind::Connect, "link unavailable"),
+        );
+    }
+
+    /// Answer a stanza whose link failed. For the internal link (the remote side is a hosted
+    /// domain: our own IM server) the sender hears that the local service is unavailable.
+    fn bounce_failed(&self, remote: &str, st: &Stanza, f: &Failure) {
+        if self.ctx.hosted.contains(remote) {
+            self.ctx.bounce(
+                st,
+                ErrorType::Cancel,
+                "service-unavailable",
+                "internal-server",
+                &format!("fedgate: the local server for {remote} is unavailable ({f})"),
+            );
+        } else {
+            self.ctx.bounce_failure(st, f);
+        }
     }
 
     fn backing_off(&self, remote: &str) -> Option<Failure> {
@@ -196,7 +215,7 @@ impl Pool {
                 rx.close();
                 while let Some(st) = rx.recv().await {
                     self.dequeued(&queued, st.size);
-                    ctx.bounce_failure(&st, &f);
+                    self.bounce_failed(&remote, &st, &f);
                 }
                 return;
             }
@@ -211,7 +230,13 @@ impl Pool {
         tracing::info!(%local, %remote, %target, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "outbound s2s established");
         conn.parser.set_limits(ctx.settings.limits);
         let label = m.domain_label(&remote);
-        let routed = m.routed.with_label_values(&["local-to-remote", &label]);
+        // A link to a hosted domain is the internal link to our own IM server.
+        let path = if ctx.hosted.contains(&remote) {
+            "to-internal"
+        } else {
+            "local-to-remote"
+        };
+        let routed = m.routed.with_label_values(&[path, &label]);
 
         let mut shutdown = ctx.shutdown_signal();
         let idle = tokio::time::sleep(ctx.settings.idle_timeout);
