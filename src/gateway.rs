@@ -37,6 +37,8 @@ pub struct Gateway {
     pub metrics_addr: Option<SocketAddr>,
     /// Where the internal servers' outbound s2s arrives.
     pub internal_addr: Option<SocketAddr>,
+    /// The internal resolver (stopped when the gateway is dropped).
+    pub internal_resolver: Option<crate::internal_dns::InternalResolver>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -287,6 +289,40 @@ impl Gateway {
             }
             None => None,
         };
+        // The internal resolver steers the internal servers' SRV lookups to that listener.
+        let internal_resolver = match (&cfg.internal.resolver, internal_addr) {
+            (Some(bind), Some(listener)) => {
+                let parse = |list: &[String]| -> anyhow::Result<Vec<SocketAddr>> {
+                    list.iter().map(|a| Ok(a.parse()?)).collect()
+                };
+                let upstream = if cfg.internal.upstream.is_empty() {
+                    parse(&cfg.dns.nameservers)?
+                } else {
+                    parse(&cfg.internal.upstream)?
+                };
+                let hosted = cfg
+                    .domains
+                    .iter()
+                    .flat_map(|d| std::iter::once(d.name.clone()).chain(d.aliases.iter().cloned()))
+                    .collect();
+                let r = crate::internal_dns::InternalResolver::start(
+                    crate::internal_dns::InternalResolverConfig {
+                        bind: bind.parse()?,
+                        hosted,
+                        listener,
+                        upstream,
+                    },
+                )
+                .await
+                .with_context(|| format!("{}: internal.resolver {bind}", cfg.source))?;
+                tracing::info!(addr = %r.addr(), %listener, "internal resolver started");
+                Some(r)
+            }
+            (Some(_), None) => {
+                anyhow::bail!("{}: internal.resolver needs internal.listen", cfg.source)
+            }
+            _ => None,
+        };
         let component_addr = match &cfg.components.listen {
             Some(a) => {
                 let l = bind(a, "components").await?;
@@ -332,6 +368,7 @@ impl Gateway {
             component_addr,
             metrics_addr,
             internal_addr,
+            internal_resolver,
             tasks,
         })
     }
@@ -351,6 +388,9 @@ impl Gateway {
         }
         // Give streams a moment to write their closing tags.
         tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(r) = self.internal_resolver {
+            r.stop().await;
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod gateway;
 pub mod http;
+pub mod internal_dns;
 pub mod policy_cli;
 pub mod policy_runtime;
 pub mod probe;
