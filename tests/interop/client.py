@@ -34,6 +34,20 @@ import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
 
 
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+
+def error_condition(stanza):
+    """The defined condition of a stanza's error, read from the XML: slixmpp's Error stanza
+    only knows RFC 3920's conditions and reports others (e.g. policy-violation, RFC 6120
+    8.3.3.12) as ""."""
+    err = stanza["error"]
+    for child in err.xml:
+        if child.tag.startswith("{%s}" % STANZAS_NS) and child.tag != "{%s}text" % STANZAS_NS:
+            return child.tag.split("}", 1)[1]
+    return err["condition"]
+
+
 def emit(obj):
     sys.stdout.write(json.dumps(obj, separators=(",", ":")) + "\n")
     sys.stdout.flush()
@@ -85,7 +99,7 @@ class Client(slixmpp.ClientXMPP):
 
     def on_message_error(self, msg):
         emit({"message_error": {"from": str(msg["from"].bare), "from_full": str(msg["from"]),
-                                "condition": msg["error"]["condition"],
+                                "condition": error_condition(msg),
                                 "text": msg["error"]["text"]}})
 
     def on_presence(self, pres):
@@ -107,7 +121,7 @@ class Client(slixmpp.ClientXMPP):
             emit({"iq_result": {"to": to, "from": to, "rtt": rtt}})
         except IqError as e:
             emit({"error": {"kind": "iq_ping", "to": to,
-                            "condition": e.iq["error"]["condition"],
+                            "condition": error_condition(e.iq),
                             "text": e.iq["error"]["text"]}})
         except IqTimeout:
             emit({"error": {"kind": "iq_ping", "to": to, "condition": "timeout",

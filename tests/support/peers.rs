@@ -14,6 +14,10 @@
 //! IP-literal SRV targets (`127.0.0.30.`) and also answer A for that literal name
 //! (Prosody resolves it as a DNS name; ejabberd resolves SRV targets with getaddrinfo).
 //!
+//! Internal role (a server behind fedgate, `ProsodyOpts::internal` / `EjabberdOpts::internal`):
+//! pass fedgate's `[internal] resolver` address as `dns`; it steers every non-hosted domain to
+//! fedgate's internal listener and forwards other questions to the test DNS (its upstream).
+//!
 //! Set `FEDGATE_KEEP_PEER_DIRS=1` to keep the per-instance temp dirs (configs, logs).
 #![allow(dead_code)]
 
@@ -261,6 +265,27 @@ impl ProsodyOpts {
         self.users.push((user.to_owned(), password.to_owned()));
         self
     }
+
+    /// Prosody as the *internal* server of `domain` behind fedgate: `resolver` is fedgate's
+    /// `[internal] resolver` (it answers `_xmpp-server._tcp` of every domain Prosody does not
+    /// host with fedgate's internal listener and forwards the rest upstream), so all of
+    /// Prosody's outbound s2s goes to fedgate without per-partner settings. Inbound, fedgate
+    /// connects as the remote domains it fronts, without a certificate for them: Prosody must
+    /// accept dialback (`s2s_secure_auth = false`) and verifies the keys through the same
+    /// resolver, i.e. with fedgate. TLS stays required. `cert`/`key` are Prosody's own
+    /// certificate for `domain` (fedgate trusts its CA through `[tls] trust_anchors`).
+    pub fn internal(
+        domain: &str,
+        ip: Ipv4Addr,
+        resolver: SocketAddr,
+        cert_pem_path: impl Into<PathBuf>,
+        key_pem_path: impl Into<PathBuf>,
+    ) -> Self {
+        let mut o = Self::new(domain, ip, resolver, cert_pem_path, key_pem_path);
+        o.secure_auth = false;
+        o.require_encryption = true;
+        o
+    }
 }
 
 /// A Prosody instance running in the foreground (`prosody --config FILE -F`) as a child.
@@ -502,6 +527,24 @@ impl EjabberdOpts {
     pub fn user(mut self, user: &str, password: &str) -> Self {
         self.users.push((user.to_owned(), password.to_owned()));
         self
+    }
+
+    /// ejabberd as the *internal* server of `domain` behind fedgate: its resolver (ERL_INETRC
+    /// nameserver) is fedgate's `[internal] resolver`, which answers `_xmpp-server._tcp` of
+    /// every non-hosted domain with fedgate's internal listener as an IP-literal target (what
+    /// ejabberd's SRV-target resolution needs) and forwards every other question upstream.
+    /// `mod_s2s_dialback` stays loaded: fedgate connects as the remote domains it fronts,
+    /// without certificates for them, and ejabberd verifies their keys with fedgate.
+    pub fn internal(
+        domain: &str,
+        ip: Ipv4Addr,
+        resolver: SocketAddr,
+        cert_pem_path: impl Into<PathBuf>,
+        key_pem_path: impl Into<PathBuf>,
+    ) -> Self {
+        let mut o = Self::new(domain, ip, resolver, cert_pem_path, key_pem_path);
+        o.dialback = true;
+        o
     }
 }
 
@@ -980,6 +1023,26 @@ impl XmppClient {
                 .unwrap_or_default()
                 .to_owned(),
         ))
+    }
+
+    /// Next message error with its text: (bare from JID, condition, text or "").
+    pub async fn expect_message_error_text(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<(String, String, String)> {
+        let ev = self
+            .expect_event(timeout, "a message error", |ev| {
+                ev.get("message_error").is_some()
+            })
+            .await?;
+        let m = ev.get("message_error").expect("matched");
+        let field = |k: &str| {
+            m.get(k)
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok((field("from"), field("condition"), field("text")))
     }
 
     /// Sends `<presence type="subscribe" to=TO/>`. Panics if the client process is gone.
