@@ -150,6 +150,8 @@ async fn run(
     let mut remotes: Vec<String> = Vec::new();
     // (remote, not_after) of the certificates that authenticated pairs on this stream.
     let mut expiries: Vec<(String, i64)> = Vec::new();
+    let mut routed: std::collections::HashMap<String, prometheus::IntCounter> =
+        std::collections::HashMap::new();
     let result = loop {
         for a in machine.take_actions() {
             match a {
@@ -254,12 +256,15 @@ async fn run(
                             remote: to,
                         }
                     } else {
-                        ctx.metrics
-                            .routed
-                            .with_label_values(&[
-                                "remote-to-local",
-                                &ctx.metrics.domain_label(&from),
-                            ])
+                        // One counter lookup per remote domain and stream, not per stanza.
+                        routed
+                            .entry(from.clone())
+                            .or_insert_with(|| {
+                                ctx.metrics.routed.with_label_values(&[
+                                    "remote-to-local",
+                                    &ctx.metrics.domain_label(&from),
+                                ])
+                            })
                             .inc();
                         Origin::Remote {
                             local: to,
