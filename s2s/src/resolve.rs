@@ -82,7 +82,7 @@ pub struct DnsError {
 }
 
 impl DnsError {
-    fn new(kind: DnsErrorKind, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: DnsErrorKind, detail: impl Into<String>) -> Self {
         Self {
             kind,
             detail: detail.into(),
@@ -257,36 +257,7 @@ impl S2sResolver {
         timeout: Duration,
         attempts: usize,
     ) -> Result<Self, DnsError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = match nameservers {
-            None => TokioResolver::builder_tokio().map_err(|e| {
-                DnsError::new(
-                    DnsErrorKind::Other,
-                    format!("reading system resolver config: {e}"),
-                )
-            })?,
-            Some(list) => {
-                if list.is_empty() {
-                    return Err(DnsError::new(DnsErrorKind::Other, "empty nameserver list"));
-                }
-                let servers = list
-                    .iter()
-                    .map(|addr| {
-                        let mut udp = ConnectionConfig::udp();
-                        udp.port = addr.port();
-                        let mut tcp = ConnectionConfig::tcp();
-                        tcp.port = addr.port();
-                        NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                    })
-                    .collect();
-                let mut b = TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(servers),
-                    provider,
-                );
-                b.options_mut().use_hosts_file = ResolveHosts::Never;
-                b
-            }
-        };
+        let mut builder = resolver_builder(nameservers)?;
         let opts = builder.options_mut();
         opts.timeout = timeout;
         opts.attempts = attempts;
@@ -488,6 +459,42 @@ fn name_to_host(name: &Name) -> String {
         return ".".to_owned();
     }
     name.to_ascii().trim_end_matches('.').to_owned()
+}
+
+/// A hickory resolver builder for `nameservers` (UDP and TCP on each address's port, no
+/// hosts file), or for the system's resolv.conf when `None`. Shared with the DANE resolver.
+pub(crate) fn resolver_builder(
+    nameservers: Option<Vec<SocketAddr>>,
+) -> Result<hickory_resolver::ResolverBuilder<TokioRuntimeProvider>, DnsError> {
+    match nameservers {
+        None => TokioResolver::builder_tokio().map_err(|e| {
+            DnsError::new(
+                DnsErrorKind::Other,
+                format!("reading system resolver config: {e}"),
+            )
+        }),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(DnsError::new(DnsErrorKind::Other, "empty nameserver list"));
+            }
+            let servers = list
+                .iter()
+                .map(|addr| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            let mut b = TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            );
+            b.options_mut().use_hosts_file = ResolveHosts::Never;
+            Ok(b)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,8 +30,6 @@ use std::time::Duration;
 use hickory_proto::dnssec::{Algorithm, Proof, PublicKeyBuf, TrustAnchors};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use rustls_pki_types::CertificateDer;
 
@@ -160,31 +158,7 @@ impl DaneResolver {
             kind: DnsErrorKind::Other,
             detail,
         };
-        let mut builder = match nameservers {
-            None => TokioResolver::builder_tokio()
-                .map_err(|e| other(format!("reading system resolver config: {e}")))?,
-            Some(list) => {
-                if list.is_empty() {
-                    return Err(other("empty nameserver list".to_owned()));
-                }
-                let servers = list
-                    .iter()
-                    .map(|addr| {
-                        let mut udp = ConnectionConfig::udp();
-                        udp.port = addr.port();
-                        let mut tcp = ConnectionConfig::tcp();
-                        tcp.port = addr.port();
-                        NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-                    })
-                    .collect();
-                let mut b = TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(servers),
-                    TokioRuntimeProvider::default(),
-                );
-                b.options_mut().use_hosts_file = ResolveHosts::Never;
-                b
-            }
-        };
+        let mut builder = crate::resolve::resolver_builder(nameservers)?;
         let opts = builder.options_mut();
         opts.timeout = timeout;
         opts.attempts = attempts;
