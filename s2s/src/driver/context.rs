@@ -293,12 +293,7 @@ impl S2sContext {
             .lock()
             .expect("peer cert lock")
             .contains_key(domain)
-            || self
-                .gate()
-                .verifier(domain)
-                .unwrap_or_else(|| self.verifier.clone())
-                .verify(&peer.chain, domain, peer.peer_is_client, UnixTime::now())
-                .is_ok()
+            || pkix(&self.verifier, self.gate().as_ref(), peer, domain).is_ok()
         {
             return;
         }
@@ -382,6 +377,23 @@ pub trait IdentityProver: Send + Sync + 'static {
 
 /// Chain and name check of a peer certificate for `domain` (PKIX), else a DANE/POSH verdict,
 /// plus the policy's pins for the domain.
+/// The PKIX check of a peer's chain for `domain`: per-partner anchors from the policy
+/// replace the gateway's for that domain.
+fn pkix(
+    verifier: &PeerVerifier,
+    gate: &dyn Gatekeeper,
+    peer: &PeerCert,
+    domain: &str,
+) -> Result<fedgate_certs::VerifiedPeer, fedgate_certs::CertFailure> {
+    let partner = gate.verifier(domain);
+    partner.as_deref().unwrap_or(verifier).verify(
+        &peer.chain,
+        domain,
+        peer.peer_is_client,
+        UnixTime::now(),
+    )
+}
+
 pub fn check_peer(
     verifier: &PeerVerifier,
     gate: &dyn Gatekeeper,
@@ -391,10 +403,7 @@ pub fn check_peer(
     let Some(leaf) = peer.chain.first() else {
         return Err("no-certificate: the peer presented none".into());
     };
-    // Per-partner anchors from the policy replace the gateway's for that domain.
-    let partner = gate.verifier(domain);
-    let verifier = partner.as_deref().unwrap_or(verifier);
-    let ok = match verifier.verify(&peer.chain, domain, peer.peer_is_client, UnixTime::now()) {
+    let ok = match pkix(verifier, gate, peer, domain) {
         Ok(v) => CertOk {
             method: AuthMethod::Pkix,
             not_after: Some(v.not_after),
