@@ -255,6 +255,7 @@ impl S2sContext {
                 chain,
                 peer_is_client,
                 extra: Mutex::new(HashMap::new()),
+                accepted: Mutex::new(HashMap::new()),
             })
         })
     }
@@ -328,6 +329,9 @@ pub struct PeerCert {
     pub chain: Vec<CertificateDer<'static>>,
     pub peer_is_client: bool,
     extra: Mutex<HashMap<String, Result<CertOk, ProveFailure>>>,
+    /// Domains the certificate was accepted for on this stream (checked once, not at every
+    /// step of the negotiation).
+    accepted: Mutex<HashMap<String, CertOk>>,
 }
 
 impl PeerCert {
@@ -395,6 +399,23 @@ fn pkix(
 }
 
 pub fn check_peer(
+    verifier: &PeerVerifier,
+    gate: &dyn Gatekeeper,
+    peer: &PeerCert,
+    domain: &str,
+) -> Result<CertOk, String> {
+    if let Some(ok) = peer.accepted.lock().expect("peer cert lock").get(domain) {
+        return Ok(*ok);
+    }
+    let ok = check_peer_uncached(verifier, gate, peer, domain)?;
+    peer.accepted
+        .lock()
+        .expect("peer cert lock")
+        .insert(domain.to_owned(), ok);
+    Ok(ok)
+}
+
+fn check_peer_uncached(
     verifier: &PeerVerifier,
     gate: &dyn Gatekeeper,
     peer: &PeerCert,
