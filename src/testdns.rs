@@ -830,6 +830,25 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A plain hickory resolver asking only `addr` over one transport (raw lookups that
+    /// S2sResolver does not offer).
+    fn raw_resolver(addr: SocketAddr, tcp: bool) -> hickory_resolver::TokioResolver {
+        let mut conn = if tcp {
+            hickory_resolver::config::ConnectionConfig::tcp()
+        } else {
+            hickory_resolver::config::ConnectionConfig::udp()
+        };
+        conn.port = addr.port();
+        hickory_resolver::TokioResolver::builder_with_config(
+            hickory_resolver::config::ResolverConfig::from_name_servers(vec![
+                hickory_resolver::config::NameServerConfig::new(addr.ip(), true, vec![conn]),
+            ]),
+            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+        )
+        .build()
+        .unwrap()
+    }
+
     async fn start(zone: Zone) -> (TestDns, S2sResolver) {
         let dns = TestDns::start(LO.parse().unwrap(), zone).await.unwrap();
         let r = S2sResolver::new(Some(vec![dns.addr()]), StaticTargets::default()).unwrap();
@@ -974,16 +993,7 @@ mod tests {
         let mut z = Zone::new();
         z.srv("_xmpp-server._tcp.lit.test", 0, 0, 5269, "127.0.0.10");
         let dns = TestDns::start(LO.parse().unwrap(), z).await.unwrap();
-        let r = hickory_resolver::TokioResolver::builder_with_config(
-            hickory_resolver::config::ResolverConfig::from_name_servers(vec![{
-                let mut udp = hickory_resolver::config::ConnectionConfig::udp();
-                udp.port = dns.addr().port();
-                hickory_resolver::config::NameServerConfig::new(dns.addr().ip(), true, vec![udp])
-            }]),
-            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-        )
-        .build()
-        .unwrap();
+        let r = raw_resolver(dns.addr(), false);
         let lookup = r
             .lookup(Name::from_ascii("127.0.0.10.").unwrap(), RecordType::A)
             .await
@@ -1101,16 +1111,7 @@ mod tests {
             !matches!(out, fedgate_s2s::driver::dane::TlsaLookup::Secure(_)),
             "{out:?}"
         );
-        let plain = hickory_resolver::TokioResolver::builder_with_config(
-            hickory_resolver::config::ResolverConfig::from_name_servers(vec![{
-                let mut udp = hickory_resolver::config::ConnectionConfig::udp();
-                udp.port = dns.addr().port();
-                hickory_resolver::config::NameServerConfig::new(dns.addr().ip(), true, vec![udp])
-            }]),
-            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-        )
-        .build()
-        .unwrap();
+        let plain = raw_resolver(dns.addr(), false);
         let lookup = plain
             .tlsa_lookup(Name::from_ascii("_5269._tcp.xmpp.g.test.").unwrap())
             .await
@@ -1190,16 +1191,7 @@ mod tests {
         let mut z = Zone::new();
         z.a("tcp.f.test", ip4("127.0.0.50"));
         let dns = TestDns::start(LO.parse().unwrap(), z).await.unwrap();
-        let mut tcp = hickory_resolver::config::ConnectionConfig::tcp();
-        tcp.port = dns.addr().port();
-        let r = hickory_resolver::TokioResolver::builder_with_config(
-            hickory_resolver::config::ResolverConfig::from_name_servers(vec![
-                hickory_resolver::config::NameServerConfig::new(dns.addr().ip(), true, vec![tcp]),
-            ]),
-            hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
-        )
-        .build()
-        .unwrap();
+        let r = raw_resolver(dns.addr(), true);
         let ips: Vec<IpAddr> = r.lookup_ip("tcp.f.test.").await.unwrap().iter().collect();
         assert!(ips.contains(&IpAddr::V4(ip4("127.0.0.50"))));
         dns.stop().await;
