@@ -104,10 +104,6 @@ impl Element {
         }
     }
 
-    pub fn remove_attr(&mut self, name: &str) {
-        self.attrs.retain(|a| !(a.ns.is_empty() && a.name == name));
-    }
-
     pub fn elements(&self) -> impl Iterator<Item = &Self> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),

@@ -47,13 +47,6 @@ impl Components {
         v
     }
 
-    pub fn is_connected(&self, domain: &str) -> bool {
-        self.links
-            .lock()
-            .expect("components lock")
-            .contains_key(domain)
-    }
-
     /// Queue a stanza for the component of `domain`.
     pub fn deliver(&self, ctx: &S2sContext, domain: &str, st: Stanza) -> Result<(), DeliverError> {
         let links = self.links.lock().expect("components lock");
