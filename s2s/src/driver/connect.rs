@@ -148,8 +148,8 @@ async fn attempt(
     let fut = async {
         if t.direct_tls {
             upgrade(ctx, &mut conn, local, remote, true).await?;
-            let check = check_server(ctx, &conn, remote, (&t.host, t.port)).await;
-            m.start(Some(pinned(&floor, check)?));
+            let check = check_server(ctx, &conn, remote, (&t.host, t.port), &floor).await?;
+            m.start(Some(check));
         } else {
             m.start(None);
         }
@@ -168,8 +168,9 @@ async fn attempt(
                     Action::Send(b) => conn.queue(&b),
                     Action::StartTls => {
                         upgrade(ctx, &mut conn, local, remote, false).await?;
-                        let check = check_server(ctx, &conn, remote, (&t.host, t.port)).await;
-                        m.tls_established(pinned(&floor, check)?);
+                        let check =
+                            check_server(ctx, &conn, remote, (&t.host, t.port), &floor).await?;
+                        m.tls_established(check);
                     }
                     Action::ResetParser => conn.parser.reset(),
                     Action::Established {
@@ -223,24 +224,6 @@ async fn attempt(
     }
 }
 
-/// With pins for the domain, a certificate that fails its check ends the attempt (no
-/// dialback fallback around a pin).
-/// Marks a certificate verdict that must end the attempt (a DANE mismatch).
-const FATAL: &str = "fatal: ";
-
-fn pinned(
-    floor: &crate::gate::Floor,
-    check: Result<CertOk, String>,
-) -> Result<Result<CertOk, String>, Failure> {
-    match check {
-        Err(e) if e.starts_with(FATAL) => {
-            Err(Failure::new(FailureKind::CertChain, &e[FATAL.len()..]))
-        }
-        Err(e) if !floor.pins.is_empty() => Err(Failure::new(FailureKind::CertChain, e)),
-        other => Ok(other),
-    }
-}
-
 /// TLS client handshake on `conn` (direct TLS or after `<proceed/>`), counted on failure.
 async fn upgrade(
     ctx: &S2sContext,
@@ -261,26 +244,37 @@ async fn upgrade(
 }
 
 /// Check the receiving server's certificate for the remote domain.
+/// Check the receiving server's certificate for the remote domain (PKIX, then DANE/POSH).
+/// `Ok(Err(_))`: not established, the negotiation may go on with dialback. `Err(_)`: the
+/// attempt ends, because DANE records contradict the certificate or the domain is pinned.
 async fn check_server(
     ctx: &S2sContext,
     conn: &Conn,
     remote: &str,
     target: (&str, u16),
-) -> Result<CertOk, String> {
+    floor: &crate::gate::Floor,
+) -> Result<Result<CertOk, String>, Failure> {
     let Some(peer) = ctx.peer_cert(conn.io.peer_certs(), false) else {
-        return Err("no-certificate: the server sent none".into());
+        return Ok(Err("no-certificate: the server sent none".into()));
     };
     ctx.prepare_identity(&peer, remote, Some(target)).await;
     if let Some(why) = peer.fatal(remote) {
-        return Err(format!("{FATAL}{why}"));
+        return Err(Failure::new(FailureKind::CertChain, why));
     }
-    let ok = super::context::check_peer(&ctx.verifier, ctx.gate().as_ref(), &peer, remote)?;
-    if ctx.gate().cert_methods(remote, false).allows(ok.method) {
-        Ok(ok)
-    } else {
-        Err(format!(
-            "policy: {} is not an accepted method for {remote}",
-            ok.method.as_str()
-        ))
+    let check = super::context::check_peer(&ctx.verifier, ctx.gate().as_ref(), &peer, remote)
+        .and_then(|ok| {
+            if ctx.gate().cert_methods(remote, false).allows(ok.method) {
+                Ok(ok)
+            } else {
+                Err(format!(
+                    "policy: {} is not an accepted method for {remote}",
+                    ok.method.as_str()
+                ))
+            }
+        });
+    match check {
+        // No dialback fallback around a pin.
+        Err(e) if !floor.pins.is_empty() => Err(Failure::new(FailureKind::CertChain, e)),
+        other => Ok(other),
     }
 }
