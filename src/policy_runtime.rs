@@ -282,9 +282,23 @@ impl PolicyRuntime {
         Some(d)
     }
 
+    /// The transport, authentication and limits the policy sets for a remote domain, for the
+    /// per-stanza checks (computed once per stanza).
+    pub fn settings(
+        &self,
+        remote_domain: &str,
+        direction: Direction,
+    ) -> fedgate_policy::DomainSettings {
+        self.active.load().domain_settings(remote_domain, direction)
+    }
+
     /// Token bucket per remote domain and direction; `Err` names the limit.
-    pub fn rate_check(&self, remote_domain: &str, direction: Direction) -> Result<(), String> {
-        let settings = self.active.load().domain_settings(remote_domain, direction);
+    pub fn rate_check(
+        &self,
+        remote_domain: &str,
+        direction: Direction,
+        settings: &fedgate_policy::DomainSettings,
+    ) -> Result<(), String> {
         let Some((per_second, burst)) = settings.rate else {
             return Ok(());
         };
@@ -315,27 +329,11 @@ impl PolicyRuntime {
                 "limit: {remote_domain} exceeds {per_second} stanzas/s (burst {burst}){}",
                 settings
                     .rule
+                    .as_ref()
                     .map(|r| format!(" set by rule {} (line {})", r.id, r.line))
                     .unwrap_or_default()
             ))
         }
-    }
-
-    /// The largest stanza the policy allows for a domain, if it sets one.
-    pub fn max_stanza_bytes(&self, remote_domain: &str, direction: Direction) -> Option<usize> {
-        self.active
-            .load()
-            .domain_settings(remote_domain, direction)
-            .max_stanza_bytes
-    }
-
-    /// The protocol the policy names for a domain (`xmpp` when unset).
-    pub fn protocol(&self, remote_domain: &str) -> String {
-        self.active
-            .load()
-            .domain_settings(remote_domain, Direction::Outbound)
-            .protocol
-            .unwrap_or_else(|| "xmpp".into())
     }
 }
 

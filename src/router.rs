@@ -56,6 +56,7 @@ impl Router {
     ) -> Result<(), ()> {
         let p = &self.policy;
         let inbound = direction == Direction::Inbound;
+        let settings = p.settings(remote, direction);
         if !inbound {
             // Before DNS: a denied domain is never looked up or connected to.
             if let Err(why) = p.admit(remote, local, false) {
@@ -68,7 +69,7 @@ impl Router {
                 );
                 return Err(());
             }
-            let protocol = p.protocol(remote);
+            let protocol = settings.protocol.as_deref().unwrap_or("xmpp");
             if protocol != "xmpp" {
                 self.ctx.bounce(
                     st,
@@ -80,7 +81,7 @@ impl Router {
                 return Err(());
             }
         }
-        if let Some(max) = p.max_stanza_bytes(remote, direction)
+        if let Some(max) = settings.max_stanza_bytes
             && st.size > max
         {
             self.ctx.bounce(
@@ -92,7 +93,7 @@ impl Router {
             );
             return Err(());
         }
-        if let Err(why) = p.rate_check(remote, direction) {
+        if let Err(why) = p.rate_check(remote, direction, &settings) {
             self.ctx.bounce(
                 st,
                 ErrorType::Wait,
