@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use fedgate_certs::{PeerVerifier, TrustAnchors};
-use fedgate_policy::{Decision, Direction, Kind, Policy, Request, TlsFloor};
+use fedgate_policy::{Decision, Diagnostic, Direction, Kind, Policy, Request, Shadow, TlsFloor};
 use fedgate_s2s::gate::{CertMethods, Floor, Gatekeeper};
 use fedgate_s2s::inbound::AuthMethods;
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
@@ -69,7 +69,7 @@ const MAX_BUCKETS: usize = 100_000;
 
 pub struct PolicyRuntime {
     active: ArcSwap<Policy>,
-    shadow: Option<ArcSwap<Policy>>,
+    shadow: Option<ArcSwap<Shadow>>,
     file: Option<PathBuf>,
     shadow_file: Option<PathBuf>,
     /// The global floor from the config, for what the policy does not set.
@@ -86,20 +86,20 @@ pub struct PolicyRuntime {
 pub type VerifierBuilder = Box<dyn Fn(Arc<TrustAnchors>) -> PeerVerifier + Send + Sync>;
 
 /// Diagnostics as lines `file:line:column: severity: message`.
-pub fn render_diagnostics(d: &[fedgate_policy::Diagnostic]) -> String {
+pub fn render_diagnostics(d: &[Diagnostic]) -> String {
     d.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-fn load_file(path: &Path) -> Result<Policy, String> {
+fn load_file(path: &Path) -> Result<(Policy, Vec<Diagnostic>), String> {
     match Policy::load(path) {
         Ok((p, warnings)) => {
             for w in &warnings {
                 tracing::warn!(target: "fedgate::audit", diagnostic = %w, "policy warning");
             }
-            Ok(p)
+            Ok((p, warnings))
         }
         Err(d) => Err(render_diagnostics(&d)),
     }
@@ -115,13 +115,16 @@ impl PolicyRuntime {
         registry: &Registry,
     ) -> Result<Arc<Self>, String> {
         let metrics = Metrics::new(registry);
-        let active = match &file {
+        let (active, active_warnings) = match &file {
             Some(f) => load_file(f)?,
-            None => Policy::allow_all(),
+            None => (Policy::allow_all(), Vec::new()),
         };
-        let shadow = match &shadow_file {
-            Some(f) => Some(ArcSwap::from_pointee(load_file(f)?)),
-            None => None,
+        let (shadow, shadow_warnings) = match &shadow_file {
+            Some(f) => {
+                let (p, w) = load_file(f)?;
+                (Some(ArcSwap::from_pointee(Shadow::new(p))), w)
+            }
+            None => (None, Vec::new()),
         };
         let rt = Arc::new(Self {
             active: ArcSwap::from_pointee(active),
@@ -134,28 +137,19 @@ impl PolicyRuntime {
             partner_verifiers: Mutex::new(HashMap::new()),
             verifier_builder: std::sync::OnceLock::new(),
         });
-        rt.loaded("active", &rt.active.load(), "start");
+        rt.loaded("active", &rt.active.load(), &active_warnings, "start");
         if let Some(s) = &rt.shadow {
-            rt.loaded("shadow", &s.load(), "start");
+            rt.loaded("shadow", s.load().candidate(), &shadow_warnings, "start");
         }
         Ok(rt)
     }
 
-    fn loaded(&self, which: &str, p: &Policy, why: &str) {
+    fn loaded(&self, which: &str, p: &Policy, warnings: &[Diagnostic], why: &str) {
         self.metrics.reloads.with_label_values(&[which, "ok"]).inc();
         if which == "active" {
             self.metrics.rules.set(p.rule_count() as i64);
         }
-        tracing::info!(
-            target: "fedgate::audit",
-            event = "policy-load",
-            which,
-            file = p.source(),
-            revision = p.revision(),
-            rules = p.rule_count(),
-            trigger = why,
-            "policy loaded"
-        );
+        fedgate_policy::log_load(p, &format!("{which} policy ({why})"), warnings);
     }
 
     /// How per-partner verifiers are built (set once by the gateway).
@@ -171,47 +165,65 @@ impl PolicyRuntime {
     /// Returns the errors of refused files.
     pub fn reload(&self, why: &str) -> Result<(), String> {
         let mut errors = Vec::new();
-        for (which, file, slot) in [
-            ("active", &self.file, Some(&self.active)),
-            ("shadow", &self.shadow_file, self.shadow.as_ref()),
-        ] {
-            let (Some(file), Some(slot)) = (file, slot) else {
-                continue;
-            };
-            match load_file(file) {
-                Ok(p) => {
-                    if p.revision() != slot.load().revision() {
-                        self.loaded(which, &p, why);
-                        slot.store(Arc::new(p));
-                        self.partner_verifiers
-                            .lock()
-                            .expect("verifiers lock")
-                            .clear();
-                    }
-                }
-                Err(e) => {
-                    self.metrics
-                        .reloads
-                        .with_label_values(&[which, "refused"])
-                        .inc();
-                    tracing::error!(
-                        target: "fedgate::audit",
-                        event = "policy-refused",
-                        which,
-                        file = %file.display(),
-                        kept_revision = slot.load().revision(),
-                        trigger = why,
-                        errors = %e,
-                        "policy file refused; the previous policy stays in force"
-                    );
-                    errors.push(e);
-                }
+        if let Some(file) = &self.file {
+            let current = self.active.load().revision().to_owned();
+            match self.reload_file("active", file, &current, why) {
+                Ok(Some(p)) => self.active.store(Arc::new(p)),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        if let (Some(file), Some(slot)) = (&self.shadow_file, &self.shadow) {
+            let current = slot.load().candidate().revision().to_owned();
+            match self.reload_file("shadow", file, &current, why) {
+                Ok(Some(p)) => slot.store(Arc::new(Shadow::new(p))),
+                Ok(None) => {}
+                Err(e) => errors.push(e),
             }
         }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors.join("\n"))
+        }
+    }
+
+    /// Reads one policy file: `Ok(Some)` when it changed and checks, `Ok(None)` when it is
+    /// unchanged, `Err` (logged and counted) when it does not check.
+    fn reload_file(
+        &self,
+        which: &str,
+        file: &Path,
+        current: &str,
+        why: &str,
+    ) -> Result<Option<Policy>, String> {
+        match load_file(file) {
+            Ok((p, warnings)) if p.revision() != current => {
+                self.loaded(which, &p, &warnings, why);
+                self.partner_verifiers
+                    .lock()
+                    .expect("verifiers lock")
+                    .clear();
+                Ok(Some(p))
+            }
+            Ok(_) => Ok(None),
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&[which, "refused"])
+                    .inc();
+                tracing::error!(
+                    target: "fedgate::audit",
+                    event = "policy-refused",
+                    which,
+                    file = %file.display(),
+                    kept_revision = current,
+                    trigger = why,
+                    errors = %e,
+                    "policy file refused; the previous policy stays in force"
+                );
+                Err(e)
+            }
         }
     }
 
@@ -243,24 +255,14 @@ impl PolicyRuntime {
         let active = self.active.load();
         let fast = active.decide_fast(&req);
         if let Some(shadow) = &self.shadow {
-            let shadow = shadow.load();
-            let s = shadow.decide_fast(&req);
+            // The shadow logs its differences; the counter is by outcome.
+            let s = shadow.load().observe(&req, fast);
             if s.allow != fast.allow {
                 let label = |x: bool| if x { "allow" } else { "deny" };
                 self.metrics
                     .shadow_diff
                     .with_label_values(&[label(fast.allow), label(s.allow)])
                     .inc();
-                let (a, b) = (active.explain(&req), shadow.explain(&req));
-                tracing::info!(
-                    target: "fedgate::audit",
-                    event = "policy-shadow-diff",
-                    remote, local, kind = kind.as_str(), direction = direction.as_str(),
-                    active = label(a.allow), active_reason = %a.reason,
-                    shadow = label(b.allow), shadow_reason = %b.reason,
-                    shadow_revision = shadow.revision(),
-                    "shadow policy decides differently"
-                );
             }
         }
         if fast.allow {
@@ -272,13 +274,7 @@ impl PolicyRuntime {
             .denials
             .with_label_values(&[rule, direction.as_str(), kind.as_str()])
             .inc();
-        tracing::info!(
-            target: "fedgate::audit",
-            event = "policy-deny",
-            remote, local, kind = kind.as_str(), direction = direction.as_str(),
-            rule, revision = active.revision(), reason = %d.reason,
-            "denied by policy"
-        );
+        fedgate_policy::log_decision(&active, &req, &d);
         Some(d)
     }
 

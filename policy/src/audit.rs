@@ -1,10 +1,11 @@
 //! Audit log lines (policy loads, denials) and shadow mode (a candidate policy evaluated beside
 //! the active one, differences counted and logged). Structured `tracing` events under the
-//! target `fedgate::policy::audit`; the gateway's subscriber decides where they go.
+//! target `fedgate::audit` (events `policy-load`, `policy-deny`, `policy-shadow-diff`); the
+//! gateway's subscriber decides where they go.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{Diagnostic, FastDecision, Policy, Request, Severity};
+use crate::{Decision, Diagnostic, FastDecision, Policy, Request, Severity};
 
 /// Logs a policy load: revision, source file, who or what loaded it, rule and warning counts.
 pub fn log_load(policy: &Policy, who: &str, diagnostics: &[Diagnostic]) {
@@ -13,8 +14,8 @@ pub fn log_load(policy: &Policy, who: &str, diagnostics: &[Diagnostic]) {
         .filter(|d| d.severity == Severity::Warning)
         .count();
     tracing::info!(
-        target: "fedgate::policy::audit",
-        event = "policy_load",
+        target: "fedgate::audit",
+        event = "policy-load",
         revision = policy.revision(),
         source = policy.source(),
         who,
@@ -24,15 +25,15 @@ pub fn log_load(policy: &Policy, who: &str, diagnostics: &[Diagnostic]) {
     );
 }
 
-/// Logs a decision if it denies (allowed traffic is counted by the gateway, not logged).
-pub fn log_decision(policy: &Policy, req: &Request<'_>, decision: FastDecision) {
-    if decision.allow {
+/// Logs a decision if it denies (allowed traffic is counted by the gateway, not logged). `d`
+/// is the explained decision ([`Policy::explain`]), so a denial is explained once.
+pub fn log_decision(policy: &Policy, req: &Request<'_>, d: &Decision) {
+    if d.allow {
         return;
     }
-    let d = policy.explain(req);
     tracing::info!(
-        target: "fedgate::policy::audit",
-        event = "policy_deny",
+        target: "fedgate::audit",
+        event = "policy-deny",
         revision = policy.revision(),
         remote = req.remote,
         local = req.local,
@@ -57,7 +58,7 @@ pub struct ShadowCounts {
 }
 
 /// A candidate policy run beside the active one. Every differing decision is counted and
-/// logged (target `fedgate::policy::audit`, event `policy_shadow_diff`).
+/// logged (target `fedgate::audit`, event `policy-shadow-diff`).
 #[derive(Debug)]
 pub struct Shadow {
     candidate: Policy,
@@ -96,8 +97,8 @@ impl Shadow {
             self.diff.fetch_add(1, Ordering::Relaxed);
             let d = self.candidate.explain(req);
             tracing::info!(
-                target: "fedgate::policy::audit",
-                event = "policy_shadow_diff",
+                target: "fedgate::audit",
+                event = "policy-shadow-diff",
                 candidate_revision = self.candidate.revision(),
                 remote = req.remote,
                 local = req.local,

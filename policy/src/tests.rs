@@ -1021,7 +1021,7 @@ fn shadow_counts_differences() {
         }
     );
     log_load(&active, "test", &[]);
-    log_decision(&active, &r1, active.decide_fast(&r1));
+    log_decision(&active, &r1, &active.explain(&r1));
 }
 
 #[test]
