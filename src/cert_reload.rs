@@ -57,13 +57,6 @@ pub enum ReloadOutcome {
     Refused(Vec<String>),
 }
 
-fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn watched(d: &DomainConfig) -> Option<Watched> {
     match (&d.cert, &d.key) {
         (Some(c), Some(k)) => Some(Watched {
@@ -159,7 +152,7 @@ impl CertReloader {
             anchors: self.anchors.clone(),
             allow_self_signed: w.self_signed,
             min_days: self.min_days,
-            now: now_unix(),
+            now: fedgate_certs::unix_now(),
         }
     }
 
@@ -175,7 +168,7 @@ impl CertReloader {
 
     /// Sets `fedgate_cert_expiry_seconds` from the identities in use.
     pub fn refresh_gauges(&self) {
-        let now = now_unix();
+        let now = fedgate_certs::unix_now();
         for id in self.store.identities() {
             self.expiry
                 .with_label_values(&[&id.domain.to_ascii_lowercase()])

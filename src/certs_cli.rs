@@ -65,13 +65,6 @@ pub fn run(cmd: CertsCmd) -> ExitCode {
     }
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// The lines `certs check` prints for a loaded config, and whether any problem was found.
 pub fn check_config(cfg: &Config, anchors: Arc<TrustAnchors>, now: i64) -> (Vec<String>, bool) {
     let mut lines = Vec::new();
@@ -113,7 +106,7 @@ fn check(config: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (lines, problems) = check_config(&cfg, anchors, now_unix());
+    let (lines, problems) = check_config(&cfg, anchors, fedgate_certs::unix_now());
     for l in lines {
         println!("{l}");
     }
@@ -188,7 +181,7 @@ pub fn generate(
             }
         };
         let spec = LeafSpec {
-            not_after: Some(now_unix() + days * DAY),
+            not_after: Some(fedgate_certs::unix_now() + days * DAY),
             ..LeafSpec::dns(&names)
         };
         let (c, k) = test_ca.issue(&spec).map_err(|e| e.to_string())?;
@@ -209,7 +202,7 @@ pub fn generate(
         crt_path.display(),
         key_path.display(),
         domains.join(", "),
-        ymd(now_unix() + days * DAY)
+        ymd(fedgate_certs::unix_now() + days * DAY)
     ));
     Ok(lines)
 }

@@ -794,8 +794,8 @@ fn cert_info(c: &rustls_pki_types::CertificateDer<'static>) -> CertInfo {
             subject: s.subject,
             issuer: s.issuer,
             names: s.names,
-            not_before: fmt_date_time(s.not_before),
-            not_after: fmt_date_time(s.not_after),
+            not_before: fedgate_certs::fmt_unix(s.not_before),
+            not_after: fedgate_certs::fmt_unix(s.not_after),
             not_after_unix: s.not_after,
             sha256: s.sha256_fingerprint,
         },
@@ -984,7 +984,7 @@ pub fn render_text(r: &ProbeReport) -> String {
             out.push('\n');
         }
     }
-    let now = now_unix();
+    let now = fedgate_certs::unix_now();
     for t in &r.targets {
         out.push_str(&format!(
             "target {}:{} ({}) {}\n",
@@ -1075,48 +1075,8 @@ pub fn render_text(r: &ProbeReport) -> String {
     out
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn date_only(s: &str) -> &str {
     s.split('T').next().unwrap_or(s)
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian calendar, UTC).
-fn fmt_date_time(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    // Shift the epoch to 0000-03-01 so that leap days fall at the end of a year; an era is
-    // 400 years (146 097 days).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        u32::try_from(m).unwrap_or(1),
-        u32::try_from(d).unwrap_or(1),
-    )
 }
 
 #[cfg(test)]
@@ -1125,10 +1085,13 @@ mod tests {
 
     #[test]
     fn dates() {
-        assert_eq!(fmt_date_time(0), "1970-01-01T00:00:00Z");
-        assert_eq!(fmt_date_time(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(fmt_date_time(1_803_254_399), "2027-02-21T23:59:59Z");
-        assert_eq!(fmt_date_time(-86_400), "1969-12-31T00:00:00Z");
+        assert_eq!(fedgate_certs::fmt_unix(0), "1970-01-01T00:00:00Z");
+        assert_eq!(fedgate_certs::fmt_unix(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            fedgate_certs::fmt_unix(1_803_254_399),
+            "2027-02-21T23:59:59Z"
+        );
+        assert_eq!(fedgate_certs::fmt_unix(-86_400), "1969-12-31T00:00:00Z");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// Now, unix seconds.
-pub(crate) fn unix_now() -> i64 {
+pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
@@ -14,7 +14,7 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 /// RFC 3339 text of a unix time, or the number when out of range.
-pub(crate) fn fmt_unix(secs: i64) -> String {
+pub fn fmt_unix(secs: i64) -> String {
     OffsetDateTime::from_unix_timestamp(secs)
         .ok()
         .and_then(|d| d.format(&Rfc3339).ok())

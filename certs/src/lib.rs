@@ -20,6 +20,7 @@
 
 pub mod check;
 mod clock;
+pub use clock::{fmt_unix, unix_now};
 pub mod crl;
 pub mod dev;
 mod error;

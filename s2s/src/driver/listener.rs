@@ -375,9 +375,7 @@ pub(crate) async fn until_expiry(expiries: &[(String, i64)]) -> String {
     let Some((remote, t)) = expiries.iter().min_by_key(|(_, t)| *t) else {
         return std::future::pending().await;
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = fedgate_certs::unix_now();
     // notAfter is the last valid second: act once it has passed.
     let left = u64::try_from(t.saturating_sub(now)).unwrap_or(0) + 1;
     tokio::time::sleep(std::time::Duration::from_secs(left)).await;

@@ -121,9 +121,7 @@ impl Metrics {
 
     /// Refresh the peer certificate expiry gauges from the per-domain status.
     pub fn refresh_peer_cert_expiry(&self, status: &super::status::Status) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = fedgate_certs::unix_now();
         self.peer_cert_expiry.reset();
         for (domain, s) in status.snapshot() {
             if let Some(t) = s.peer_cert_expiry.iter().min() {
