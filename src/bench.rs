@@ -10,8 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use fedgate_certs::dev::{LeafSpec, TestCa};
-
 mod relay;
 mod sessions;
 
@@ -114,35 +112,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             })
             .await
         }
-    }
-}
-
-/// The bench PKI: a CA and the files written for gateways to load.
-pub(crate) struct BenchPki {
-    pub ca: TestCa,
-    pub dir: tempfile::TempDir,
-}
-
-impl BenchPki {
-    pub fn new() -> anyhow::Result<Self> {
-        let ca = TestCa::new("fedgate bench CA")?;
-        let dir = tempfile::Builder::new().prefix("fedgate-bench").tempdir()?;
-        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
-        Ok(Self { ca, dir })
-    }
-
-    pub fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// Issue a leaf for `names`, written to `<file>.crt` / `<file>.key`.
-    pub fn leaf(&self, file: &str, names: &[&str]) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let (c, k) = self.ca.issue(&LeafSpec::dns(names))?;
-        let cp = self.dir.path().join(format!("{file}.crt"));
-        let kp = self.dir.path().join(format!("{file}.key"));
-        std::fs::write(&cp, c)?;
-        std::fs::write(&kp, k)?;
-        Ok((cp, kp))
     }
 }
 

@@ -5,15 +5,15 @@
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use fedgate_certs::dev::{LeafSpec, TestCa};
+use fedgate_certs::dev::LeafSpec;
 
 use crate::component_client::{ComponentClient, body, message, presence};
 use crate::config::{Config, Env};
 use crate::gateway::Gateway;
+use crate::labpki::LabPki;
 use crate::testdns::{TestDns, Zone};
 
 const T: Duration = Duration::from_secs(10);
@@ -38,20 +38,14 @@ fn ip_plus(ip: Ipv4Addr, n: u8) -> Ipv4Addr {
 }
 
 async fn start_side(
-    ca: &TestCa,
-    dir: &Path,
+    pki: &LabPki,
     domain: &'static str,
     ip: Ipv4Addr,
     dns: SocketAddr,
 ) -> anyhow::Result<Side> {
-    let (cert, key) = ca.issue(&LeafSpec::dns(&[domain]))?;
-    let (cp, kp) = (
-        dir.join(format!("{domain}.crt")),
-        dir.join(format!("{domain}.key")),
-    );
-    std::fs::write(&cp, cert)?;
-    std::fs::write(&kp, key)?;
-    let ca_path = dir.join("ca.pem");
+    let (cp, kp) = pki.issue(domain, &LeafSpec::dns(&[domain]))?;
+    let dir = pki.dir.path();
+    let ca_path = pki.ca_path();
     let secret = format!("demo-component-secret-{domain}");
     let policy = dir.join(format!("{domain}.policy.toml"));
     std::fs::write(
@@ -84,9 +78,7 @@ async fn start_side(
 /// Runs the demo; returns the transcript (printed by the CLI) or the first failure.
 pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
     let mut out = String::new();
-    let dir = tempfile::tempdir()?;
-    let ca = TestCa::new("fedgate demo CA")?;
-    std::fs::write(dir.path().join("ca.pem"), ca.cert_pem())?;
+    let pki = LabPki::new("fedgate demo CA")?;
     let (dns_ip, north_ip, south_ip) = (args.base, ip_plus(args.base, 1), ip_plus(args.base, 2));
     let mut zone = Zone::new();
     for (d, ip) in [("north.test", north_ip), ("south.test", south_ip)] {
@@ -113,8 +105,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<String> {
         out,
         "                           SRV _xmpp-server._tcp.south.test -> xmpp.south.test:5269 ({south_ip})"
     )?;
-    let mut north = start_side(&ca, dir.path(), "north.test", north_ip, dns.addr()).await?;
-    let mut south = start_side(&ca, dir.path(), "south.test", south_ip, dns.addr()).await?;
+    let mut north = start_side(&pki, "north.test", north_ip, dns.addr()).await?;
+    let mut south = start_side(&pki, "south.test", south_ip, dns.addr()).await?;
     for s in [&north, &south] {
         writeln!(
             out,

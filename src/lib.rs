@@ -16,6 +16,7 @@ pub mod demo;
 pub mod gateway;
 pub mod http;
 pub mod internal_dns;
+pub mod labpki;
 pub mod policy_cli;
 pub mod policy_runtime;
 pub mod probe;

@@ -16,9 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::{BenchPki, quantile, thousands, toml_path};
+use super::{quantile, thousands, toml_path};
 use crate::config::{Config, Env};
 use crate::gateway::Gateway;
+use crate::labpki::LabPki;
+use fedgate_certs::dev::LeafSpec;
 
 pub struct RelayOpts {
     pub messages: u64,
@@ -53,8 +55,8 @@ fn secret(domain: &str) -> String {
     format!("bench-component-secret-{domain}")
 }
 
-fn config(pki: &BenchPki, me: &Side, peer: &Side) -> anyhow::Result<Config> {
-    let (cert, key) = pki.leaf(me.domain, &[me.domain])?;
+fn config(pki: &LabPki, me: &Side, peer: &Side) -> anyhow::Result<Config> {
+    let (cert, key) = pki.issue(me.domain, &LeafSpec::dns(&[me.domain]))?;
     let text = format!(
         "[[domains]]\nname = \"{d}\"\ncert = {c}\nkey = {k}\ncomponent_secret = \"{cs}\"\n\n\
          [s2s]\nlisten = [\"{ip}:5269\"]\ndialback_secret = \"bench-dialback-secret-{d}\"\n\
@@ -347,7 +349,7 @@ async fn latency(
 }
 
 pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
-    let pki = BenchPki::new()?;
+    let pki = LabPki::new("fedgate bench CA")?;
     let ca = config(&pki, &A, &B)?;
     let cb = config(&pki, &B, &A)?;
     let ga = Gateway::start(&ca).await.context("gateway a.bench.test")?;

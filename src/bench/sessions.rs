@@ -27,7 +27,8 @@ use fedgate_s2s::xml::{Limits, StreamEvent};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::{BenchPki, quantile, rss_kib, thousands, toml_path};
+use super::{quantile, rss_kib, thousands, toml_path};
+use crate::labpki::LabPki;
 
 pub struct SessionOpts {
     pub target: Option<String>,
@@ -56,8 +57,8 @@ impl Drop for ChildTarget {
     }
 }
 
-fn start_child(pki: &BenchPki) -> anyhow::Result<ChildTarget> {
-    let (cert, key) = pki.leaf(CHILD_DOMAIN, &[CHILD_DOMAIN])?;
+fn start_child(pki: &LabPki) -> anyhow::Result<ChildTarget> {
+    let (cert, key) = pki.issue(CHILD_DOMAIN, &LeafSpec::dns(&[CHILD_DOMAIN]))?;
     let text = format!(
         "[[domains]]\nname = \"{CHILD_DOMAIN}\"\ncert = {c}\nkey = {k}\n\n\
          [s2s]\nlisten = [\"{CHILD_IP}:5269\"]\ndialback_secret = \"bench-dialback-secret-target\"\n\
@@ -100,7 +101,7 @@ fn sibling(ca_out: &Path, ext: &str) -> PathBuf {
 
 /// A fresh CA and client certificate, or, when `--ca-out` and its client files exist (from
 /// an earlier run), those: an external target configured to trust the CA keeps working.
-fn client_creds(pki: &BenchPki, ca_out: Option<&Path>) -> anyhow::Result<(Creds, bool)> {
+fn client_creds(pki: &LabPki, ca_out: Option<&Path>) -> anyhow::Result<(Creds, bool)> {
     if let Some(p) = ca_out {
         let (c, k) = (sibling(p, ".client.crt"), sibling(p, ".client.key"));
         if p.exists() && c.exists() && k.exists() {
@@ -240,7 +241,7 @@ async fn wait_listening(addr: SocketAddr, child: &mut ChildTarget) -> anyhow::Re
 }
 
 pub async fn run(o: SessionOpts) -> anyhow::Result<()> {
-    let pki = BenchPki::new()?;
+    let pki = LabPki::new("fedgate bench CA")?;
     let (creds, reused) = client_creds(&pki, o.ca_out.as_deref())?;
     // The child target trusts the CA the client certificate comes from.
     std::fs::write(pki.ca_path(), &creds.ca_pem)?;

@@ -10,7 +10,7 @@ use fedgate::component_client::ComponentClient;
 use fedgate::config::{Config, Env};
 use fedgate::gateway::Gateway;
 use fedgate::testdns::{TestDns, Zone};
-use fedgate_certs::dev::{LeafSpec, TestCa};
+use fedgate_certs::dev::LeafSpec;
 
 pub const T: Duration = Duration::from_secs(15);
 
@@ -22,31 +22,24 @@ pub fn next_ip() -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 1, n)
 }
 
-pub struct Pki {
-    pub ca: TestCa,
-    pub dir: tempfile::TempDir,
+/// The lab PKI, panicking instead of returning errors (tests).
+pub struct Pki(fedgate::labpki::LabPki);
+
+impl std::ops::Deref for Pki {
+    type Target = fedgate::labpki::LabPki;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Pki {
     pub fn new() -> Self {
-        let ca = TestCa::new("fedgate test CA").unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-        Self { ca, dir }
+        Self(fedgate::labpki::LabPki::new("fedgate test CA").unwrap())
     }
 
-    pub fn ca_path(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A leaf for `names` written to files: (cert, key).
+    /// A leaf for `spec` written to files: (cert, key).
     pub fn leaf(&self, file: &str, spec: &LeafSpec) -> (PathBuf, PathBuf) {
-        let (c, k) = self.ca.issue(spec).unwrap();
-        let cp = self.dir.path().join(format!("{file}.crt"));
-        let kp = self.dir.path().join(format!("{file}.key"));
-        std::fs::write(&cp, c).unwrap();
-        std::fs::write(&kp, k).unwrap();
-        (cp, kp)
+        self.0.issue(file, spec).unwrap()
     }
 }
 
