@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install the real-peer interop test dependencies (idempotent, quiet).
 #
-#   * Debian bookworm packages: prosody, lua-unbound, ejabberd (+ their deps),
+#   * Debian bookworm packages: prosody, lua-unbound, ejabberd (XMPP peers);
+#     sip-tester (sipp), socat, kamailio + kamailio-tls-modules (SIP peers);
+#     slapd + ldap-utils (the LDAP user source) (+ their deps),
 #     python3-venv when the python3 in PATH cannot create a venv.
 #     Services are never started: /usr/sbin/policy-rc.d (exit 101) is created
 #     for the duration of the install when it is absent, and any prosody /
@@ -43,14 +45,15 @@ daemon_pids() {
         pid="${pid#/proc/}"
         cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
         case "$cmd" in
-            *bin/prosody*|*beam.smp*ejabberd*|*/epmd\ *|*/epmd|epmd\ *) echo "$pid" ;;
+            *bin/prosody*|*beam.smp*ejabberd*|*/epmd\ *|*/epmd|epmd\ *|*sbin/slapd*|*sbin/kamailio*) echo "$pid" ;;
         esac
     done
 }
 
 # ---------------------------------------------------------------- apt packages
 missing=()
-for pkg in prosody lua-unbound ejabberd; do
+peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat kamailio kamailio-tls-modules slapd ldap-utils)
+for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
 # The venv is (re)created when missing, broken or built from other requirements; only then
@@ -91,6 +94,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     before="$(daemon_pids | sort)"
 
+    # slapd asks debconf questions; answer "no initial database" (tests make their own).
+    if command -v debconf-set-selections >/dev/null 2>&1; then
+        echo 'slapd slapd/no_configuration boolean true' | "${SUDO[@]}" debconf-set-selections || true
+    fi
     status=0
     {
         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -qq update &&
@@ -133,11 +140,11 @@ fi
 
 # ---------------------------------------------------------------- verification
 problems=()
-for pkg in prosody lua-unbound ejabberd; do
+for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || problems+=("package $pkg is not installed")
 done
 find_bin() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" 2>/dev/null; }
-for bin in prosody prosodyctl ejabberdctl lua5.4; do
+for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat kamailio slapd slapadd ldapsearch; do
     find_bin "$bin" >/dev/null || problems+=("$bin not found")
 done
 if find_bin lua5.4 >/dev/null && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1; then
@@ -156,3 +163,7 @@ echo "ejabberd    $(pkg_version ejabberd)"
 echo "erlang      $(pkg_version erlang-base) (erlang-p1-xmpp $(pkg_version erlang-p1-xmpp))"
 echo "python      $("$venv/bin/python" -c 'import platform; print(platform.python_version())') ($venv)"
 echo "slixmpp     $slixmpp_version"
+echo "sipp        $(pkg_version sip-tester)"
+echo "socat       $(pkg_version socat)"
+echo "kamailio    $(pkg_version kamailio) (tls $(pkg_version kamailio-tls-modules))"
+echo "slapd       $(pkg_version slapd)"

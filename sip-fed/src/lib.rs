@@ -2,5 +2,21 @@
 //! RFC 3263 / `_sipfederationtls._tcp` discovery, transactions and dialogs, and the XMPP⇄SIP
 //! mapping of addresses, errors, presence and instant messages.
 //!
-//! Nothing lives here yet: the SIP federation issue fills this room. It may use `certs` and
-//! `policy`, and hands stanzas to the router through typed channels; it may not know the router.
+//! Sans-IO cores: the message codec ([`msg`], [`hdr`]), transactions ([`txn`]), dialogs
+//! ([`dialog`]), request checks ([`check`]), the RFC 7247 address and error mappings
+//! ([`address`], [`errors`]), PIDF presence ([`pidf`]), IM bodies ([`im`]) and the durable
+//! presence authorizations ([`authz_store`]).
+//!
+//! It may use `certs` (identities, peer checks, TLS configs) and the stanza type of `s2s`. It may
+//! not know the router: it hands stanzas in and out through typed channels.
+
+pub mod address;
+pub mod authz_store;
+pub mod check;
+pub mod dialog;
+pub mod errors;
+pub mod hdr;
+pub mod im;
+pub mod msg;
+pub mod pidf;
+pub mod txn;
