@@ -145,7 +145,9 @@ impl StanzaSink for Router {
         };
         let to_hosted = self.ctx.hosted.contains(&to);
         let crossing = match &st.origin {
-            Origin::Remote { .. } => Some((from.as_str(), to.as_str(), Direction::Inbound)),
+            Origin::Remote { .. } | Origin::Sip { .. } => {
+                Some((from.as_str(), to.as_str(), Direction::Inbound))
+            }
             Origin::Component(_) | Origin::Internal { .. } if !to_hosted => {
                 Some((to.as_str(), from.as_str(), Direction::Outbound))
             }
@@ -183,7 +185,7 @@ impl StanzaSink for Router {
             return;
         }
         if self.ctx.hosted.contains(&from) {
-            if let Origin::Remote { .. } = st.origin {
+            if let Origin::Remote { .. } | Origin::Sip { .. } = st.origin {
                 // Inbound streams only carry pairs whose `to` is hosted; never relay.
                 self.ctx.metrics.dropped.with_label_values(&["relay"]).inc();
                 return;
