@@ -752,7 +752,7 @@ fn content_length(headers: &[Header]) -> Result<u64, ParseError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) const FIXTURES: &[(&str, &[u8])] = &[

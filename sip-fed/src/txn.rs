@@ -12,8 +12,8 @@
 //! * Timer H (server INVITE, waiting for the ACK of a non-2xx final): `64·T1` →
 //!   [`Timeout::ServerNoAck`].
 //!
-//! Matching: responses by top-Via branch + CSeq method (§17.1.3); requests by branch + sent-by
-//! + method, with ACK matched to its INVITE (§17.2.3). Only RFC 3261 branches (`z9hG4bK...`)
+//! Matching: responses by top-Via branch and CSeq method (§17.1.3); requests by branch,
+//! sent-by and method, with ACK matched to its INVITE (§17.2.3). Only RFC 3261 branches (`z9hG4bK...`)
 //! are accepted; RFC 2543 peers get [`TxnError::NoBranch`] (answer `400`).
 //!
 //! Not in here, by design:
