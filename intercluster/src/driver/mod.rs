@@ -1,0 +1,1 @@
+//! Tokio driver (being written).

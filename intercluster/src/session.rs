@@ -1,0 +1,874 @@
+//! The sync session of one link (sans-IO): hello with the consistency gate, subscribe "since
+//! N", snapshot or deltas, pushing own changes, periodic digest comparison and repair,
+//! heartbeats and timeouts. Inputs are parsed messages, local changes and ticks with `now`;
+//! outputs are [`Action`]s for the driver.
+//!
+//! Each side replicates only the peer's *own* origin (every cluster is the single writer of
+//! its users, and the mesh is full), so a session carries two independent one-way syncs.
+
+use std::time::{Duration, Instant};
+
+use crate::directory::{Catchup, Directory, SyncError};
+use crate::failure::{FailureKind, LinkFailure};
+use crate::wire::{Msg, Routed};
+
+/// What to do when the peer's consistency digest differs from ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMismatch {
+    /// Refuse the link (`<refuse reason='consistency'>`).
+    Refuse,
+    /// Bring the link up, but show the mismatch in `/status` and the log.
+    Flag,
+}
+
+/// Timers and sizes of a session.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub heartbeat: Duration,
+    /// No message at all for this long: the link is dead.
+    pub timeout: Duration,
+    pub digest_interval: Duration,
+    pub on_mismatch: OnMismatch,
+    /// Changes per `<deltas>` and entries per `<entries>` element.
+    pub chunk: usize,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            timeout: Duration::from_secs(20),
+            digest_interval: Duration::from_secs(30),
+            on_mismatch: OnMismatch::Refuse,
+            chunk: 2000,
+        }
+    }
+}
+
+/// Something that happened, for metrics and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// Hello exchanged; `flagged` holds the consistency mismatch when it was let through.
+    Up {
+        flagged: Option<String>,
+    },
+    DeltasIn(usize),
+    DeltasOut(usize),
+    SnapshotIn(usize),
+    SnapshotOut(usize),
+    /// The peer's digest differs from our replica at the same position: a snapshot was asked.
+    DigestMismatch,
+    /// The peer runs another incarnation than the one our replica came from.
+    IncarnationChanged {
+        old: u64,
+        new: u64,
+    },
+    /// Our replica of the peer was found equal to the peer's digest (or freshly loaded).
+    Reconciled,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(Msg),
+    Deliver(Routed),
+    Note(Note),
+    /// Close the link (after sending what precedes).
+    Close(LinkFailure),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitHello,
+    Up,
+    Closed,
+}
+
+#[derive(Debug)]
+struct Staging {
+    incarnation: u64,
+    seq: u64,
+    count: u64,
+    entries: Vec<(String, u64)>,
+}
+
+/// One link's session.
+#[derive(Debug)]
+pub struct Session {
+    peer: String,
+    consistency: String,
+    settings: SessionSettings,
+    state: State,
+    last_rx: Instant,
+    next_ping: Instant,
+    next_digest: Instant,
+    /// How far the peer has our log (set once it subscribed).
+    peer_has: Option<u64>,
+    staging: Option<Staging>,
+    /// The peer's own log head as last advertised.
+    peer_head: u64,
+    behind_since: Option<Instant>,
+    resync_pending: bool,
+    flagged: Option<String>,
+}
+
+fn protocol(detail: impl Into<String>) -> Action {
+    Action::Close(LinkFailure::new(FailureKind::Protocol, detail))
+}
+
+impl Session {
+    /// A session with `peer` (its cluster name, already checked against its certificate);
+    /// `consistency` is our digest of what must agree between clusters.
+    pub fn new(peer: &str, consistency: &str, settings: SessionSettings, now: Instant) -> Self {
+        Self {
+            peer: peer.to_owned(),
+            consistency: consistency.to_owned(),
+            state: State::AwaitHello,
+            last_rx: now,
+            next_ping: now + settings.heartbeat,
+            next_digest: now + settings.digest_interval,
+            settings,
+            peer_has: None,
+            staging: None,
+            peer_head: 0,
+            behind_since: None,
+            resync_pending: false,
+            flagged: None,
+        }
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state == State::Up
+    }
+
+    /// The consistency mismatch that was let through (`on_mismatch = flag`).
+    pub fn flagged(&self) -> Option<&str> {
+        self.flagged.as_deref()
+    }
+
+    /// How long our replica of the peer has been behind what the peer advertised.
+    pub fn lag(&self, now: Instant) -> Duration {
+        self.behind_since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// The first message.
+    pub fn start(&mut self, dir: &Directory) -> Vec<Action> {
+        vec![Action::Send(Msg::Hello {
+            cluster: dir.me().to_owned(),
+            incarnation: dir.incarnation(),
+            seq: dir.seq(),
+            consistency: self.consistency.clone(),
+        })]
+    }
+
+    fn update_behind(&mut self, dir: &Directory, now: Instant) {
+        let have = dir.replica_position(&self.peer).map_or(0, |(_, s)| s);
+        if have >= self.peer_head && !self.resync_pending {
+            self.behind_since = None;
+        } else if self.behind_since.is_none() {
+            self.behind_since = Some(now);
+        }
+    }
+
+    fn resubscribe_all(&mut self, out: &mut Vec<Action>) {
+        if self.resync_pending {
+            return;
+        }
+        self.resync_pending = true;
+        out.push(Action::Send(Msg::Subscribe {
+            origin: self.peer.clone(),
+            incarnation: None,
+            since: 0,
+        }));
+    }
+
+    /// Our own log for the peer: deltas after `since`, or a snapshot.
+    fn catchup(
+        &self,
+        dir: &Directory,
+        incarnation: Option<u64>,
+        since: u64,
+        out: &mut Vec<Action>,
+    ) {
+        let me = dir.me().to_owned();
+        match dir.catchup(incarnation, since) {
+            Catchup::Deltas(changes) => {
+                if changes.is_empty() {
+                    return;
+                }
+                out.push(Action::Note(Note::DeltasOut(changes.len())));
+                let mut first = since + 1;
+                for chunk in changes.chunks(self.settings.chunk.max(1)) {
+                    out.push(Action::Send(Msg::Deltas {
+                        origin: me.clone(),
+                        incarnation: dir.incarnation(),
+                        first,
+                        changes: chunk.to_vec(),
+                    }));
+                    first += chunk.len() as u64;
+                }
+            }
+            Catchup::Snapshot => {
+                let (seq, entries, digest) = dir.own_snapshot();
+                out.push(Action::Note(Note::SnapshotOut(entries.len())));
+                out.push(Action::Send(Msg::SnapshotBegin {
+                    origin: me.clone(),
+                    incarnation: dir.incarnation(),
+                    seq,
+                    count: entries.len() as u64,
+                }));
+                for chunk in entries.chunks(self.settings.chunk.max(1)) {
+                    out.push(Action::Send(Msg::Entries {
+                        origin: me.clone(),
+                        entries: chunk.to_vec(),
+                    }));
+                }
+                out.push(Action::Send(Msg::SnapshotEnd {
+                    origin: me,
+                    incarnation: dir.incarnation(),
+                    seq,
+                    digest,
+                }));
+            }
+        }
+    }
+
+    /// A message from the peer.
+    pub fn on_msg(&mut self, msg: Msg, dir: &mut Directory, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state == State::Closed {
+            return out;
+        }
+        self.last_rx = now;
+        if let Msg::Refuse { reason, text } = &msg {
+            self.state = State::Closed;
+            out.push(Action::Close(LinkFailure::new(
+                FailureKind::from_reason(reason),
+                format!("the peer refused the link: {text}"),
+            )));
+            return out;
+        }
+        if self.state == State::AwaitHello {
+            let Msg::Hello {
+                cluster,
+                incarnation,
+                seq,
+                consistency,
+            } = msg
+            else {
+                self.state = State::Closed;
+                out.push(protocol("expected <hello> first"));
+                return out;
+            };
+            if cluster != self.peer {
+                self.state = State::Closed;
+                out.push(Action::Close(LinkFailure::new(
+                    FailureKind::CertName,
+                    format!(
+                        "the peer says it is cluster '{cluster}', expected '{}'",
+                        self.peer
+                    ),
+                )));
+                return out;
+            }
+            if consistency != self.consistency {
+                let text = format!(
+                    "consistency digest differs: ours {}, {}'s {consistency} (hosted domains, address scheme or policy revision)",
+                    self.consistency, self.peer
+                );
+                match self.settings.on_mismatch {
+                    OnMismatch::Refuse => {
+                        self.state = State::Closed;
+                        out.push(Action::Send(Msg::Refuse {
+                            reason: FailureKind::Consistency.as_str().into(),
+                            text: text.clone(),
+                        }));
+                        out.push(Action::Close(LinkFailure::new(
+                            FailureKind::Consistency,
+                            text,
+                        )));
+                        return out;
+                    }
+                    OnMismatch::Flag => self.flagged = Some(text),
+                }
+            }
+            self.state = State::Up;
+            self.peer_head = seq;
+            out.push(Action::Note(Note::Up {
+                flagged: self.flagged.clone(),
+            }));
+            match dir.replica_position(&self.peer) {
+                Some((inc, have)) if inc == incarnation => out.push(Action::Send(Msg::Subscribe {
+                    origin: self.peer.clone(),
+                    incarnation: Some(inc),
+                    since: have,
+                })),
+                Some((old, _)) => {
+                    out.push(Action::Note(Note::IncarnationChanged {
+                        old,
+                        new: incarnation,
+                    }));
+                    self.resubscribe_all(&mut out);
+                }
+                None => self.resubscribe_all(&mut out),
+            }
+            self.update_behind(dir, now);
+            return out;
+        }
+        match msg {
+            Msg::Hello { .. } => {
+                self.state = State::Closed;
+                out.push(protocol("a second <hello>"));
+            }
+            Msg::Refuse { .. } => {}
+            Msg::Subscribe {
+                origin,
+                incarnation,
+                since,
+            } => {
+                if origin == dir.me() {
+                    self.catchup(dir, incarnation, since, &mut out);
+                    self.peer_has = Some(dir.seq());
+                }
+            }
+            Msg::Deltas {
+                origin,
+                incarnation,
+                first,
+                changes,
+            } => {
+                if origin != self.peer {
+                    return out;
+                }
+                let n = changes.len();
+                match dir.apply_deltas(&origin, incarnation, first, &changes) {
+                    Ok(()) => {
+                        out.push(Action::Note(Note::DeltasIn(n)));
+                        self.peer_head = self.peer_head.max(first + n as u64 - 1);
+                    }
+                    Err(SyncError::Incarnation { have, got, .. }) => {
+                        out.push(Action::Note(Note::IncarnationChanged {
+                            old: have,
+                            new: got,
+                        }));
+                        self.resubscribe_all(&mut out);
+                    }
+                    Err(_) => self.resubscribe_all(&mut out),
+                }
+            }
+            Msg::SnapshotBegin {
+                origin,
+                incarnation,
+                seq,
+                count,
+            } => {
+                if origin == self.peer {
+                    self.staging = Some(Staging {
+                        incarnation,
+                        seq,
+                        count,
+                        entries: Vec::with_capacity(count.min(1 << 20) as usize),
+                    });
+                }
+            }
+            Msg::Entries { origin, entries } => {
+                if origin != self.peer {
+                    return out;
+                }
+                let Some(s) = &mut self.staging else {
+                    self.state = State::Closed;
+                    out.push(protocol("<entries> outside a snapshot"));
+                    return out;
+                };
+                if s.entries.len() + entries.len() > s.count as usize {
+                    self.state = State::Closed;
+                    out.push(protocol(format!(
+                        "snapshot larger than its count {}",
+                        s.count
+                    )));
+                    return out;
+                }
+                s.entries.extend(entries);
+            }
+            Msg::SnapshotEnd {
+                origin,
+                incarnation,
+                seq,
+                digest,
+            } => {
+                if origin != self.peer {
+                    return out;
+                }
+                let Some(s) = self.staging.take() else {
+                    self.state = State::Closed;
+                    out.push(protocol("<snapshot-end> without <snapshot>"));
+                    return out;
+                };
+                if (s.incarnation, s.seq) != (incarnation, seq) {
+                    self.state = State::Closed;
+                    out.push(protocol("<snapshot-end> does not match its <snapshot>"));
+                    return out;
+                }
+                let n = s.entries.len();
+                match dir.apply_snapshot(&origin, incarnation, seq, s.entries, digest) {
+                    Ok(()) => {
+                        self.resync_pending = false;
+                        self.peer_head = self.peer_head.max(seq);
+                        out.push(Action::Note(Note::SnapshotIn(n)));
+                        out.push(Action::Note(Note::Reconciled));
+                    }
+                    Err(e) => {
+                        self.state = State::Closed;
+                        out.push(protocol(e.to_string()));
+                        return out;
+                    }
+                }
+            }
+            Msg::Digest {
+                origin,
+                incarnation,
+                seq,
+                digest,
+            } => {
+                if origin != self.peer || self.resync_pending {
+                    return out;
+                }
+                self.peer_head = self.peer_head.max(seq);
+                match dir.replica_position(&origin) {
+                    None => self.resubscribe_all(&mut out),
+                    Some((inc, _)) if inc != incarnation => {
+                        out.push(Action::Note(Note::IncarnationChanged {
+                            old: inc,
+                            new: incarnation,
+                        }));
+                        self.resubscribe_all(&mut out);
+                    }
+                    Some((_, have)) if have == seq => {
+                        if dir.replica_digest(&origin) == Some(digest) {
+                            out.push(Action::Note(Note::Reconciled));
+                        } else {
+                            out.push(Action::Note(Note::DigestMismatch));
+                            self.resubscribe_all(&mut out);
+                        }
+                    }
+                    // Behind (deltas are on their way) or a stale digest: nothing to compare.
+                    Some(_) => {}
+                }
+            }
+            Msg::Ping { seq } => {
+                self.peer_head = self.peer_head.max(seq);
+                out.push(Action::Send(Msg::Pong));
+            }
+            Msg::Pong => {}
+            Msg::Route(r) => out.push(Action::Deliver(r)),
+        }
+        self.update_behind(dir, now);
+        out
+    }
+
+    /// Our own log changed: push what the peer does not have yet.
+    pub fn on_local_change(&mut self, dir: &Directory) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state != State::Up {
+            return out;
+        }
+        if let Some(has) = self.peer_has
+            && has < dir.seq()
+        {
+            self.catchup(dir, Some(dir.incarnation()), has, &mut out);
+            self.peer_has = Some(dir.seq());
+        }
+        out
+    }
+
+    /// Timers: heartbeat, digest, timeout. Call at least every heartbeat interval.
+    pub fn on_tick(&mut self, dir: &Directory, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state == State::Closed {
+            return out;
+        }
+        if now.saturating_duration_since(self.last_rx) >= self.settings.timeout {
+            self.state = State::Closed;
+            out.push(Action::Close(LinkFailure::new(
+                FailureKind::Timeout,
+                format!(
+                    "nothing from {} for {} s",
+                    self.peer,
+                    self.settings.timeout.as_secs_f32()
+                ),
+            )));
+            return out;
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.settings.heartbeat;
+            out.push(Action::Send(Msg::Ping { seq: dir.seq() }));
+        }
+        if self.state == State::Up && now >= self.next_digest {
+            self.next_digest = now + self.settings.digest_interval;
+            out.push(Action::Send(Msg::Digest {
+                origin: dir.me().to_owned(),
+                incarnation: dir.incarnation(),
+                seq: dir.seq(),
+                digest: dir.own_digest(),
+            }));
+        }
+        out
+    }
+
+    /// When `on_tick` should run next.
+    pub fn next_deadline(&self) -> Instant {
+        let t = self.next_ping.min(self.last_rx + self.settings.timeout);
+        if self.state == State::Up {
+            t.min(self.next_digest)
+        } else {
+            t
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn users(n: usize, prefix: &str) -> HashMap<String, u64> {
+        (0..n).map(|i| (format!("{prefix}{i}@x"), 1)).collect()
+    }
+
+    fn settings() -> SessionSettings {
+        SessionSettings {
+            chunk: 3,
+            timeout: Duration::from_secs(1000),
+            ..SessionSettings::default()
+        }
+    }
+
+    /// Two clusters and their sessions with each other, joined by an in-memory "wire" that
+    /// serializes every message (so the wire format is exercised too).
+    struct Pair {
+        a: Directory,
+        b: Directory,
+        sa: Session,
+        sb: Session,
+        notes_a: Vec<Note>,
+        notes_b: Vec<Note>,
+        closed: Vec<LinkFailure>,
+        delivered_b: Vec<Routed>,
+    }
+
+    impl Pair {
+        fn new(
+            a: Directory,
+            b: Directory,
+            ca: &str,
+            cb: &str,
+            s: SessionSettings,
+            now: Instant,
+        ) -> Self {
+            let sa = Session::new(b.me(), ca, s.clone(), now);
+            let sb = Session::new(a.me(), cb, s, now);
+            Self {
+                a,
+                b,
+                sa,
+                sb,
+                notes_a: vec![],
+                notes_b: vec![],
+                closed: vec![],
+                delivered_b: vec![],
+            }
+        }
+
+        /// Runs actions until both sides are quiet.
+        fn pump(&mut self, mut to_b: Vec<Action>, mut to_a: Vec<Action>, now: Instant) {
+            for _ in 0..1000 {
+                if to_b.is_empty() && to_a.is_empty() {
+                    return;
+                }
+                let mut next_a = Vec::new();
+                for act in std::mem::take(&mut to_b) {
+                    match act {
+                        Action::Send(m) => {
+                            let m = Msg::parse(&m.to_element()).unwrap();
+                            next_a.extend(self.sb.on_msg(m, &mut self.b, now));
+                        }
+                        Action::Note(n) => self.notes_a.push(n),
+                        Action::Close(f) => self.closed.push(f),
+                        Action::Deliver(_) => panic!("a delivered"),
+                    }
+                }
+                let mut next_b = Vec::new();
+                for act in std::mem::take(&mut to_a) {
+                    match act {
+                        Action::Send(m) => {
+                            let m = Msg::parse(&m.to_element()).unwrap();
+                            next_b.extend(self.sa.on_msg(m, &mut self.a, now));
+                        }
+                        Action::Note(n) => self.notes_b.push(n),
+                        Action::Close(f) => self.closed.push(f),
+                        Action::Deliver(r) => self.delivered_b.push(r),
+                    }
+                }
+                // Actions produced by b's session are for a, and the other way round.
+                to_a = next_a;
+                to_b = next_b;
+            }
+            panic!("no quiescence");
+        }
+
+        fn start(&mut self, now: Instant) {
+            let x = self.sa.start(&self.a);
+            let y = self.sb.start(&self.b);
+            self.pump(x, y, now);
+        }
+    }
+
+    #[test]
+    fn a_new_peer_gets_a_snapshot_then_deltas() {
+        let now = Instant::now();
+        let mut a = Directory::new("tokyo", 1, 100);
+        a.set_own(&users(10, "t"));
+        let mut b = Directory::new("london", 2, 100);
+        b.set_own(&users(4, "l"));
+        let mut p = Pair::new(a, b, "c", "c", settings(), now);
+        p.start(now);
+        assert!(p.sa.is_up() && p.sb.is_up());
+        assert_eq!(p.b.users_of("tokyo"), 10);
+        assert_eq!(p.a.users_of("london"), 4);
+        assert_eq!(p.b.replica_digest("tokyo"), Some(p.a.own_digest()));
+        assert!(p.notes_a.contains(&Note::SnapshotOut(10)));
+        assert!(p.notes_b.contains(&Note::SnapshotOut(4)));
+        // A change at tokyo travels as a delta.
+        let mut u = users(10, "t");
+        u.insert("new@x".into(), 1);
+        u.remove("t0@x");
+        p.a.set_own(&u);
+        let acts = p.sa.on_local_change(&p.a);
+        assert!(
+            acts.iter().any(
+                |a| matches!(a, Action::Send(Msg::Deltas { changes, .. }) if changes.len() == 2)
+            )
+        );
+        p.pump(acts, vec![], now);
+        assert_eq!(p.b.resolve("new@x").unwrap().cluster, "tokyo");
+        assert_eq!(p.b.resolve("t0@x"), None);
+        assert_eq!(p.b.replica_position("tokyo"), Some((1, p.a.seq())));
+        assert!(p.closed.is_empty(), "{:?}", p.closed);
+    }
+
+    #[test]
+    fn a_reconnect_resumes_with_deltas_since_n() {
+        let now = Instant::now();
+        let mut a = Directory::new("tokyo", 1, 100);
+        a.set_own(&users(5, "t"));
+        let b = Directory::new("london", 2, 100);
+        let mut p = Pair::new(a, b, "c", "c", settings(), now);
+        p.start(now);
+        // The link drops; tokyo changes; a new link comes up.
+        let mut u = users(5, "t");
+        u.insert("late@x".into(), 1);
+        p.a.set_own(&u);
+        p.sa = Session::new("london", "c", settings(), now);
+        p.sb = Session::new("tokyo", "c", settings(), now);
+        p.notes_a.clear();
+        p.start(now);
+        assert!(p.notes_a.contains(&Note::DeltasOut(1)), "{:?}", p.notes_a);
+        assert!(!p.notes_a.iter().any(|n| matches!(n, Note::SnapshotOut(_))));
+        assert_eq!(p.b.resolve("late@x").unwrap().cluster, "tokyo");
+    }
+
+    #[test]
+    fn a_restarted_peer_is_detected_by_its_new_incarnation() {
+        let now = Instant::now();
+        let mut a = Directory::new("tokyo", 1, 100);
+        a.set_own(&users(5, "t"));
+        let b = Directory::new("london", 2, 100);
+        let mut p = Pair::new(a, b, "c", "c", settings(), now);
+        p.start(now);
+        // tokyo restarts from a backup with fewer users and a new incarnation.
+        let mut a2 = Directory::new("tokyo", 99, 100);
+        a2.set_own(&users(3, "t"));
+        p.a = a2;
+        p.sa = Session::new("london", "c", settings(), now);
+        p.sb = Session::new("tokyo", "c", settings(), now);
+        p.notes_b.clear();
+        p.notes_a.clear();
+        p.start(now);
+        assert!(
+            p.notes_b
+                .contains(&Note::IncarnationChanged { old: 1, new: 99 }),
+            "{:?}",
+            p.notes_b
+        );
+        assert_eq!(p.b.users_of("tokyo"), 3);
+        assert_eq!(p.b.resolve("t4@x"), None);
+        assert_eq!(p.b.replica_position("tokyo"), Some((99, p.a.seq())));
+    }
+
+    #[test]
+    fn digest_comparison_finds_drift_and_repairs_it() {
+        let t0 = Instant::now();
+        let mut a = Directory::new("tokyo", 1, 100);
+        a.set_own(&users(5, "t"));
+        let b = Directory::new("london", 2, 100);
+        let mut p = Pair::new(a, b, "c", "c", settings(), t0);
+        p.start(t0);
+        // Corrupt london's replica behind the protocol's back (same position, other content).
+        let (inc, seq) = p.b.replica_position("tokyo").unwrap();
+        let mut bad: Vec<(String, u64)> = users(5, "t").into_iter().collect();
+        bad[0].1 = 7;
+        let d = crate::directory::Digest::of(bad.iter().map(|(u, e)| (u.as_str(), *e)));
+        p.b.apply_snapshot("tokyo", inc, seq, bad, d).unwrap();
+        assert_ne!(p.b.replica_digest("tokyo"), Some(p.a.own_digest()));
+        // tokyo's digest timer fires.
+        let later = t0 + settings().digest_interval;
+        let acts = p.sa.on_tick(&p.a, later);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Send(Msg::Digest { .. })))
+        );
+        p.pump(acts, vec![], later);
+        assert!(p.notes_b.contains(&Note::DigestMismatch), "{:?}", p.notes_b);
+        assert_eq!(p.b.replica_digest("tokyo"), Some(p.a.own_digest()));
+        // The next comparison finds them equal.
+        p.notes_b.clear();
+        let later2 = later + settings().digest_interval;
+        let acts = p.sa.on_tick(&p.a, later2);
+        p.pump(acts, vec![], later2);
+        assert!(p.notes_b.contains(&Note::Reconciled), "{:?}", p.notes_b);
+        assert!(!p.notes_b.contains(&Note::DigestMismatch));
+    }
+
+    #[test]
+    fn consistency_mismatch_refuses_or_flags() {
+        let now = Instant::now();
+        let mk = || {
+            (
+                Directory::new("tokyo", 1, 10),
+                Directory::new("london", 2, 10),
+            )
+        };
+        let (a, b) = mk();
+        let mut p = Pair::new(a, b, "digest-1", "digest-2", settings(), now);
+        p.start(now);
+        assert!(!p.sa.is_up() && !p.sb.is_up());
+        assert!(
+            p.closed.iter().any(|f| f.kind == FailureKind::Consistency),
+            "{:?}",
+            p.closed
+        );
+        let (a, b) = mk();
+        let flag = SessionSettings {
+            on_mismatch: OnMismatch::Flag,
+            ..settings()
+        };
+        let mut p = Pair::new(a, b, "digest-1", "digest-2", flag, now);
+        p.start(now);
+        assert!(p.sa.is_up() && p.sb.is_up());
+        assert!(p.sa.flagged().unwrap().contains("digest-2"));
+        assert!(p.closed.is_empty());
+    }
+
+    #[test]
+    fn the_wrong_cluster_name_or_a_missing_hello_closes_the_link() {
+        let now = Instant::now();
+        let mut d = Directory::new("tokyo", 1, 10);
+        let mut s = Session::new("london", "c", settings(), now);
+        let acts = s.on_msg(
+            Msg::Hello {
+                cluster: "paris".into(),
+                incarnation: 1,
+                seq: 0,
+                consistency: "c".into(),
+            },
+            &mut d,
+            now,
+        );
+        assert!(matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::CertName));
+        let mut s = Session::new("london", "c", settings(), now);
+        let acts = s.on_msg(Msg::Pong, &mut d, now);
+        assert!(matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::Protocol));
+    }
+
+    #[test]
+    fn heartbeats_and_timeout() {
+        let t0 = Instant::now();
+        let d = Directory::new("tokyo", 1, 10);
+        let s0 = settings();
+        let mut s = Session::new("london", "c", s0.clone(), t0);
+        assert!(s.on_tick(&d, t0).is_empty());
+        let acts = s.on_tick(&d, t0 + s0.heartbeat);
+        assert_eq!(acts, vec![Action::Send(Msg::Ping { seq: 0 })]);
+        assert!(s.next_deadline() <= t0 + s0.timeout);
+        let acts = s.on_tick(&d, t0 + s0.timeout);
+        assert!(matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::Timeout));
+    }
+
+    #[test]
+    fn lag_is_measured_while_the_replica_is_behind() {
+        let t0 = Instant::now();
+        let mut a = Directory::new("tokyo", 1, 100);
+        a.set_own(&users(2, "t"));
+        let b = Directory::new("london", 2, 100);
+        let mut p = Pair::new(a, b, "c", "c", settings(), t0);
+        p.start(t0);
+        assert_eq!(p.sb.lag(t0), Duration::ZERO);
+        // A ping advertises a head london does not have yet.
+        let t1 = t0 + Duration::from_secs(1);
+        p.sb.on_msg(Msg::Ping { seq: p.a.seq() + 5 }, &mut p.b, t1);
+        assert_eq!(
+            p.sb.lag(t1 + Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        let mut u = users(2, "t");
+        for i in 0..5 {
+            u.insert(format!("n{i}@x"), 1);
+        }
+        p.a.set_own(&u);
+        let acts = p.sa.on_local_change(&p.a);
+        p.pump(acts, vec![], t1);
+        assert_eq!(p.sb.lag(t1 + Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    #[test]
+    fn routed_stanzas_are_delivered_and_a_bad_snapshot_closes() {
+        let now = Instant::now();
+        let mut d = Directory::new("london", 1, 10);
+        let mut s = Session::new("tokyo", "c", settings(), now);
+        s.on_msg(
+            Msg::Hello {
+                cluster: "tokyo".into(),
+                incarnation: 4,
+                seq: 0,
+                consistency: "c".into(),
+            },
+            &mut d,
+            now,
+        );
+        let r = Routed {
+            hops: 0,
+            recipients: vec![],
+            stanza: fedgate_s2s::element::Element::new("message", ""),
+        };
+        assert_eq!(
+            s.on_msg(Msg::Route(r.clone()), &mut d, now),
+            vec![Action::Deliver(r)]
+        );
+        let acts = s.on_msg(
+            Msg::Entries {
+                origin: "tokyo".into(),
+                entries: vec![("a@x".into(), 1)],
+            },
+            &mut d,
+            now,
+        );
+        assert!(matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::Protocol));
+    }
+}

@@ -1,0 +1,201 @@
+//! Where a cluster's own users come from: the directory file, the LDAP source and admin
+//! assignments. Each source gives a set of (user, epoch); the own origin is their union, the
+//! highest epoch winning when two sources name the same user.
+//!
+//! Directory file format: one bare JID per line, optionally followed by whitespace and an
+//! ownership epoch (default 1); `#` starts a comment; blank lines are ignored. JIDs are
+//! lowercased.
+
+use std::collections::{BTreeMap, HashMap};
+
+/// The epoch of a user listed without one.
+pub const DEFAULT_EPOCH: u64 = 1;
+
+/// A line of a directory file that is not a user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    #[error("line {line}: '{text}' is not a bare JID (user@domain)")]
+    BadJid { line: usize, text: String },
+    #[error("line {line}: '{text}' is not an epoch (a positive integer)")]
+    BadEpoch { line: usize, text: String },
+    #[error("line {line}: unexpected '{text}' after the epoch")]
+    Trailing { line: usize, text: String },
+}
+
+/// Whether `s` looks like a bare JID: `local@domain`, no resource, no spaces.
+pub fn is_bare_jid(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((l, d)) => {
+            !l.is_empty()
+                && !d.is_empty()
+                && !d.contains('@')
+                && !s.contains(['/', ' ', '\t', '<', '>', '\'', '"', '&'])
+        }
+        None => false,
+    }
+}
+
+/// Parses a directory file.
+pub fn parse_user_file(text: &str) -> Result<HashMap<String, u64>, SourceError> {
+    let mut out = HashMap::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let mut words = content.split_whitespace();
+        let jid = words.next().unwrap_or_default();
+        if !is_bare_jid(jid) {
+            return Err(SourceError::BadJid {
+                line,
+                text: jid.to_owned(),
+            });
+        }
+        let epoch = match words.next() {
+            None => DEFAULT_EPOCH,
+            Some(w) => match w.parse::<u64>() {
+                Ok(e) if e > 0 => e,
+                _ => {
+                    return Err(SourceError::BadEpoch {
+                        line,
+                        text: w.to_owned(),
+                    });
+                }
+            },
+        };
+        if let Some(extra) = words.next() {
+            return Err(SourceError::Trailing {
+                line,
+                text: extra.to_owned(),
+            });
+        }
+        let e = out.entry(jid.to_ascii_lowercase()).or_insert(epoch);
+        *e = (*e).max(epoch);
+    }
+    Ok(out)
+}
+
+/// The user sets of every source, by source name ("file", "ldap", "admin").
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    by_source: BTreeMap<String, HashMap<String, u64>>,
+}
+
+impl Sources {
+    /// Replaces what `source` provides.
+    pub fn set(&mut self, source: &str, users: HashMap<String, u64>) {
+        self.by_source.insert(source.to_owned(), users);
+    }
+
+    /// Adds or changes one user of `source`.
+    pub fn put(&mut self, source: &str, user: &str, epoch: u64) {
+        self.by_source
+            .entry(source.to_owned())
+            .or_default()
+            .insert(user.to_ascii_lowercase(), epoch);
+    }
+
+    /// Removes one user of `source`; whether it was there.
+    pub fn remove(&mut self, source: &str, user: &str) -> bool {
+        self.by_source
+            .get_mut(source)
+            .is_some_and(|m| m.remove(&user.to_ascii_lowercase()).is_some())
+    }
+
+    /// The union, highest epoch per user.
+    pub fn merged(&self) -> HashMap<String, u64> {
+        let mut out: HashMap<String, u64> = HashMap::new();
+        for users in self.by_source.values() {
+            for (u, e) in users {
+                let v = out.entry(u.clone()).or_insert(*e);
+                *v = (*v).max(*e);
+            }
+        }
+        out
+    }
+
+    /// Number of users per source.
+    pub fn counts(&self) -> BTreeMap<String, usize> {
+        self.by_source
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_directory_file_has_jids_optional_epochs_and_comments() {
+        let text = "# tokyo's users\n\nAlice@Example.test\nbob@example.test 3  # moved here\n  carol@example.test\t2\nalice@example.test 2\n";
+        let u = parse_user_file(text).unwrap();
+        assert_eq!(u.len(), 3);
+        assert_eq!(u["alice@example.test"], 2);
+        assert_eq!(u["bob@example.test"], 3);
+        assert_eq!(u["carol@example.test"], 2);
+    }
+
+    #[test]
+    fn bad_lines_are_named() {
+        assert_eq!(
+            parse_user_file("a@x\nexample.test\n"),
+            Err(SourceError::BadJid {
+                line: 2,
+                text: "example.test".into()
+            })
+        );
+        assert_eq!(
+            parse_user_file("a@x/res\n"),
+            Err(SourceError::BadJid {
+                line: 1,
+                text: "a@x/res".into()
+            })
+        );
+        assert_eq!(
+            parse_user_file("a@x zero\n"),
+            Err(SourceError::BadEpoch {
+                line: 1,
+                text: "zero".into()
+            })
+        );
+        assert_eq!(
+            parse_user_file("a@x 0\n"),
+            Err(SourceError::BadEpoch {
+                line: 1,
+                text: "0".into()
+            })
+        );
+        assert_eq!(
+            parse_user_file("a@x 1 2\n"),
+            Err(SourceError::Trailing {
+                line: 1,
+                text: "2".into()
+            })
+        );
+    }
+
+    #[test]
+    fn sources_merge_with_the_highest_epoch() {
+        let mut s = Sources::default();
+        s.set(
+            "file",
+            HashMap::from([("a@x".into(), 1), ("b@x".into(), 1)]),
+        );
+        s.set(
+            "ldap",
+            HashMap::from([("b@x".into(), 1), ("c@x".into(), 1)]),
+        );
+        s.put("admin", "A@X", 5);
+        let m = s.merged();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m["a@x"], 5);
+        assert!(s.remove("admin", "a@x"));
+        assert!(!s.remove("admin", "a@x"));
+        assert_eq!(s.merged()["a@x"], 1);
+        assert_eq!(s.counts()["ldap"], 2);
+    }
+}
