@@ -249,6 +249,11 @@ impl Dialog {
         Ok(())
     }
 
+    /// The Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.id.call_id
+    }
+
     /// Our URI (From of our requests), as written.
     pub fn local_uri(&self) -> &str {
         self.local.uri()
