@@ -352,6 +352,14 @@ impl S2sResolver {
         })
     }
 
+    /// SRV answers of `<service>._tcp.<domain>` (e.g. `_sipfederationtls`), unordered;
+    /// NXDOMAIN/NODATA give an empty list. Shares this resolver's cache and servers with s2s.
+    pub async fn srv(&self, service: &str, domain: &str) -> Result<Vec<SrvRecord>, DnsError> {
+        let base = absolute_name(&normalize_domain(domain))?;
+        let name = srv_name(service, &base)?;
+        self.srv_query(name, true).await
+    }
+
     /// Both SRV queries concurrently. The outer error is for an invalid domain; the inner
     /// results are per query, with "no records" mapped to an empty list.
     #[allow(clippy::type_complexity)]

@@ -1,0 +1,156 @@
+//! The bridge's transactions: the RFC 3261 [`TransactionLayer`] plus, for each request the
+//! bridge sends, what to do with its final response (or with Timer B/F, which stands for a
+//! `408`).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use fedgate_s2s::element::Element;
+
+use crate::msg::SipMessage;
+use crate::txn::{
+    ClientTxnId, RequestMatch, ServerTxnId, Timeout, TransactionLayer, TxnConfig, TxnError,
+};
+
+/// Why a request was sent: what to do with its final response.
+#[derive(Debug, Clone)]
+pub(crate) enum Ctx {
+    /// Page-mode MESSAGE carrying `stanza`.
+    Page {
+        partner: String,
+        stanza: Element,
+    },
+    /// INVITE opening the session `key`.
+    Invite {
+        partner: String,
+        key: (String, String),
+    },
+    /// In-dialog MESSAGE of session `key`.
+    SessionMessage {
+        partner: String,
+        key: (String, String),
+        stanza: Element,
+    },
+    Bye {
+        partner: String,
+    },
+    /// SUBSCRIBE of local user `key.0` to partner user `key.1`.
+    Subscribe {
+        partner: String,
+        key: (String, String),
+        kind: SubscribeKind,
+    },
+    /// NOTIFY to watcher `key` = (partner user, local user).
+    Notify {
+        partner: String,
+        key: (String, String),
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscribeKind {
+    New,
+    Refresh,
+    Unsubscribe,
+    /// A one-off `Expires: 0` fetch for a probe.
+    Fetch,
+}
+
+impl Ctx {
+    pub fn partner(&self) -> &str {
+        match self {
+            Ctx::Page { partner, .. }
+            | Ctx::Invite { partner, .. }
+            | Ctx::SessionMessage { partner, .. }
+            | Ctx::Bye { partner }
+            | Ctx::Subscribe { partner, .. }
+            | Ctx::Notify { partner, .. } => partner,
+        }
+    }
+}
+
+/// The transaction layer plus what each client transaction was for.
+pub(crate) struct Pending {
+    layer: TransactionLayer,
+    ctx: HashMap<ClientTxnId, Ctx>,
+}
+
+impl Pending {
+    pub fn new(timeout: std::time::Duration) -> Self {
+        Self {
+            layer: TransactionLayer::new(TxnConfig {
+                t1: timeout / 64,
+                ..TxnConfig::default()
+            }),
+            ctx: HashMap::new(),
+        }
+    }
+
+    /// Registers a request we send (not ACK).
+    pub fn insert(&mut self, req: &SipMessage, ctx: Ctx, now: Instant) -> Result<(), TxnError> {
+        let id = self.layer.send_request(req, now)?;
+        self.ctx.insert(id, ctx);
+        Ok(())
+    }
+
+    /// A final response to one of our requests: what it was for, and the request. Provisional
+    /// responses and strays give `None`.
+    pub fn on_response(&mut self, resp: &SipMessage, now: Instant) -> Option<(Ctx, SipMessage)> {
+        let m = self.layer.on_response(resp, now)?;
+        if !m.is_final {
+            return None;
+        }
+        let ctx = self.ctx.remove(&m.id)?;
+        Some((ctx, m.request))
+    }
+
+    /// Client transactions whose Timer B/F fired, and server transactions done waiting.
+    pub fn expired(&mut self, now: Instant) -> Vec<(Ctx, SipMessage)> {
+        let mut out = Vec::new();
+        for t in self.layer.poll(now) {
+            if let Timeout::Client { id, request } = t
+                && let Some(ctx) = self.ctx.remove(&id)
+            {
+                out.push((ctx, request));
+            }
+        }
+        out
+    }
+
+    /// The client transaction of a request we could not send.
+    pub fn take(&mut self, req: &SipMessage) -> Option<(Ctx, SipMessage)> {
+        let (id, ctx) = self
+            .ctx
+            .iter()
+            .find(|(id, _)| branch_of(req).as_deref() == Some(id.branch()))
+            .map(|(id, c)| (id.clone(), c.clone()))?;
+        self.ctx.remove(&id);
+        // The layer's own copy times out harmlessly (no context left for it).
+        Some((ctx, req.clone()))
+    }
+
+    /// A request from a partner, transaction-wise.
+    pub fn on_request(&mut self, req: &SipMessage, now: Instant) -> Result<RequestMatch, TxnError> {
+        self.layer.on_request(req, now)
+    }
+
+    /// Records a response we send on a server transaction.
+    pub fn respond(&mut self, id: &ServerTxnId, resp: &SipMessage, now: Instant) {
+        if let Err(e) = self.layer.respond(id, resp, now) {
+            tracing::debug!(error = %e, "sip: response outside its transaction");
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.layer.next_deadline()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ctx.len()
+    }
+}
+
+fn branch_of(msg: &SipMessage) -> Option<String> {
+    let via = crate::hdr::Via::parse(msg.top_via()?).ok()?;
+    via.branch().map(str::to_owned)
+}

@@ -1,0 +1,363 @@
+//! The core task: owns the [`Bridge`], the table of connections and the outbound link per
+//! (partner, hosted domain); turns connection events, router stanzas and timers into bridge
+//! calls and carries out what the bridge asks.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fedgate_s2s::driver::{Origin, Stanza};
+use tokio::sync::{mpsc, watch};
+
+use super::FailureKind;
+use super::conn::{self, ConnId, Event, Shared};
+use crate::authz_store::AuthzStore;
+use crate::bridge::{Bridge, Dest, Out};
+use crate::msg::SipMessage;
+
+/// After a failed connection attempt, requests to the partner fail at once for this long.
+const FAIL_FAST: Duration = Duration::from_secs(5);
+/// Requests waiting for a connection to a partner.
+const MAX_WAITING: usize = 10_000;
+
+enum Link {
+    Connecting(Vec<SipMessage>),
+    Up(ConnId),
+    Failed {
+        until: Instant,
+        kind: FailureKind,
+        detail: String,
+    },
+}
+
+struct ConnState {
+    tx: mpsc::Sender<Vec<u8>>,
+    outbound: Option<(String, String)>,
+}
+
+pub(crate) struct Core {
+    shared: Arc<Shared>,
+    bridge: Bridge,
+    conns: HashMap<ConnId, ConnState>,
+    links: HashMap<(String, String), Link>,
+    status: watch::Sender<serde_json::Value>,
+    last_status: Instant,
+}
+
+impl Core {
+    pub fn new(
+        shared: Arc<Shared>,
+        authz_path: Option<PathBuf>,
+        status: watch::Sender<serde_json::Value>,
+    ) -> Result<Self, String> {
+        let store = match authz_path {
+            Some(p) => Some(AuthzStore::open(&p).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let mut cfg = shared.settings.bridge.clone();
+        cfg.hosted = shared.ctx.hosted.iter().cloned().collect();
+        for (d, p) in &shared.settings.partners {
+            if let Some(f) = p.flavor {
+                cfg.flavors.insert(d.clone(), f);
+            }
+        }
+        Ok(Self {
+            bridge: Bridge::new(cfg, store),
+            shared,
+            conns: HashMap::new(),
+            links: HashMap::new(),
+            status,
+            last_status: Instant::now(),
+        })
+    }
+
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Event>,
+        mut stanzas: mpsc::Receiver<Stanza>,
+    ) {
+        let mut shutdown = self.shared.ctx.shutdown_signal();
+        let outs = self.bridge.restore(Instant::now());
+        self.apply(outs, &mut stanzas);
+        loop {
+            let deadline = self
+                .bridge
+                .next_deadline()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_event(ev, &mut stanzas),
+                    None => return,
+                },
+                st = stanzas.recv() => match st {
+                    Some(st) => {
+                        let outs = self.bridge.on_stanza(st.el, Instant::now());
+                        self.apply(outs, &mut stanzas);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    let outs = self.bridge.poll(Instant::now());
+                    self.apply(outs, &mut stanzas);
+                }
+                _ = shutdown.changed() => return,
+            }
+            if self.last_status.elapsed() >= Duration::from_millis(250) {
+                self.publish_status();
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        self.last_status = Instant::now();
+        let mut v = self.bridge.status();
+        let links: serde_json::Map<String, serde_json::Value> = self
+            .links
+            .iter()
+            .map(|((remote, local), l)| {
+                let state = match l {
+                    Link::Connecting(q) => serde_json::json!({"state": "connecting", "queued": q.len()}),
+                    Link::Up(_) => serde_json::json!({"state": "up"}),
+                    Link::Failed { kind, detail, .. } => {
+                        serde_json::json!({"state": "failed", "kind": kind.as_str(), "error": detail})
+                    }
+                };
+                (format!("{local}->{remote}"), state)
+            })
+            .collect();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("links".into(), links.into());
+            o.insert("connections".into(), self.conns.len().into());
+        }
+        for (partner, sessions, subs) in self.bridge.dialog_counts() {
+            let p = self.shared.metrics.partner_label(&partner);
+            self.shared
+                .metrics
+                .dialogs
+                .with_label_values(&[p.as_str(), "session"])
+                .set(sessions as i64);
+            self.shared
+                .metrics
+                .dialogs
+                .with_label_values(&[p.as_str(), "subscription"])
+                .set(subs as i64);
+        }
+        let _ = self.status.send(v);
+    }
+
+    fn on_event(&mut self, ev: Event, stanzas: &mut mpsc::Receiver<Stanza>) {
+        match ev {
+            Event::Up {
+                id,
+                tx,
+                outbound,
+                addr,
+            } => {
+                tracing::debug!(id, %addr, ?outbound, "sip: connection up");
+                if let Some(key) = &outbound
+                    && let Some(Link::Connecting(queue)) =
+                        self.links.insert(key.clone(), Link::Up(id))
+                {
+                    for msg in queue {
+                        let _ = tx.try_send(msg.to_bytes());
+                    }
+                }
+                if outbound.is_none() {
+                    self.shared
+                        .metrics
+                        .connections
+                        .with_label_values(&["in"])
+                        .inc();
+                }
+                self.conns.insert(id, ConnState { tx, outbound });
+            }
+            Event::Down { id, reason } => {
+                tracing::debug!(id, %reason, "sip: connection down");
+                if let Some(c) = self.conns.remove(&id) {
+                    match c.outbound {
+                        Some(key) => {
+                            if matches!(self.links.get(&key), Some(Link::Up(i)) if *i == id) {
+                                self.links.remove(&key);
+                            }
+                        }
+                        None => {
+                            self.shared
+                                .metrics
+                                .connections
+                                .with_label_values(&["in"])
+                                .dec();
+                        }
+                    }
+                }
+            }
+            Event::ConnectFailed {
+                remote,
+                local,
+                kind,
+                detail,
+            } => {
+                let key = (remote, local);
+                let queue = match self.links.insert(
+                    key,
+                    Link::Failed {
+                        until: Instant::now() + FAIL_FAST,
+                        kind,
+                        detail: detail.clone(),
+                    },
+                ) {
+                    Some(Link::Connecting(q)) => q,
+                    _ => Vec::new(),
+                };
+                let mut outs = Vec::new();
+                for msg in queue {
+                    outs.extend(self.bridge.on_send_failed(&msg, kind.as_str(), &detail));
+                }
+                self.apply(outs, stanzas);
+            }
+            Event::Message { id, msg, partner } => {
+                let now = Instant::now();
+                let outs = if msg.is_request() {
+                    let partner = partner.unwrap_or_default();
+                    self.bridge.on_request(id, &partner, msg, now)
+                } else {
+                    self.count_transaction(&msg, "out", "To");
+                    self.bridge.on_response(msg, now)
+                };
+                self.apply(outs, stanzas);
+            }
+        }
+    }
+
+    /// Carries out the bridge's actions; stanzas go to the router, whose synchronous bounces
+    /// come back on `stanzas` and are handed to the bridge before it settles the requests
+    /// that are still waiting (so a bounced stanza's request gets its error, not `200`).
+    fn apply(&mut self, outs: Vec<Out>, stanzas: &mut mpsc::Receiver<Stanza>) {
+        let mut routed = false;
+        let mut work = outs;
+        loop {
+            for o in std::mem::take(&mut work) {
+                match o {
+                    Out::Sip { dest, msg } => self.send(dest, msg, &mut work),
+                    Out::Xmpp { el, local, remote } => {
+                        routed = true;
+                        let size = el.to_bytes().len();
+                        self.shared
+                            .metrics
+                            .translated
+                            .with_label_values(&["sip-to-xmpp", el.name.as_str()])
+                            .inc();
+                        self.shared.ctx.sink().route(Stanza {
+                            el,
+                            size,
+                            origin: Origin::Sip { local, remote },
+                        });
+                    }
+                }
+            }
+            // Bounces the router produced while we routed.
+            while let Ok(st) = stanzas.try_recv() {
+                work.extend(self.bridge.on_stanza(st.el, Instant::now()));
+            }
+            if work.is_empty() {
+                if routed {
+                    routed = false;
+                    work = self.bridge.settle();
+                    if work.is_empty() {
+                        return;
+                    }
+                } else {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, dest: Dest, msg: SipMessage, work: &mut Vec<Out>) {
+        let (remote, local) = match dest {
+            Dest::Conn(id) => {
+                self.write(id, &msg);
+                return;
+            }
+            Dest::Prefer {
+                conn,
+                remote,
+                local,
+            } => {
+                if self.conns.contains_key(&conn) {
+                    self.write(conn, &msg);
+                    return;
+                }
+                (remote, local)
+            }
+            Dest::Partner { remote, local } => (remote, local),
+        };
+        if msg.is_request() {
+            self.shared
+                .metrics
+                .translated
+                .with_label_values(&["xmpp-to-sip", msg.method().unwrap_or("")])
+                .inc();
+        }
+        let key = (remote, local);
+        match self.links.get_mut(&key) {
+            Some(Link::Up(id)) => {
+                let id = *id;
+                self.write(id, &msg);
+            }
+            Some(Link::Connecting(q)) => {
+                if q.len() < MAX_WAITING {
+                    q.push(msg);
+                } else {
+                    work.extend(self.bridge.on_send_failed(
+                        &msg,
+                        "limit",
+                        "too many requests waiting for the connection",
+                    ));
+                }
+            }
+            Some(Link::Failed {
+                until,
+                kind,
+                detail,
+            }) if *until > Instant::now() => {
+                let (kind, detail) = (kind.as_str(), detail.clone());
+                work.extend(self.bridge.on_send_failed(&msg, kind, &detail));
+            }
+            _ => {
+                self.links.insert(key.clone(), Link::Connecting(vec![msg]));
+                tokio::spawn(conn::connect(self.shared.clone(), key.0, key.1));
+            }
+        }
+    }
+
+    /// Counts a final response: `direction` "in" for requests partners sent us (the partner is
+    /// in `From`), "out" for ours (the partner is in `To`).
+    fn count_transaction(&self, resp: &SipMessage, direction: &str, partner_header: &str) {
+        let Some(code) = resp.code().filter(|c| *c >= 200) else {
+            return;
+        };
+        let partner = resp
+            .header(partner_header)
+            .and_then(|v| crate::hdr::NameAddr::parse(v).ok())
+            .and_then(|na| crate::address::SipUri::parse(na.uri()).ok())
+            .map(|u| u.host.to_ascii_lowercase())
+            .unwrap_or_default();
+        let method = resp.cseq().map(|(_, m)| m.to_owned()).unwrap_or_default();
+        self.shared
+            .metrics
+            .transaction(&partner, direction, &method, code);
+    }
+
+    fn write(&mut self, id: ConnId, msg: &SipMessage) {
+        if !msg.is_request() {
+            self.count_transaction(msg, "in", "From");
+        }
+        if let Some(c) = self.conns.get(&id)
+            && c.tx.try_send(msg.to_bytes()).is_err()
+        {
+            tracing::warn!(id, "sip: connection queue full; message dropped");
+        }
+    }
+}
