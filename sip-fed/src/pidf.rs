@@ -201,6 +201,11 @@ fn pick_lang<'a>(
 }
 
 impl XmppPresence {
+    /// An unavailable presence with nothing else set.
+    pub fn unavailable() -> Self {
+        Self::default()
+    }
+
     /// Read an XMPP `<presence/>` stanza. Subscription types (`subscribe`, `probe`, …) and
     /// `error` are refused with [`PidfError::NotAvailability`]. An unparsable `<priority/>`
     /// counts as 0.
@@ -642,7 +647,7 @@ mod tests {
         assert_eq!(XmppPresence::from_element(&back).unwrap(), p);
         assert_eq!(back.attr("type"), None);
 
-        let off = pres(false, None, 0).to_element("a@x.test", "b@y.test");
+        let off = XmppPresence::unavailable().to_element("a@x.test", "b@y.test");
         assert_eq!(off.attr("type"), Some("unavailable"));
         assert!(!XmppPresence::from_element(&off).unwrap().available);
 
