@@ -1107,4 +1107,59 @@ mod tests {
         assert!(!exceeds_page_mode(1300));
         assert!(exceeds_page_mode(1301));
     }
+
+    #[test]
+    fn random_markup_never_panics() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        const PIECES: &[&str] = &[
+            "<",
+            ">",
+            "</",
+            "/>",
+            "<!--",
+            "-->",
+            "<!",
+            "<?",
+            "&",
+            ";",
+            "&#",
+            "&#x",
+            "amp",
+            "\"",
+            "'",
+            "=",
+            " ",
+            "\n",
+            "a",
+            "p",
+            "br",
+            "script",
+            "<script>",
+            "</script",
+            "href",
+            "https://x.test",
+            "ü",
+            "中",
+            "--b",
+            "\r\n",
+            "Content-Type: text/html",
+            "base64",
+        ];
+        let mut rng = StdRng::seed_from_u64(7572);
+        for _ in 0..3000 {
+            let n = rng.random_range(0..40);
+            let s: String = (0..n)
+                .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+                .collect();
+            // Output is plain text (escaped when put into a stanza): only panics matter here.
+            let _ = html_to_text(&s);
+            let _ = xhtml_im(&s);
+            let _ = strip_url_duplicates(&s);
+            let _ = body_to_text("multipart/alternative; boundary=b", s.as_bytes());
+            let _ = decode_ms_text_format(&s);
+            let _ = crate::pidf::from_pidf(s.as_bytes());
+            let _ = crate::address::SipUri::parse(&s);
+        }
+    }
 }
