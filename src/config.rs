@@ -34,6 +34,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     #[serde(default)]
     pub internal: InternalConfig,
+    /// SIP federation (`[sip]`, see `crate::sip_config`).
+    #[serde(default)]
+    pub sip: crate::sip_config::SipConfig,
     /// Where the file came from (not a key).
     #[serde(skip)]
     pub source: String,
@@ -284,6 +287,7 @@ impl Config {
             .with_list_parse_key("s2s.auth_methods")
             .with_list_parse_key("dns.nameservers")
             .with_list_parse_key("internal.upstream")
+            .with_list_parse_key("sip.listen")
             .with_list_parse_key("tls.trust_anchors")
             .with_list_parse_key("tls.crls")
             .source(Some(env.clone().into_iter().collect()));
@@ -323,6 +327,11 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(p) = &mut cfg.sip.authz_store
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
         if let Some(p) = &mut cfg.tls.dane_trust_anchor
             && p.is_relative()
@@ -454,6 +463,7 @@ impl Config {
                     .map_err(|_| err(f, key, format!("'{a}' is not an ip:port address")))?;
             }
         }
+        self.sip.validate().map_err(|(k, m)| err(f, k, m))?;
         if self.s2s.listen.is_empty() && self.s2s.direct_tls_listen.is_empty() {
             return Err(err(f, "s2s.listen", "no s2s listen address"));
         }

@@ -21,6 +21,8 @@ use crate::config::Config;
 use crate::http::HttpState;
 use crate::policy_runtime::PolicyRuntime;
 use crate::router::Router;
+use crate::sip_route::SipRoute;
+use fedgate_sip::driver::SipFed;
 
 pub struct Gateway {
     pub ctx: Arc<S2sContext>,
@@ -39,6 +41,10 @@ pub struct Gateway {
     pub internal_addr: Option<SocketAddr>,
     /// The internal resolver (stopped when the gateway is dropped).
     pub internal_resolver: Option<crate::internal_dns::InternalResolver>,
+    /// SIP federation, when configured.
+    pub sip: Option<Arc<SipRoute>>,
+    /// Where the SIP/TLS listeners are bound.
+    pub sip_addrs: Vec<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -235,13 +241,37 @@ impl Gateway {
                 .map(|d| d.name.clone())
                 .collect(),
         );
-        ctx.set_sink(Arc::new(Router::new(
+        let router = Arc::new(Router::new(
             ctx.clone(),
             pool.clone(),
             components.clone(),
             policy.clone(),
             internal_domains.clone(),
-        )));
+        ));
+        ctx.set_sink(router.clone());
+        let sip = if cfg.sip.enabled() {
+            let first = cfg.domains.first().map_or("localhost", |d| d.name.as_str());
+            let settings = cfg.sip.settings(first);
+            let partners: HashSet<String> = settings.partners.keys().cloned().collect();
+            let link = SipFed::start(
+                ctx.clone(),
+                settings,
+                cfg.sip.authz_store.clone(),
+                &registry,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: sip: {e}", cfg.source))?;
+            policy.set_sip_partners(partners.clone());
+            let route = Arc::new(SipRoute::new(link, partners, cfg.sip.discover));
+            router.set_sip(route.clone());
+            Some(route)
+        } else {
+            None
+        };
+        let sip_addrs = sip
+            .as_ref()
+            .map(|s| s.link.addrs.clone())
+            .unwrap_or_default();
         let watcher = if cfg.policy.watch.unwrap_or(true) {
             crate::policy_runtime::watch(policy.clone())
         } else {
@@ -252,6 +282,7 @@ impl Gateway {
             ctx: ctx.clone(),
             pool: pool.clone(),
             components: components.clone(),
+            sip: sip.clone(),
         });
 
         let mut tasks = Vec::new();
@@ -369,6 +400,8 @@ impl Gateway {
             metrics_addr,
             internal_addr,
             internal_resolver,
+            sip,
+            sip_addrs,
             tasks,
         })
     }

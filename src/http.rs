@@ -15,6 +15,8 @@ pub struct HttpState {
     pub ctx: Arc<S2sContext>,
     pub pool: Arc<Pool>,
     pub components: Arc<Components>,
+    /// SIP federation, when configured.
+    pub sip: Option<Arc<crate::sip_route::SipRoute>>,
 }
 
 pub async fn serve(state: Arc<HttpState>, listener: TcpListener) {
@@ -112,10 +114,14 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
         .collect();
     let mut hosted: Vec<_> = state.ctx.hosted.iter().cloned().collect();
     hosted.sort();
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "hosted_domains": hosted,
         "components_connected": state.components.connected(),
         "outbound_links": state.pool.len(),
         "remote_domains": domains,
-    })
+    });
+    if let (Some(sip), Some(o)) = (&state.sip, doc.as_object_mut()) {
+        o.insert("sip".into(), sip.link.status());
+    }
+    doc
 }

@@ -22,5 +22,7 @@ pub mod policy_runtime;
 pub mod probe;
 pub mod provers;
 pub mod router;
+pub mod sip_config;
+pub mod sip_route;
 pub mod testdns;
 pub mod testhttps;

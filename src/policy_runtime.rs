@@ -80,6 +80,8 @@ pub struct PolicyRuntime {
     partner_verifiers: Mutex<HashMap<Vec<PathBuf>, Option<Arc<PeerVerifier>>>>,
     /// Builds a verifier from anchors with the gateway's other settings (EKU, CRLs).
     verifier_builder: std::sync::OnceLock<VerifierBuilder>,
+    /// Domains configured as SIP partners (`[[sip.partners]]`).
+    sip_partners: std::sync::OnceLock<std::collections::HashSet<String>>,
 }
 
 /// How the gateway turns trust anchors into a peer verifier.
@@ -136,6 +138,7 @@ impl PolicyRuntime {
             buckets: Mutex::new(HashMap::new()),
             partner_verifiers: Mutex::new(HashMap::new()),
             verifier_builder: std::sync::OnceLock::new(),
+            sip_partners: std::sync::OnceLock::new(),
         });
         rt.loaded("active", &rt.active.load(), &active_warnings, "start");
         if let Some(s) = &rt.shadow {
@@ -155,6 +158,21 @@ impl PolicyRuntime {
     /// How per-partner verifiers are built (set once by the gateway).
     pub fn set_verifier_builder(&self, b: VerifierBuilder) {
         let _ = self.verifier_builder.set(b);
+    }
+
+    pub fn set_sip_partners(&self, partners: std::collections::HashSet<String>) {
+        let _ = self.sip_partners.set(partners);
+    }
+
+    /// Whether `domain` federates over SIP: a configured SIP partner, or `protocol = "sip"`
+    /// in the policy.
+    pub fn is_sip_domain(&self, domain: &str) -> bool {
+        self.sip_partners.get().is_some_and(|p| p.contains(domain))
+            || self
+                .settings(domain, Direction::Inbound)
+                .protocol
+                .as_deref()
+                == Some("sip")
     }
 
     pub fn active(&self) -> Arc<Policy> {
@@ -343,6 +361,12 @@ fn dir(inbound: bool) -> Direction {
 
 impl Gatekeeper for PolicyRuntime {
     fn admit(&self, remote: &str, local: &str, inbound: bool) -> Result<(), String> {
+        if inbound && self.is_sip_domain(remote) {
+            // A domain is never reached over both protocols.
+            return Err(format!(
+                "policy: {remote} federates over SIP here, not XMPP"
+            ));
+        }
         let Some(d) = self.decide(remote, local, Kind::Stream, dir(inbound)) else {
             return Ok(());
         };

@@ -13,6 +13,7 @@ use fedgate_s2s::wire::{ErrorType, stanza_domains};
 
 use crate::classify::classify;
 use crate::policy_runtime::PolicyRuntime;
+use crate::sip_route::{Choice, SipRoute};
 
 pub struct Router {
     ctx: Arc<S2sContext>,
@@ -21,6 +22,8 @@ pub struct Router {
     policy: Arc<PolicyRuntime>,
     /// Hosted domains served by our own IM server over the internal link.
     internal: Arc<std::collections::HashSet<String>>,
+    /// SIP federation, when configured.
+    sip: std::sync::OnceLock<Arc<SipRoute>>,
 }
 
 impl Router {
@@ -37,7 +40,13 @@ impl Router {
             components,
             policy,
             internal,
+            sip: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Routes stanzas for SIP partners over `sip` from now on.
+    pub fn set_sip(&self, sip: Arc<SipRoute>) {
+        let _ = self.sip.set(sip);
     }
 
     /// Per-stanza policy for a stanza crossing the federation boundary. `remote`/`local` are
@@ -69,17 +78,23 @@ impl Router {
                 );
                 return Err(());
             }
-            let protocol = settings.protocol.as_deref().unwrap_or("xmpp");
-            if protocol != "xmpp" {
+            if settings.protocol.as_deref() == Some("sip") && self.sip.get().is_none() {
                 self.ctx.bounce(
                     st,
                     ErrorType::Cancel,
                     "service-unavailable",
                     "policy",
-                    &format!("fedgate: policy: {remote} federates over {protocol}, which this gateway does not provide yet"),
+                    &format!("fedgate: policy: {remote} federates over SIP, and SIP federation is not configured here ([sip])"),
                 );
                 return Err(());
             }
+        } else if matches!(st.origin, Origin::Sip { .. })
+            && settings.protocol.as_deref() == Some("xmpp")
+        {
+            // A domain is never reached over both protocols: the policy says XMPP.
+            self.ctx
+                .bounce(st, ErrorType::Cancel, "service-unavailable", "policy", "");
+            return Err(());
         }
         if let Some(max) = settings.max_stanza_bytes
             && st.size > max
@@ -189,6 +204,14 @@ impl StanzaSink for Router {
                 // Inbound streams only carry pairs whose `to` is hosted; never relay.
                 self.ctx.metrics.dropped.with_label_values(&["relay"]).inc();
                 return;
+            }
+            if let Some(sip) = self.sip.get() {
+                let policy = self.policy.settings(&to, Direction::Outbound).protocol;
+                match sip.choose(&to, policy.as_deref()) {
+                    Choice::Sip => return sip.send(&self.ctx, st),
+                    Choice::Wait => return sip.park(&self.ctx, &to, st),
+                    Choice::Xmpp => {}
+                }
             }
             self.pool.send(&from, &to, st);
             return;

@@ -36,6 +36,9 @@ pub enum Origin {
     /// A SIP federation partner (the SIP link translated the request), for the pair
     /// (hosted `local`, partner `remote`).
     Sip { local: String, remote: String },
+    /// A peer cluster of the same domain (intercluster link), for delivery to a user hosted
+    /// here.
+    Intercluster { peer: String },
 }
 
 /// A stanza on its way through the router.
@@ -386,7 +389,7 @@ pub trait IdentityProver: Send + Sync + 'static {
 /// plus the policy's pins for the domain.
 /// The PKIX check of a peer's chain for `domain`: per-partner anchors from the policy
 /// replace the gateway's for that domain.
-fn pkix(
+pub fn pkix(
     verifier: &PeerVerifier,
     gate: &dyn Gatekeeper,
     peer: &PeerCert,

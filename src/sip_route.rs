@@ -1,0 +1,143 @@
+//! Which protocol reaches a remote domain, and the hand-off of stanzas to the SIP link.
+//!
+//! A domain is SIP when the policy says `protocol = "sip"`, when it is a configured
+//! `[[sip.partners]]` domain, or (with `sip.discover`) when DNS has
+//! `_sipfederationtls._tcp.<domain>` and no `_xmpp-server`/`_xmpps-server` records. XMPP wins
+//! whenever it is explicit or its records exist, so a domain is never reached over both. The
+//! discovery answer is cached for [`DISCOVERY_TTL`]; stanzas for a domain being looked up wait
+//! (bounded) and are routed again when the answer is in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fedgate_s2s::driver::{S2sContext, Stanza};
+use fedgate_s2s::wire::ErrorType;
+use fedgate_sip::driver::SipFed;
+use fedgate_sip::driver::discover::{Discovered, discover_protocol};
+
+/// How long a discovered protocol is remembered.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(600);
+/// Stanzas waiting for one domain's discovery.
+const MAX_WAITING: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Xmpp,
+    Sip,
+    /// Discovery is under way: park the stanza.
+    Wait,
+}
+
+pub struct SipRoute {
+    pub link: SipFed,
+    partners: HashSet<String>,
+    discover: bool,
+    cache: Mutex<HashMap<String, (bool, Instant)>>,
+    waiting: Mutex<HashMap<String, Vec<Stanza>>>,
+}
+
+impl SipRoute {
+    pub fn new(link: SipFed, partners: HashSet<String>, discover: bool) -> Self {
+        Self {
+            link,
+            partners,
+            discover,
+            cache: Mutex::default(),
+            waiting: Mutex::default(),
+        }
+    }
+
+    pub fn is_partner(&self, domain: &str) -> bool {
+        self.partners.contains(domain)
+    }
+
+    /// The protocol for `domain`, given the policy's `protocol` for it.
+    pub fn choose(&self, domain: &str, policy: Option<&str>) -> Choice {
+        match policy {
+            Some("sip") => return Choice::Sip,
+            Some(_) => return Choice::Xmpp,
+            None => {}
+        }
+        if self.partners.contains(domain) {
+            return Choice::Sip;
+        }
+        if !self.discover {
+            return Choice::Xmpp;
+        }
+        match self.cache.lock().expect("sip route lock").get(domain) {
+            Some((sip, at)) if at.elapsed() < DISCOVERY_TTL => {
+                if *sip {
+                    Choice::Sip
+                } else {
+                    Choice::Xmpp
+                }
+            }
+            _ => Choice::Wait,
+        }
+    }
+
+    /// Hands a stanza to the SIP link; a full queue bounces it.
+    pub fn send(&self, ctx: &S2sContext, st: Stanza) {
+        if let Err(st) = self.link.send(st) {
+            ctx.bounce(
+                &st,
+                ErrorType::Wait,
+                "resource-constraint",
+                "limit",
+                "fedgate: limit: the SIP link's queue is full",
+            );
+        }
+    }
+
+    /// Parks `st` until `domain`'s protocol is known, starting the lookup if needed.
+    pub fn park(self: &Arc<Self>, ctx: &Arc<S2sContext>, domain: &str, st: Stanza) {
+        let first = {
+            let mut w = self.waiting.lock().expect("sip route lock");
+            let q = w.entry(domain.to_owned()).or_default();
+            if q.len() >= MAX_WAITING {
+                drop(w);
+                ctx.bounce(
+                    &st,
+                    ErrorType::Wait,
+                    "resource-constraint",
+                    "limit",
+                    "fedgate: limit: too many stanzas wait for this domain's DNS lookup",
+                );
+                return;
+            }
+            q.push(st);
+            q.len() == 1
+        };
+        if !first {
+            return;
+        }
+        let (this, ctx, domain) = (self.clone(), ctx.clone(), domain.to_owned());
+        tokio::spawn(async move {
+            let sip = match discover_protocol(&ctx.resolver, &domain).await {
+                Ok(Discovered::Sip) => true,
+                Ok(_) => false,
+                Err(e) => {
+                    tracing::debug!(%domain, error = %e, "protocol discovery failed; using XMPP");
+                    false
+                }
+            };
+            if sip {
+                tracing::info!(%domain, "discovered a SIP federation domain (_sipfederationtls, no XMPP SRV)");
+            }
+            this.cache
+                .lock()
+                .expect("sip route lock")
+                .insert(domain.clone(), (sip, Instant::now()));
+            let parked = this
+                .waiting
+                .lock()
+                .expect("sip route lock")
+                .remove(&domain)
+                .unwrap_or_default();
+            for st in parked {
+                ctx.sink().route(st);
+            }
+        });
+    }
+}
