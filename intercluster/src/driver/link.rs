@@ -1,0 +1,477 @@
+//! One link: dialing (with backoff and jitter) or accepting, mutual TLS with the peer's cluster
+//! name checked in its certificate, the stream headers, then the session loop (reads, timers,
+//! own changes, queued stanzas) with a separate writer task so that two snapshots crossing on
+//! one link never block each other.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fedgate_certs::CertFailureKind;
+use fedgate_s2s::xml::{StreamEvent, StreamHeader, StreamParser};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::{Intercluster, Peer, lock, unix_now, with_default_port};
+use crate::failure::{FailureKind, LinkFailure};
+use crate::routing::pack;
+use crate::session::{Action, Note, Session};
+use crate::wire::{Msg, NS_INTERCLUSTER, STREAM_CLOSE, stream_header};
+
+fn fail(kind: FailureKind, detail: impl Into<String>) -> LinkFailure {
+    LinkFailure::new(kind, detail)
+}
+
+/// Logs and counts a failure of the link to `peer`.
+fn record(ic: &Intercluster, peer: Option<&Peer>, name: &str, f: &LinkFailure) {
+    ic.metrics
+        .failures
+        .with_label_values(&[name, f.kind.as_str()])
+        .inc();
+    tracing::warn!(peer = %name, kind = f.kind.as_str(), detail = %f.detail, "intercluster link failure");
+    if let Some(p) = peer {
+        lock(&p.status).last_error = Some((unix_now(), f.clone()));
+    }
+}
+
+/// The wait before attempt `attempt + 1`: doubling from `min` up to `max`, then a random
+/// point in its upper half (jitter, so that clusters do not reconnect in lockstep).
+pub fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
+    let base = min
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(max)
+        .max(Duration::from_millis(1));
+    let half = base / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+fn cert_failure(f: &fedgate_certs::CertFailure) -> LinkFailure {
+    let kind = match f.kind {
+        CertFailureKind::Name => FailureKind::CertName,
+        _ => FailureKind::CertChain,
+    };
+    fail(kind, f.to_string())
+}
+
+async fn read_header<S: AsyncRead + Unpin>(
+    io: &mut S,
+    parser: &mut StreamParser,
+    timeout: Duration,
+) -> Result<StreamHeader, LinkFailure> {
+    let work = async {
+        loop {
+            match parser.next_event() {
+                Ok(Some(StreamEvent::Open(h))) => {
+                    if h.default_ns != NS_INTERCLUSTER {
+                        return Err(fail(
+                            FailureKind::Protocol,
+                            format!(
+                                "stream namespace '{}' is not {NS_INTERCLUSTER}",
+                                h.default_ns
+                            ),
+                        ));
+                    }
+                    return Ok(h);
+                }
+                Ok(Some(_)) => return Err(fail(FailureKind::Protocol, "expected a stream header")),
+                Ok(None) => {}
+                Err(e) => return Err(fail(FailureKind::Protocol, e.to_string())),
+            }
+            match io.read_buf(parser.read_buf(4096)).await {
+                Ok(0) => return Err(fail(FailureKind::Closed, "closed before the stream header")),
+                Ok(n) => parser.commit_read(n),
+                Err(e) => return Err(fail(FailureKind::Closed, e.to_string())),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(fail(FailureKind::Timeout, "no stream header in time")))
+}
+
+/// Dials `peer` until it is removed or the gateway stops.
+pub(super) async fn dial_loop(ic: Arc<Intercluster>, peer: Arc<Peer>) {
+    let mut stop = peer.stop.subscribe();
+    let mut shutdown = ic.shutdown.subscribe();
+    let mut attempt = 0u32;
+    loop {
+        if *stop.borrow() || *shutdown.borrow() {
+            return;
+        }
+        let address = lock(&peer.address).clone();
+        match address {
+            Some(a) => {
+                let mut went_up = false;
+                if let Err(f) = dial_once(&ic, &peer, &a, &mut went_up).await {
+                    record(&ic, Some(&peer), &peer.name, &f);
+                }
+                if went_up {
+                    attempt = 0;
+                }
+            }
+            None => {
+                tracing::debug!(peer = %peer.name, "no address: waiting for the peer to connect")
+            }
+        }
+        if *stop.borrow() || *shutdown.borrow() {
+            return;
+        }
+        let wait = backoff(ic.settings.backoff_min, ic.settings.backoff_max, attempt);
+        attempt = attempt.saturating_add(1);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn dial_once(
+    ic: &Arc<Intercluster>,
+    peer: &Arc<Peer>,
+    address: &str,
+    went_up: &mut bool,
+) -> Result<(), LinkFailure> {
+    let target = with_default_port(address);
+    let timeout = ic.settings.connect_timeout;
+    let addrs: Vec<std::net::SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host(&target))
+            .await
+            .map_err(|_| fail(FailureKind::Dns, format!("{target}: lookup timed out")))?
+            .map_err(|e| fail(FailureKind::Dns, format!("{target}: {e}")))?
+            .collect();
+    let Some(sa) = addrs.first() else {
+        return Err(fail(FailureKind::Dns, format!("{target}: no address")));
+    };
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect(sa))
+        .await
+        .map_err(|_| fail(FailureKind::Connect, format!("{sa}: timed out")))?
+        .map_err(|e| fail(FailureKind::Connect, format!("{sa}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    let name = ServerName::try_from(peer.name.clone()).map_err(|e| {
+        fail(
+            FailureKind::CertName,
+            format!("'{}' is not a DNS name: {e}", peer.name),
+        )
+    })?;
+    let mut tls = tokio::time::timeout(timeout, ic.client_tls.connect(name, tcp))
+        .await
+        .map_err(|_| {
+            fail(
+                FailureKind::Timeout,
+                format!("{sa}: TLS handshake timed out"),
+            )
+        })?
+        .map_err(|e| fail(FailureKind::Tls, format!("{sa}: {e}")))?;
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    ic.verifier
+        .verify(&chain, &peer.name, false, UnixTime::now())
+        .map_err(|f| cert_failure(&f))?;
+    tls.write_all(&stream_header(&ic.settings.cluster, &peer.name))
+        .await
+        .map_err(|e| fail(FailureKind::Closed, e.to_string()))?;
+    let mut parser = StreamParser::new(ic.settings.limits);
+    let h = read_header(&mut tls, &mut parser, timeout).await?;
+    if h.from.as_deref() != Some(peer.name.as_str()) {
+        return Err(fail(
+            FailureKind::CertName,
+            format!("the stream is from {:?}, expected {}", h.from, peer.name),
+        ));
+    }
+    run_link(ic, peer, tls, parser, went_up).await
+}
+
+/// Accepts links until the gateway stops.
+pub(super) async fn accept_loop(ic: Arc<Intercluster>, listener: TcpListener) {
+    let mut shutdown = ic.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let Ok((sock, from)) = r else { continue };
+                let ic = ic.clone();
+                tokio::spawn(async move {
+                    if let Err((peer, f)) = accept_one(&ic, sock).await {
+                        let p = peer.as_deref().and_then(|n| ic.peer(n));
+                        let name = peer.unwrap_or_else(|| format!("unknown ({from})"));
+                        // Unknown callers are not a label value (unbounded): count them as one.
+                        let label = if p.is_some() { name.clone() } else { "unknown".to_owned() };
+                        ic.metrics.failures.with_label_values(&[&label, f.kind.as_str()]).inc();
+                        tracing::warn!(peer = %name, kind = f.kind.as_str(), detail = %f.detail, "intercluster link failure (inbound)");
+                        if let Some(p) = p {
+                            lock(&p.status).last_error = Some((unix_now(), f));
+                        }
+                    }
+                });
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn accept_one(
+    ic: &Arc<Intercluster>,
+    sock: TcpStream,
+) -> Result<(), (Option<String>, LinkFailure)> {
+    let _ = sock.set_nodelay(true);
+    let timeout = ic.settings.connect_timeout;
+    let mut tls = tokio::time::timeout(timeout, ic.server_tls.accept(sock))
+        .await
+        .map_err(|_| (None, fail(FailureKind::Timeout, "TLS handshake timed out")))?
+        .map_err(|e| (None, fail(FailureKind::Tls, e.to_string())))?;
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let mut parser = StreamParser::new(ic.settings.limits);
+    let h = read_header(&mut tls, &mut parser, timeout)
+        .await
+        .map_err(|f| (None, f))?;
+    let Some(name) = h.from.clone() else {
+        return Err((
+            None,
+            fail(FailureKind::Protocol, "stream header without 'from'"),
+        ));
+    };
+    let Some(peer) = ic.peer(&name) else {
+        return Err((
+            Some(name.clone()),
+            fail(
+                FailureKind::CertName,
+                format!("cluster '{name}' is not a configured peer"),
+            ),
+        ));
+    };
+    let named = Some(name.clone());
+    ic.verifier
+        .verify(&chain, &name, true, UnixTime::now())
+        .map_err(|f| (named.clone(), cert_failure(&f)))?;
+    tls.write_all(&stream_header(&ic.settings.cluster, &name))
+        .await
+        .map_err(|e| (named.clone(), fail(FailureKind::Closed, e.to_string())))?;
+    let mut went_up = false;
+    run_link(ic, &peer, tls, parser, &mut went_up)
+        .await
+        .map_err(|f| (named, f))
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    while let Some(b) = rx.recv().await {
+        if wr.write_all(&b).await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.write_all(STREAM_CLOSE).await;
+    let _ = wr.shutdown().await;
+}
+
+/// Carries out session actions; `Err` when the link must close.
+fn execute(
+    ic: &Intercluster,
+    peer: &Peer,
+    session: &Session,
+    acts: Vec<Action>,
+    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    went_up: &mut bool,
+) -> Result<(), LinkFailure> {
+    let mut out = Vec::new();
+    let mut closing = None;
+    let name = peer.name.as_str();
+    for a in acts {
+        match a {
+            Action::Send(m) => m.to_element().write_to(&mut out),
+            Action::Deliver(r) => ic.on_routed(name, r),
+            Action::Close(f) => {
+                closing = Some(f);
+                break;
+            }
+            Action::Note(n) => {
+                let m = &ic.metrics;
+                match n {
+                    Note::Up { flagged } => {
+                        *went_up = true;
+                        if let Some(why) = &flagged {
+                            tracing::warn!(peer = %name, %why, "intercluster link up despite a consistency mismatch (on_mismatch = flag)");
+                        } else {
+                            tracing::info!(peer = %name, "intercluster link up");
+                        }
+                        let mut st = lock(&peer.status);
+                        st.up = true;
+                        st.since = Some(unix_now());
+                        st.flagged = flagged;
+                        m.link_up.with_label_values(&[name]).set(1);
+                        peer.wake.notify_one();
+                    }
+                    Note::DeltasIn(k) => {
+                        m.deltas.with_label_values(&[name, "in"]).inc_by(k as u64);
+                        ic.bump();
+                    }
+                    Note::DeltasOut(k) => {
+                        m.deltas.with_label_values(&[name, "out"]).inc_by(k as u64)
+                    }
+                    Note::SnapshotIn(k) => {
+                        m.snapshots.with_label_values(&[name, "in"]).inc();
+                        tracing::info!(peer = %name, users = k, "directory snapshot received");
+                        ic.bump();
+                    }
+                    Note::SnapshotOut(_) => m.snapshots.with_label_values(&[name, "out"]).inc(),
+                    Note::DigestMismatch => {
+                        m.digest_mismatches.with_label_values(&[name]).inc();
+                        tracing::warn!(peer = %name, "directory digest mismatch: asking for a snapshot");
+                    }
+                    Note::IncarnationChanged { old, new } => {
+                        m.incarnation_changes.with_label_values(&[name]).inc();
+                        lock(&peer.status).incarnation_changes += 1;
+                        tracing::info!(peer = %name, old = format!("{old:016x}"), new = format!("{new:016x}"), "peer cluster has a new incarnation (restart, reset or restore): resyncing");
+                    }
+                    Note::Reconciled => lock(&peer.status).last_reconcile = Some(unix_now()),
+                }
+            }
+        }
+    }
+    if !out.is_empty() {
+        let _ = tx.send(out);
+    }
+    lock(&peer.status).lag = session.lag(Instant::now());
+    closing.map_or(Ok(()), Err)
+}
+
+/// The session loop of an established stream; returns why it ended (`Ok` for removal,
+/// shutdown or replacement by a newer link).
+async fn run_link<S>(
+    ic: &Arc<Intercluster>,
+    peer: &Arc<Peer>,
+    io: S,
+    mut parser: StreamParser,
+    went_up: &mut bool,
+) -> Result<(), LinkFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut generation = 0;
+    peer.generation.send_modify(|g| {
+        *g += 1;
+        generation = *g;
+    });
+    let mut gen_rx = peer.generation.subscribe();
+    let mut stop = peer.stop.subscribe();
+    let mut shutdown = ic.shutdown.subscribe();
+    let mut changed = ic.changed.subscribe();
+    let (mut rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, rx));
+    let mut session = Session::new(
+        &peer.name,
+        &ic.settings.consistency,
+        ic.settings.session.clone(),
+        Instant::now(),
+    );
+    let acts = session.start(&ic.dir());
+    let mut result = execute(ic, peer, &session, acts, &tx, went_up);
+    while result.is_ok() {
+        let deadline = tokio::time::Instant::from_std(session.next_deadline());
+        let acts = tokio::select! {
+            r = rd.read_buf(parser.read_buf(16 * 1024)) => match r {
+                Ok(0) => Err(fail(FailureKind::Closed, "the peer closed the connection")),
+                Ok(n) => {
+                    parser.commit_read(n);
+                    let mut acts = Vec::new();
+                    let mut bad = None;
+                    loop {
+                        match parser.next_event() {
+                            Ok(Some(StreamEvent::Element(el, _))) => match Msg::parse(&el) {
+                                Ok(m) => {
+                                    let mut d = ic.dir();
+                                    acts.extend(session.on_msg(m, &mut d, Instant::now()));
+                                }
+                                Err(e) => {
+                                    bad = Some(fail(FailureKind::Protocol, e.to_string()));
+                                    break;
+                                }
+                            },
+                            Ok(Some(StreamEvent::Close)) => {
+                                bad = Some(fail(FailureKind::Closed, "the peer closed the stream"));
+                                break;
+                            }
+                            Ok(Some(StreamEvent::Open(_))) => {
+                                bad = Some(fail(FailureKind::Protocol, "a second stream header"));
+                                break;
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                bad = Some(fail(FailureKind::Protocol, e.to_string()));
+                                break;
+                            }
+                        }
+                    }
+                    // Act on what was read before the problem (e.g. a <refuse> before the close).
+                    match bad {
+                        Some(f) => {
+                            let r = execute(ic, peer, &session, acts, &tx, went_up);
+                            Err(r.err().unwrap_or(f))
+                        }
+                        None => Ok(acts),
+                    }
+                }
+                Err(e) => Err(fail(FailureKind::Closed, e.to_string())),
+            },
+            _ = tokio::time::sleep_until(deadline) => Ok(session.on_tick(&ic.dir(), Instant::now())),
+            r = changed.changed() => match r {
+                Ok(()) => Ok(session.on_local_change(&ic.dir())),
+                Err(_) => break,
+            },
+            _ = peer.wake.notified(), if session.is_up() => {
+                let items = lock(&peer.queue).drain();
+                ic.metrics.routed.with_label_values(&[&peer.name, "out"]).inc_by(items.len() as u64);
+                let routes = pack(items.into_iter().map(|(st, h)| (st.el, h)).collect());
+                Ok(routes.into_iter().map(|r| Action::Send(Msg::Route(r))).collect())
+            }
+            _ = stop.changed() => break,
+            _ = shutdown.changed() => break,
+            _ = gen_rx.changed() => {
+                if *gen_rx.borrow() != generation {
+                    tracing::info!(peer = %peer.name, "a newer link replaces this one");
+                    break;
+                }
+                Ok(Vec::new())
+            }
+        };
+        result = acts.and_then(|a| execute(ic, peer, &session, a, &tx, went_up));
+    }
+    if *peer.generation.borrow() == generation {
+        let mut st = lock(&peer.status);
+        st.up = false;
+        st.lag = Duration::ZERO;
+        ic.metrics.link_up.with_label_values(&[&peer.name]).set(0);
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter_in_the_upper_half() {
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..10 {
+            let base = (min * (1 << attempt)).min(max);
+            let d = backoff(min, max, attempt);
+            assert!(
+                d >= base / 2 && d <= base,
+                "attempt {attempt}: {d:?} not in [{:?}, {base:?}]",
+                base / 2
+            );
+        }
+        assert!(backoff(min, max, 40) <= max);
+    }
+}

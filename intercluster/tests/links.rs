@@ -1,0 +1,237 @@
+//! The driver over real mutually authenticated TLS links on loopback: directory sync, routing
+//! between clusters, certificate-name checks, the queue while a peer is down, restart
+//! detection.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fedgate_certs::dev::{LeafSpec, TestCa};
+use fedgate_certs::{Identity, PeerVerifier, TrustAnchors};
+use fedgate_intercluster::driver::{Host, Intercluster, PeerConfig, Settings};
+use fedgate_s2s::driver::{Origin, Stanza};
+use fedgate_s2s::element::{Element, NS_CONTENT};
+use fedgate_s2s::wire::ErrorType;
+
+fn next_ip() -> Ipv4Addr {
+    static NEXT: AtomicU8 = AtomicU8::new(10);
+    Ipv4Addr::new(127, 0, 7, NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+#[derive(Default)]
+struct TestHost {
+    delivered: Mutex<Vec<Stanza>>,
+    bounced: Mutex<Vec<(String, String)>>,
+}
+
+impl Host for TestHost {
+    fn deliver(&self, st: Stanza) {
+        self.delivered.lock().unwrap().push(st);
+    }
+    fn bounce(&self, st: &Stanza, _: ErrorType, condition: &str, reason: &str, _: &str) {
+        let to = st.el.attr("to").unwrap_or_default().to_owned();
+        self.bounced
+            .lock()
+            .unwrap()
+            .push((to, format!("{condition}/{reason}")));
+    }
+}
+
+struct Node {
+    ic: Arc<Intercluster>,
+    host: Arc<TestHost>,
+    addr: SocketAddr,
+}
+
+async fn node(
+    ca: &TestCa,
+    name: &str,
+    cert_names: &[&str],
+    ip: Ipv4Addr,
+    consistency: &str,
+) -> Node {
+    let (c, k) = ca.issue(&LeafSpec::dns(cert_names)).unwrap();
+    let id = Identity::from_pem(name, &c, &k).unwrap();
+    let anchors = Arc::new(TrustAnchors::from_pem_certs(&[&ca.cert_pem()]).unwrap());
+    let verifier = Arc::new(PeerVerifier::new(anchors));
+    let host = Arc::new(TestHost::default());
+    let mut s = Settings::new(name, consistency);
+    s.backoff_min = Duration::from_millis(50);
+    s.backoff_max = Duration::from_millis(300);
+    s.queue_max_age = Duration::from_secs(2);
+    let ic = Intercluster::new(s, id, verifier, host.clone(), &prometheus::Registry::new());
+    let l = tokio::net::TcpListener::bind((ip, 7400)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    ic.listen(l);
+    Node { ic, host, addr }
+}
+
+fn peer(name: &str, n: &Node) -> PeerConfig {
+    PeerConfig {
+        name: name.into(),
+        address: Some(n.addr.to_string()),
+    }
+}
+
+fn users(list: &[&str]) -> HashMap<String, u64> {
+    list.iter().map(|u| ((*u).to_owned(), 1)).collect()
+}
+
+fn message(to: &str, id: &str) -> Stanza {
+    let el = Element::new("message", NS_CONTENT)
+        .with_attr("from", "bob@b.test/r")
+        .with_attr("to", to)
+        .with_attr("id", id)
+        .with_child(Element::new("body", NS_CONTENT).with_text(id));
+    Stanza {
+        size: el.to_bytes().len(),
+        el,
+        origin: Origin::Component("example.test".into()),
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[tokio::test]
+async fn clusters_sync_their_users_and_route_to_the_home_cluster() {
+    let ca = TestCa::new("ic test CA").unwrap();
+    let a = node(&ca, "alpha", &["alpha"], next_ip(), "c1").await;
+    let b = node(&ca, "beta", &["beta"], next_ip(), "c1").await;
+    a.ic.set_source("file", users(&["alice@example.test"]));
+    b.ic.set_source("file", users(&["bob@example.test", "carol@example.test"]));
+    a.ic.set_peers(&[peer("beta", &b)]);
+    b.ic.set_peers(&[peer("alpha", &a)]);
+    until("both replicas", || {
+        a.ic.replica("beta").1 == 2 && b.ic.replica("alpha").1 == 1
+    })
+    .await;
+    // A stanza entering alpha for bob goes over the link and is delivered at beta.
+    assert!(a.ic.route(message("bob@example.test/phone", "m1")).is_ok());
+    until("delivery at beta", || {
+        b.host.delivered.lock().unwrap().len() == 1
+    })
+    .await;
+    let d = b.host.delivered.lock().unwrap()[0].clone();
+    assert_eq!(d.el.attr("to"), Some("bob@example.test/phone"));
+    assert_eq!(
+        d.origin,
+        Origin::Intercluster {
+            peer: "alpha".into()
+        }
+    );
+    // Own and unknown users stay local.
+    assert!(a.ic.route(message("alice@example.test", "m2")).is_err());
+    assert!(a.ic.route(message("nobody@example.test", "m3")).is_err());
+    // A delta (new user at beta) arrives, and an explicit move wins by epoch.
+    b.ic.set_source(
+        "file",
+        users(&["bob@example.test", "carol@example.test", "dan@example.test"]),
+    );
+    until("delta", || a.ic.lookup("dan@example.test").0.is_some()).await;
+    let epoch = b.ic.assign("alice@example.test", None);
+    assert_eq!(epoch, 2);
+    until("move", || {
+        a.ic.lookup("alice@example.test").0.map(|h| h.cluster) == Some("beta".into())
+    })
+    .await;
+    assert!(a.ic.route(message("alice@example.test", "m4")).is_ok());
+    until("moved delivery", || {
+        b.host.delivered.lock().unwrap().len() == 2
+    })
+    .await;
+    let s = a.ic.status_json();
+    assert_eq!(s["peers"]["beta"]["link"], "up", "{s}");
+    assert_eq!(s["peers"]["beta"]["users"], 4, "{s}");
+    a.ic.shutdown();
+    b.ic.shutdown();
+}
+
+#[tokio::test]
+async fn a_certificate_without_the_cluster_name_is_refused() {
+    let ca = TestCa::new("ic test CA").unwrap();
+    // "alpha" presents a certificate for another name.
+    let a = node(&ca, "alpha", &["gamma"], next_ip(), "c1").await;
+    let b = node(&ca, "beta", &["beta"], next_ip(), "c1").await;
+    a.ic.set_peers(&[peer("beta", &b)]);
+    b.ic.set_peers(&[peer("alpha", &a)]);
+    until("refusal counted", || {
+        b.ic.status_json()["peers"]["alpha"]["last_error"]["kind"] == "cert-name"
+    })
+    .await;
+    assert_eq!(a.ic.status_json()["peers"]["beta"]["link"], "down");
+    a.ic.shutdown();
+    b.ic.shutdown();
+}
+
+#[tokio::test]
+async fn a_consistency_mismatch_refuses_the_link() {
+    let ca = TestCa::new("ic test CA").unwrap();
+    let a = node(&ca, "alpha", &["alpha"], next_ip(), "c1").await;
+    let b = node(&ca, "beta", &["beta"], next_ip(), "c2").await;
+    a.ic.set_peers(&[peer("beta", &b)]);
+    b.ic.set_peers(&[peer("alpha", &a)]);
+    until("consistency failure", || {
+        a.ic.status_json()["peers"]["beta"]["last_error"]["kind"] == "consistency"
+    })
+    .await;
+    a.ic.shutdown();
+    b.ic.shutdown();
+}
+
+#[tokio::test]
+async fn stanzas_wait_while_the_peer_is_down_then_bounce_and_a_restart_is_detected() {
+    let ca = TestCa::new("ic test CA").unwrap();
+    let a = node(&ca, "alpha", &["alpha"], next_ip(), "c1").await;
+    let b_ip = next_ip();
+    let b = node(&ca, "beta", &["beta"], b_ip, "c1").await;
+    b.ic.set_source("file", users(&["bob@example.test"]));
+    a.ic.set_peers(&[peer("beta", &b)]);
+    b.ic.set_peers(&[peer("alpha", &a)]);
+    until("sync", || a.ic.replica("beta").1 == 1).await;
+    let first_inc = a.ic.replica("beta").0.unwrap().0;
+    b.ic.shutdown();
+    until("link down", || {
+        a.ic.status_json()["peers"]["beta"]["link"] == "down"
+    })
+    .await;
+    // The last-known directory still routes to beta; the stanza waits, then bounces.
+    assert!(a.ic.route(message("bob@example.test", "q1")).is_ok());
+    until("bounce", || !a.host.bounced.lock().unwrap().is_empty()).await;
+    assert_eq!(
+        a.host.bounced.lock().unwrap()[0],
+        (
+            "bob@example.test".into(),
+            "remote-server-timeout/link-down".into()
+        )
+    );
+    // beta comes back (new process: new incarnation).
+    drop(b);
+    let b2 = node(&ca, "beta", &["beta"], b_ip, "c1").await;
+    b2.ic
+        .set_source("file", users(&["bob@example.test", "eve@example.test"]));
+    b2.ic.set_peers(&[peer("alpha", &a)]);
+    until("resync", || a.ic.replica("beta").1 == 2).await;
+    assert_ne!(a.ic.replica("beta").0.unwrap().0, first_inc);
+    assert_eq!(
+        a.ic.status_json()["peers"]["beta"]["incarnation_changes"],
+        1
+    );
+    // A stanza queued while the link is down is delivered when it comes back.
+    assert!(a.ic.route(message("eve@example.test", "q2")).is_ok());
+    until("delivered after restart", || {
+        b2.host.delivered.lock().unwrap().len() == 1
+    })
+    .await;
+    a.ic.shutdown();
+    b2.ic.shutdown();
+}
