@@ -9,6 +9,7 @@ mod internal;
 mod policy;
 mod posh;
 mod probe;
+mod sip;
 mod support;
 
 use std::time::Duration;

@@ -18,6 +18,8 @@ use crate::msg::SipMessage;
 
 /// After a failed connection attempt, requests to the partner fail at once for this long.
 const FAIL_FAST: Duration = Duration::from_secs(5);
+/// How often, at most, `/status` is refreshed.
+const STATUS_EVERY: Duration = Duration::from_millis(100);
 /// Requests waiting for a connection to a partner.
 const MAX_WAITING: usize = 10_000;
 
@@ -43,6 +45,8 @@ pub(crate) struct Core {
     links: HashMap<(String, String), Link>,
     status: watch::Sender<serde_json::Value>,
     last_status: Instant,
+    /// Something changed since the status was last published.
+    dirty: bool,
 }
 
 impl Core {
@@ -69,6 +73,7 @@ impl Core {
             links: HashMap::new(),
             status,
             last_status: Instant::now(),
+            dirty: true,
         })
     }
 
@@ -81,11 +86,17 @@ impl Core {
         let outs = self.bridge.restore(Instant::now());
         self.apply(outs, &mut stanzas);
         loop {
-            let deadline = self
+            let mut deadline = self
                 .bridge
                 .next_deadline()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            if self.dirty {
+                // The status is published at most every STATUS_EVERY, and soon after a change.
+                deadline = deadline.min(tokio::time::Instant::from_std(
+                    self.last_status + STATUS_EVERY,
+                ));
+            }
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_event(ev, &mut stanzas),
@@ -104,7 +115,8 @@ impl Core {
                 }
                 _ = shutdown.changed() => return,
             }
-            if self.last_status.elapsed() >= Duration::from_millis(250) {
+            self.dirty = true;
+            if self.last_status.elapsed() >= STATUS_EVERY {
                 self.publish_status();
             }
         }
@@ -112,6 +124,7 @@ impl Core {
 
     fn publish_status(&mut self) {
         self.last_status = Instant::now();
+        self.dirty = false;
         let mut v = self.bridge.status();
         let links: serde_json::Map<String, serde_json::Value> = self
             .links

@@ -1,0 +1,613 @@
+//! SIP federation through a whole gateway: `example.test` (a component plays its users)
+//! federates with `lync.test`, played by a SIP/TLS endpoint in the test (its edge server).
+//! Microsoft-shaped fixtures (sip-fed/fixtures) are replayed against the gateway.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use fedgate::component_client::{ComponentClient, body, message, presence};
+use fedgate::gateway::Gateway;
+use fedgate::sip_peer::{PeerTls, SipPeer, answer};
+use fedgate::testdns::Zone;
+use fedgate_certs::dev::LeafSpec;
+use fedgate_s2s::element::Element;
+use fedgate_sip::hdr::NameAddr;
+use fedgate_sip::msg::SipMessage;
+use tokio::net::TcpListener;
+
+use super::support::*;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sip-fed/fixtures");
+
+fn fixture(name: &str) -> SipMessage {
+    let bytes = std::fs::read(format!("{FIXTURES}/{name}")).unwrap();
+    SipMessage::parse(&bytes).unwrap()
+}
+
+/// The lync.test side: its certificate and an address for its edge.
+struct Partner {
+    tls: PeerTls,
+    ip: Ipv4Addr,
+}
+
+impl Partner {
+    fn new(pki: &Pki) -> Self {
+        let (c, k) = pki.leaf("lync", &LeafSpec::dns(&["lync.test", "edge.lync.test"]));
+        Self {
+            tls: PeerTls::load(&c, &k, &pki.ca_path()).unwrap(),
+            ip: next_ip(),
+        }
+    }
+
+    fn edge(&self) -> SocketAddr {
+        SocketAddr::new(self.ip.into(), 5061)
+    }
+}
+
+/// example.test with a SIP listener; lync.test reached at the partner's edge.
+fn gateway(pki: &Pki, partner: &Partner, flavor: &str, extra: &str) -> GwSpec {
+    let mut g = GwSpec::new(pki, "example.test");
+    g.extra = format!(
+        "\n[sip]\nlisten = [\"{ip}:5061\"]\nsession_idle_secs = 2\ntransaction_timeout_secs = 5\n\
+         connect_timeout_secs = 3\n{extra}\n[[sip.partners]]\ndomain = \"lync.test\"\n\
+         route = \"{edge}\"\nflavor = \"{flavor}\"\n",
+        ip = g.ip,
+        edge = partner.edge(),
+    );
+    g
+}
+
+async fn dial(gw: &Gateway, partner: &Partner) -> SipPeer {
+    SipPeer::connect(gw.sip_addrs[0], "example.test", &partner.tls, true)
+        .await
+        .unwrap()
+}
+
+fn code(m: &SipMessage) -> u16 {
+    m.code().unwrap_or(0)
+}
+
+fn to_tag(m: &SipMessage) -> String {
+    NameAddr::parse(m.header("To").unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned()
+}
+
+fn with_to_tag(mut m: SipMessage, tag: &str) -> SipMessage {
+    m.set_to_tag(tag).unwrap();
+    m
+}
+
+async fn next_stanza(c: &mut ComponentClient, name: &'static str) -> Element {
+    c.recv_matching(T, |e| e.name == name).await.unwrap()
+}
+
+/// The Microsoft session-mode fixtures (INVITE with the first message in `ms-text-format`,
+/// an in-dialog MESSAGE, BYE) reach the local user as chat messages; the SIP side gets 200s.
+#[tokio::test]
+async fn microsoft_session_fixtures_reach_the_xmpp_user() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let spec = gateway(&pki, &partner, "microsoft", "");
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    let mut edge = dial(&gw, &partner).await;
+
+    edge.send(&fixture("ms-invite-im.sip")).await.unwrap();
+    let ok = edge.recv(T).await.unwrap();
+    assert_eq!(code(&ok), 200, "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.body).contains("m=message"));
+    let tag = to_tag(&ok);
+    let m = next_stanza(&mut alice, "message").await;
+    assert_eq!(body(&m).as_deref(), Some("Hello from Lync"));
+    assert_eq!(m.attr("to"), Some("alice@example.test"));
+    assert_eq!(m.attr("type"), Some("chat"));
+    assert!(
+        m.attr("from").unwrap().starts_with("bob@lync.test/"),
+        "{m:?}"
+    );
+
+    let mut ack = fixture("ms-invite-im.sip");
+    ack.start = fedgate_sip::msg::StartLine::Request {
+        method: "ACK".into(),
+        uri: "sip:alice@example.test".into(),
+    };
+    ack.set_header("CSeq", "1 ACK");
+    ack.body.clear();
+    edge.send(&with_to_tag(ack, &tag)).await.unwrap();
+
+    let msg = with_to_tag(fixture("ms-message-in-dialog.sip"), &tag);
+    let expected = String::from_utf8_lossy(&msg.body).trim().to_owned();
+    edge.send(&msg).await.unwrap();
+    let ok = edge.recv(T).await.unwrap();
+    assert_eq!((code(&ok), ok.cseq().unwrap().1), (200, "MESSAGE"));
+    let m = next_stanza(&mut alice, "message").await;
+    assert_eq!(body(&m).unwrap().trim(), expected);
+
+    // Alice answers: the reply goes into the partner's session as an in-dialog MESSAGE.
+    alice
+        .send(&message(
+            "alice@example.test/desk",
+            "bob@lync.test",
+            "r1",
+            "hi Bob",
+        ))
+        .await
+        .unwrap();
+    let req = edge.recv(T).await.unwrap();
+    assert_eq!(req.method(), Some("MESSAGE"));
+    assert_eq!(req.call_id(), msg.call_id(), "same dialog");
+    assert_eq!(String::from_utf8_lossy(&req.body), "hi Bob");
+    edge.send(&answer(&req, 200, "OK", "x")).await.unwrap();
+
+    edge.send(&with_to_tag(fixture("ms-bye.sip"), &tag))
+        .await
+        .unwrap();
+    let ok = edge.recv(T).await.unwrap();
+    assert_eq!((code(&ok), ok.cseq().unwrap().1), (200, "BYE"));
+    // /status shows the partner, and (soon) no session left.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let status = http_get(&gw, "/status").await;
+        if status.contains("\"lync.test\"") && status.contains("\"sessions\":0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A message the XMPP side refuses is answered with the RFC 7247 mapping, never 503; one to
+/// a domain we do not host gets 404.
+#[tokio::test]
+async fn refused_messages_get_mapped_errors() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let spec = gateway(&pki, &partner, "standard", "");
+    let gw = spec.start().await;
+    // No component connected: the local service is unavailable.
+    let mut edge = dial(&gw, &partner).await;
+    let mut page = fixture("ms-message-in-dialog.sip");
+    page.remove_headers("To");
+    page.push_header("To", "<sip:alice@example.test>");
+    page.set_header("Call-ID", "page-1");
+    edge.send(&page).await.unwrap();
+    let resp = edge.recv(T).await.unwrap();
+    assert_ne!(code(&resp), 503);
+    assert_eq!(
+        code(&resp),
+        480,
+        "service-unavailable for a bare JID: {resp:?}"
+    );
+
+    page.set_header("Call-ID", "page-2");
+    page.remove_headers("To");
+    page.push_header("To", "<sip:carol@elsewhere.test>");
+    edge.send(&page).await.unwrap();
+    assert_eq!(code(&edge.recv(T).await.unwrap()), 404);
+
+    // An unknown Require option: 420 with Unsupported.
+    page.set_header("Call-ID", "page-3");
+    page.remove_headers("To");
+    page.push_header("To", "<sip:alice@example.test>");
+    page.push_header("Require", "x-nonsense");
+    edge.send(&page).await.unwrap();
+    let resp = edge.recv(T).await.unwrap();
+    assert_eq!(code(&resp), 420);
+    assert_eq!(resp.header("Unsupported"), Some("x-nonsense"));
+}
+
+/// XMPP → Microsoft: the first message rides in the INVITE, the next one is an in-dialog
+/// MESSAGE, and an idle session ends with BYE.
+#[tokio::test]
+async fn xmpp_user_starts_a_microsoft_session() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let spec = gateway(&pki, &partner, "microsoft", "");
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    alice
+        .send(&message(
+            "alice@example.test/desk",
+            "bob@lync.test",
+            "m1",
+            "Hello Bob",
+        ))
+        .await
+        .unwrap();
+    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
+        .await
+        .unwrap()
+        .unwrap();
+    // The gateway presented example.test's certificate as a client.
+    assert!(!edge.peer_certs().is_empty());
+    let invite = edge.recv(T).await.unwrap();
+    assert_eq!(invite.method(), Some("INVITE"));
+    let (_, text) =
+        fedgate_sip::im::decode_ms_text_format(invite.header("ms-text-format").unwrap()).unwrap();
+    assert_eq!(text, b"Hello Bob");
+    assert!(String::from_utf8_lossy(&invite.body).contains("m=message"));
+    let mut ok = answer(&invite, 200, "OK", "edge-tag");
+    ok.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+    edge.send(&ok).await.unwrap();
+    let ack = edge.recv(T).await.unwrap();
+    assert_eq!(ack.method(), Some("ACK"));
+    assert_eq!(ack.cseq(), Some((invite.cseq().unwrap().0, "ACK")));
+
+    alice
+        .send(&message(
+            "alice@example.test/desk",
+            "bob@lync.test",
+            "m2",
+            "second",
+        ))
+        .await
+        .unwrap();
+    let msg = edge.recv(T).await.unwrap();
+    assert_eq!(msg.method(), Some("MESSAGE"));
+    assert_eq!(msg.call_id(), invite.call_id());
+    assert_eq!(to_tag(&msg), "edge-tag");
+    assert_eq!(String::from_utf8_lossy(&msg.body), "second");
+    edge.send(&answer(&msg, 200, "OK", "edge-tag"))
+        .await
+        .unwrap();
+
+    // session_idle_secs = 2
+    let bye = edge.recv(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(bye.method(), Some("BYE"));
+    assert_eq!(bye.call_id(), invite.call_id());
+    edge.send(&answer(&bye, 200, "OK", "edge-tag"))
+        .await
+        .unwrap();
+}
+
+/// XMPP → standards partner: page-mode MESSAGE; a SIP error comes back as the mapped XMPP
+/// error, and a message over RFC 7572's 1300 bytes bounces with policy-violation.
+#[tokio::test]
+async fn page_mode_and_error_mapping() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let spec = gateway(&pki, &partner, "standard", "");
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    alice
+        .send(&message(
+            "alice@example.test/desk",
+            "bob@lync.test",
+            "p1",
+            "page one",
+        ))
+        .await
+        .unwrap();
+    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
+        .await
+        .unwrap()
+        .unwrap();
+    let req = edge.recv(T).await.unwrap();
+    assert_eq!(req.method(), Some("MESSAGE"));
+    assert_eq!(req.header("Content-Type"), Some("text/plain;charset=UTF-8"));
+    assert_eq!(String::from_utf8_lossy(&req.body), "page one");
+    edge.send(&answer(&req, 200, "OK", "t")).await.unwrap();
+
+    alice
+        .send(&message(
+            "alice@example.test/desk",
+            "nobody@lync.test",
+            "p2",
+            "hello?",
+        ))
+        .await
+        .unwrap();
+    let req = edge.recv(T).await.unwrap();
+    edge.send(&answer(&req, 404, "Not Found", "t"))
+        .await
+        .unwrap();
+    let err = alice
+        .recv_matching(T, |e| e.attr("id") == Some("p2"))
+        .await
+        .unwrap();
+    assert_eq!(err.attr("type"), Some("error"));
+    let (cond, _) = fedgate_s2s::wire::stanza_error(&err).unwrap();
+    assert_eq!(cond, "item-not-found");
+
+    let big = "x".repeat(1400);
+    alice
+        .send(&message(
+            "alice@example.test/desk",
+            "bob@lync.test",
+            "p3",
+            &big,
+        ))
+        .await
+        .unwrap();
+    let err = alice
+        .recv_matching(T, |e| e.attr("id") == Some("p3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        fedgate_s2s::wire::stanza_error(&err).unwrap().0,
+        "policy-violation"
+    );
+}
+
+/// Presence both ways (RFC 8048): the partner's SUBSCRIBE fixture becomes an XMPP subscription
+/// request; once Alice approves, the watcher gets NOTIFY active with her PIDF.
+#[tokio::test]
+async fn partner_subscribes_to_a_local_user() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let spec = gateway(&pki, &partner, "microsoft", "");
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    let mut edge = dial(&gw, &partner).await;
+    let sub = fixture("ms-subscribe-presence.sip");
+    edge.send(&sub).await.unwrap();
+    let ok = edge.recv(T).await.unwrap();
+    assert_eq!((code(&ok), ok.cseq().unwrap().1), (200, "SUBSCRIBE"));
+    let pending = edge.recv(T).await.unwrap();
+    assert_eq!(pending.method(), Some("NOTIFY"));
+    assert!(
+        pending
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("pending")
+    );
+    edge.send(&answer(&pending, 200, "OK", "x")).await.unwrap();
+
+    let req = alice
+        .recv_matching(T, |e| e.name == "presence")
+        .await
+        .unwrap();
+    assert_eq!(req.attr("type"), Some("subscribe"));
+    assert_eq!(req.attr("to"), Some("alice@example.test"));
+    let from = req.attr("from").unwrap().to_owned();
+    assert_eq!(from, "bob@lync.test");
+    alice
+        .send(&presence("alice@example.test", &from, "subscribed"))
+        .await
+        .unwrap();
+    let active = edge.recv(T).await.unwrap();
+    assert!(
+        active
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("active"),
+        "{active:?}"
+    );
+    edge.send(&answer(&active, 200, "OK", "x")).await.unwrap();
+    // Alice comes online (as away) on one resource: the watcher sees it.
+    let mut p = presence("alice@example.test/desk", &from, "");
+    p = p.with_child(Element::new("show", "").with_text("away"));
+    alice.send(&p).await.unwrap();
+    let n = edge.recv(T).await.unwrap();
+    let pidf = String::from_utf8_lossy(&n.body).into_owned();
+    assert!(pidf.contains("<basic>open</basic>"), "{pidf}");
+    assert!(pidf.contains(">away<"), "{pidf}");
+    edge.send(&answer(&n, 200, "OK", "x")).await.unwrap();
+}
+
+/// A local user subscribes to a partner user: SUBSCRIBE, NOTIFY pending (nothing for XMPP),
+/// NOTIFY active → `subscribed` and the presence; the authorization survives a restart, after
+/// which the gateway subscribes again by itself.
+#[tokio::test]
+async fn local_user_subscribes_and_the_authorization_survives_a_restart() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("authz.json");
+    let extra = format!("authz_store = {:?}", store.display().to_string());
+    let spec = gateway(&pki, &partner, "microsoft", &extra);
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    alice
+        .send(&presence(
+            "alice@example.test",
+            "bob@lync.test",
+            "subscribe",
+        ))
+        .await
+        .unwrap();
+    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
+        .await
+        .unwrap()
+        .unwrap();
+    let sub = edge.recv(T).await.unwrap();
+    assert_eq!(sub.method(), Some("SUBSCRIBE"));
+    assert_eq!(sub.header("Event"), Some("presence"));
+    assert_eq!(sub.header("Accept"), Some("application/pidf+xml"));
+    let mut ok = answer(&sub, 200, "OK", "bob-tag");
+    ok.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+    ok.push_header("Expires", "3600");
+    edge.send(&ok).await.unwrap();
+
+    let notify = |state: &str, body: &str| {
+        let mut n = SipMessage::request("NOTIFY", "sip:alice@example.test");
+        n.push_header(
+            "Via",
+            "SIP/2.0/TLS edge.lync.test:5061;branch=z9hG4bKn".to_owned()
+                + state.split(';').next().unwrap(),
+        );
+        n.push_header("Max-Forwards", "70");
+        n.push_header("From", format!("<{}>;tag=bob-tag", sub.uri().unwrap()));
+        n.push_header("To", sub.header("From").unwrap());
+        n.push_header("Call-ID", sub.call_id().unwrap());
+        n.push_header(
+            "CSeq",
+            if state.starts_with("pending") {
+                "1 NOTIFY"
+            } else {
+                "2 NOTIFY"
+            },
+        );
+        n.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+        n.push_header("Event", "presence");
+        n.push_header("Subscription-State", state);
+        if !body.is_empty() {
+            n.push_header("Content-Type", "application/pidf+xml");
+            n.body = body.as_bytes().to_vec();
+        }
+        n
+    };
+    edge.send(&notify("pending;expires=3600", ""))
+        .await
+        .unwrap();
+    assert_eq!(code(&edge.recv(T).await.unwrap()), 200);
+    let pidf = "<?xml version=\"1.0\"?><presence xmlns=\"urn:ietf:params:xml:ns:pidf\" \
+                entity=\"sip:bob@lync.test\"><tuple id=\"t1\"><status><basic>open</basic>\
+                </status><note>In a meeting</note></tuple></presence>";
+    edge.send(&notify("active;expires=3600", pidf))
+        .await
+        .unwrap();
+    assert_eq!(code(&edge.recv(T).await.unwrap()), 200);
+    let subscribed = alice
+        .recv_matching(T, |e| e.name == "presence")
+        .await
+        .unwrap();
+    assert_eq!(
+        subscribed.attr("type"),
+        Some("subscribed"),
+        "{subscribed:?}"
+    );
+    let avail = alice
+        .recv_matching(T, |e| e.name == "presence")
+        .await
+        .unwrap();
+    assert_eq!(avail.attr("type"), None, "{avail:?}");
+    assert!(avail.to_bytes().ends_with(b"</presence>"));
+    assert!(String::from_utf8_lossy(&avail.to_bytes()).contains("In a meeting"));
+    assert!(
+        std::fs::read_to_string(&store)
+            .unwrap()
+            .contains("bob@lync.test")
+    );
+
+    // Restart: the notification dialog is gone, the authorization is not.
+    gw.shutdown().await;
+    drop(edge);
+    let gw = spec.start().await;
+    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
+        .await
+        .unwrap()
+        .unwrap();
+    let again = edge.recv(T).await.unwrap();
+    assert_eq!(again.method(), Some("SUBSCRIBE"));
+    assert_eq!(again.uri(), sub.uri());
+    assert_ne!(again.call_id(), sub.call_id(), "a new dialog");
+    gw.shutdown().await;
+}
+
+/// Mutual TLS: a partner whose certificate is from another CA, or who presents none, is
+/// refused and counted by kind; a partner server we do not trust makes our messages bounce
+/// with the typed failure.
+#[tokio::test]
+async fn untrusted_partners_are_refused_with_typed_errors() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let partner = Partner::new(&pki);
+    let stranger = Partner::new(&other);
+    // Trusts our CA (to complete the handshake) but presents the other CA's certificate.
+    let mut rogue_tls = stranger.tls.clone();
+    rogue_tls.roots = partner.tls.roots.clone();
+    let spec = gateway(&pki, &partner, "standard", "");
+    let gw = spec.start().await;
+
+    let mut rogue = SipPeer::connect(gw.sip_addrs[0], "example.test", &rogue_tls, true)
+        .await
+        .unwrap();
+    let _ = rogue.send(&fixture("ms-subscribe-presence.sip")).await;
+    assert!(rogue.closed_within(T).await, "untrusted client not refused");
+    let mut anon = SipPeer::connect(gw.sip_addrs[0], "example.test", &partner.tls, false).await;
+    if let Ok(a) = &mut anon {
+        let _ = a.send(&fixture("ms-subscribe-presence.sip")).await;
+        assert!(
+            a.closed_within(T).await,
+            "client without certificate not refused"
+        );
+    }
+    let m = http_get(&gw, "/metrics").await;
+    assert!(
+        metric(&m, "fedgate_sip_failures_total{kind=\"tls-untrusted\"") >= 1,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "fedgate_sip_failures_total{kind=\"no-client-cert\"") >= 1,
+        "{m}"
+    );
+
+    // Our side: lync.test's edge shows a certificate from a CA we do not trust.
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let mut mine = spec.component(&gw).await;
+    let mut server_tls = stranger.tls.clone();
+    server_tls.roots = partner.tls.roots.clone();
+    tokio::spawn(async move {
+        let _ = SipPeer::accept(&listener, &server_tls).await;
+    });
+    mine.send(&message("alice@example.test", "bob@lync.test", "u1", "hi"))
+        .await
+        .unwrap();
+    let err = mine
+        .recv_matching(T, |e| e.attr("id") == Some("u1"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&err.to_bytes()).into_owned();
+    assert!(text.contains("remote-server-not-found"), "{text}");
+    assert!(text.contains("tls-untrusted"), "{text}");
+}
+
+/// A domain with `_sipfederationtls._tcp` and no XMPP SRV records is reached over SIP without
+/// being configured; the policy marking it "sip" refuses its XMPP streams.
+#[tokio::test]
+async fn sip_domains_are_discovered_through_dns() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let mut zone = Zone::new();
+    zone.srv(
+        "_sipfederationtls._tcp.lync.test",
+        0,
+        5,
+        5061,
+        "edge.lync.test",
+    )
+    .a("edge.lync.test", partner.ip);
+    let dns = dns(zone).await;
+    let mut spec = GwSpec::new(&pki, "example.test");
+    spec.dns = Some(dns.addr());
+    spec.extra = format!(
+        "\n[sip]\nlisten = [\"{}:5061\"]\ndefault_flavor = \"standard\"\n",
+        spec.ip
+    );
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    alice
+        .send(&message(
+            "alice@example.test",
+            "bob@lync.test",
+            "d1",
+            "found you",
+        ))
+        .await
+        .unwrap();
+    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
+        .await
+        .unwrap()
+        .unwrap();
+    let req = edge.recv(T).await.unwrap();
+    assert_eq!(req.method(), Some("MESSAGE"));
+    assert_eq!(String::from_utf8_lossy(&req.body), "found you");
+    edge.send(&answer(&req, 200, "OK", "t")).await.unwrap();
+    let m = http_get(&gw, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_sip_transactions_total{direction=\"out\",method=\"MESSAGE\",partner=\"lync.test\",status=\"200\"}"
+        ),
+        1,
+        "{m}"
+    );
+}
