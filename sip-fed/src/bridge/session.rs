@@ -566,11 +566,8 @@ pub(super) fn on_final(
 ) {
     let code = resp.code().unwrap_or(500);
     match ctx {
-        Ctx::Page { stanza, .. } => {
-            if code >= 300 {
-                bounce_sip(&stanza, resp, out);
-            }
-        }
+        Ctx::Page { stanza, .. } if code >= 300 => bounce_sip(&stanza, resp, out),
+        Ctx::Page { .. } => {}
         Ctx::Invite { key: k, .. } => {
             let first = b.pending_first.remove(&k);
             if code >= 300 {

@@ -166,9 +166,11 @@ impl SipFed {
 
     /// A stanza for a SIP partner. Never blocks: a full queue is `Err` with the stanza back
     /// (the caller bounces it).
-    pub fn send(&self, st: Stanza) -> Result<(), Stanza> {
+    pub fn send(&self, st: Stanza) -> Result<(), Box<Stanza>> {
         self.stanzas.try_send(st).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+            mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => {
+                Box::new(s)
+            }
         })
     }
 
