@@ -7,11 +7,14 @@
 //! - `sessions`: N authenticated s2s sessions (STARTTLS + SASL EXTERNAL, one distinct
 //!   originating domain each) to a target (a `fedgate run` child, or any s2s server):
 //!   sessions/s and resident memory per idle session.
+//! - `sip`: SIP MESSAGE ⇄ XMPP message translations per second through one gateway (mutual
+//!   TLS on the SIP side, a component on the XMPP side).
 
 use std::path::{Path, PathBuf};
 
 mod relay;
 mod sessions;
+mod sip;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -71,6 +74,18 @@ pub enum BenchMode {
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
+    /// SIP MESSAGE ⇄ XMPP message translations per second through one gateway: a partner edge
+    /// (lync.bench.test) over mutual TLS, a component for the local users.
+    Sip {
+        /// Messages each way.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 200)]
+        body_bytes: usize,
+        /// Messages in flight at most.
+        #[arg(long, default_value_t = 2_000)]
+        window: usize,
+    },
 }
 
 /// Run a bench and print its report. Expects a multi-threaded tokio runtime.
@@ -109,6 +124,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 counts,
                 ca_out,
                 concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        BenchMode::Sip {
+            messages,
+            body_bytes,
+            window,
+        } => {
+            sip::run(sip::SipOpts {
+                messages,
+                body_bytes,
+                window,
             })
             .await
         }

@@ -186,6 +186,49 @@ impl SipPeer {
     }
 }
 
+/// The reading half of a split [`SipPeer`].
+pub struct SipReader {
+    rd: tokio::io::ReadHalf<TlsStream<TcpStream>>,
+    framer: Framer,
+    buf: Vec<u8>,
+}
+
+impl SipReader {
+    /// The next message (keep-alives are skipped); `None` when the connection closed.
+    pub async fn next(&mut self) -> anyhow::Result<Option<SipMessage>> {
+        loop {
+            match self.framer.next()? {
+                Some(Frame::Message(m)) => return Ok(Some(m)),
+                Some(Frame::KeepAlive) => continue,
+                None => {}
+            }
+            let n = self.rd.read(&mut self.buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.framer.push(&self.buf[..n]);
+        }
+    }
+}
+
+/// The writing half of a split [`SipPeer`].
+pub type SipWriter = tokio::io::WriteHalf<TlsStream<TcpStream>>;
+
+impl SipPeer {
+    /// Separate reading and writing (pipelined load).
+    pub fn split(self) -> (SipReader, SipWriter) {
+        let (rd, wr) = tokio::io::split(self.stream);
+        (
+            SipReader {
+                rd,
+                framer: self.framer,
+                buf: self.buf,
+            },
+            wr,
+        )
+    }
+}
+
 /// A `200 OK` (or other) answer to `req` with a To tag.
 pub fn answer(req: &SipMessage, code: u16, reason: &str, to_tag: &str) -> SipMessage {
     let mut r = SipMessage::response_to(req, code, reason);
