@@ -22,6 +22,7 @@ pub mod labpki;
 pub mod policy_cli;
 pub mod policy_runtime;
 pub mod probe;
+pub mod probe_sip;
 pub mod provers;
 pub mod router;
 pub mod sip_config;

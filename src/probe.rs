@@ -58,6 +58,10 @@ pub struct ProbeArgs {
     /// Timeout of each TCP connect and of each target's negotiation, in seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
+    /// Probe the domain as a SIP federation partner: `_sipfederationtls._tcp` / `_sips._tcp`
+    /// / static route, TCP, mutual TLS, then SIP OPTIONS.
+    #[arg(long)]
+    pub sip: bool,
 }
 
 impl ProbeArgs {
@@ -71,6 +75,7 @@ impl ProbeArgs {
             from: None,
             ca: Vec::new(),
             timeout_secs: 10,
+            sip: false,
         }
     }
 }
@@ -256,6 +261,9 @@ impl From<fedgate_s2s::wire::Failure> for ProbeError {
 /// The CLI entry: runs the probe, prints text or JSON, and returns the exit status
 /// (0 federation works, 1 it does not, 2 bad arguments).
 pub fn cli(args: ProbeArgs) -> u8 {
+    if args.sip {
+        return crate::probe_sip::cli(args);
+    }
     let json = args.json;
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -307,7 +315,18 @@ fn parse_nameserver(s: &str) -> anyhow::Result<SocketAddr> {
 
 /// Run the probe. Errors only for unusable arguments (bad config, unreadable trust anchors,
 /// bad nameserver); every network outcome is in the report.
-pub async fn run(args: ProbeArgs) -> anyhow::Result<ProbeReport> {
+/// What every probe (XMPP or SIP) starts from: the domain, the config, our identity, the
+/// verifier and the resolver.
+pub(crate) struct ProbeSetup {
+    pub domain: String,
+    pub cfg: Option<Config>,
+    pub from: Option<String>,
+    pub identity: Option<Arc<Identity>>,
+    pub verifier: PeerVerifier,
+    pub resolver: S2sResolver,
+}
+
+pub(crate) fn setup(args: &ProbeArgs) -> anyhow::Result<ProbeSetup> {
     let domain = args
         .domain
         .trim()
@@ -360,6 +379,28 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ProbeReport> {
     };
     let resolver = S2sResolver::new(nameservers, statics).map_err(|e| anyhow::anyhow!("{e}"))?;
 
+    Ok(ProbeSetup {
+        domain,
+        cfg,
+        from,
+        identity,
+        verifier,
+        resolver,
+    })
+}
+
+pub async fn run(args: ProbeArgs) -> anyhow::Result<ProbeReport> {
+    if args.sip {
+        anyhow::bail!("use crate::probe_sip for --sip");
+    }
+    let ProbeSetup {
+        domain,
+        from,
+        identity,
+        verifier,
+        resolver,
+        ..
+    } = setup(&args)?;
     let ctx = Ctx {
         domain: domain.clone(),
         from: from.clone(),

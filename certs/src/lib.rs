@@ -44,7 +44,7 @@ pub use names::{NameMatch, cert_names, check_name};
 pub use provider::crypto_provider;
 pub use summary::{CertSummary, cert_summary, sha256_fingerprint};
 pub use tls_config::client_config_for;
-pub use tls_config::{client_config, server_config, server_config_for};
+pub use tls_config::{client_config, server_config, server_config_for, server_config_mutual};
 pub use trust::{SYSTEM_BUNDLE, TrustAnchors};
 pub use verify::{PeerVerifier, VerifiedPeer};
 

@@ -41,12 +41,22 @@ static VERSIONS: &[&rustls::SupportedProtocolVersion] =
 #[derive(Debug)]
 struct DeferredPeerCheck {
     provider: Arc<CryptoProvider>,
+    /// A client without a certificate fails the handshake (`certificate_required`).
+    mandatory: bool,
 }
 
 impl DeferredPeerCheck {
     fn new() -> Arc<Self> {
         Arc::new(DeferredPeerCheck {
             provider: crypto_provider(),
+            mandatory: false,
+        })
+    }
+
+    fn mandatory() -> Arc<Self> {
+        Arc::new(DeferredPeerCheck {
+            provider: crypto_provider(),
+            mandatory: true,
         })
     }
 
@@ -127,8 +137,9 @@ impl ClientCertVerifier for DeferredPeerCheck {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        // Requested, not required: a peer without a certificate can still do dialback.
-        false
+        // XMPP: requested, not required (a peer without a certificate can still do dialback).
+        // SIP federation: required (mutual TLS is the only authentication).
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -252,15 +263,32 @@ impl rustls::server::ResolvesServerCert for StreamToResolver {
     }
 }
 
+/// Like [`server_config`] for mutual TLS (SIP federation): a client certificate is
+/// **required** (a client without one fails the handshake with `certificate_required`), and
+/// accepted at the TLS level whatever it is: check it afterwards with
+/// [`PeerVerifier`](crate::PeerVerifier).
+pub fn server_config_mutual(store: Arc<IdentityStore>) -> Arc<ServerConfig> {
+    build_server_config_with(store, Vec::new(), VERSIONS, DeferredPeerCheck::mandatory())
+}
+
 pub(crate) fn build_server_config(
     store: Arc<dyn rustls::server::ResolvesServerCert>,
     alpn: Vec<Vec<u8>>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<ServerConfig> {
+    build_server_config_with(store, alpn, versions, DeferredPeerCheck::new())
+}
+
+fn build_server_config_with(
+    store: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: Vec<Vec<u8>>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    verifier: Arc<DeferredPeerCheck>,
+) -> Arc<ServerConfig> {
     let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(versions)
         .expect("the ring provider supports TLS 1.2 and 1.3")
-        .with_client_cert_verifier(DeferredPeerCheck::new())
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(store);
     config.alpn_protocols = alpn;
     // No session resumption: a resumed session would carry the certificates of its first

@@ -611,3 +611,68 @@ async fn sip_domains_are_discovered_through_dns() {
         "{m}"
     );
 }
+
+/// `fedgate probe --sip`: DNS, TCP, TLS both ways and OPTIONS; without a client certificate
+/// the partner refuses us, and the probe says so with its kind.
+#[tokio::test]
+async fn probe_checks_a_sip_partner() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let spec = gateway(&pki, &partner, "standard", "");
+    let gw = spec.start().await;
+    let mut zone = Zone::new();
+    zone.srv(
+        "_sipfederationtls._tcp.example.test",
+        0,
+        5,
+        5061,
+        "sip.example.test",
+    )
+    .a("sip.example.test", spec.ip);
+    let dns = dns(zone).await;
+    // lync.test's operator probes example.test with its own config.
+    let (c, k) = pki.leaf("lync-probe", &LeafSpec::dns(&["lync.test"]));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lync.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[domains]]\nname = \"lync.test\"\ncert = {:?}\nkey = {:?}\n\n[s2s]\nlisten = [\"127.0.0.1:0\"]\n\n\
+             [tls]\nsystem_roots = false\ntrust_anchors = [{:?}]\n\n[dns]\nnameservers = [\"{}\"]\n",
+            c.display().to_string(),
+            k.display().to_string(),
+            pki.ca_path().display().to_string(),
+            dns.addr()
+        ),
+    )
+    .unwrap();
+    let mut args = fedgate::probe::ProbeArgs::new("example.test");
+    args.sip = true;
+    args.config = Some(cfg);
+    let r = fedgate::probe_sip::run(args).await.unwrap();
+    let text = fedgate::probe_sip::render_text(&r);
+    assert!(r.works, "{text}");
+    let t = &r.targets[0];
+    assert_eq!(t.srv.as_deref(), Some("_sipfederationtls"), "{text}");
+    assert_eq!(
+        t.certificate.as_deref(),
+        Some("valid for example.test"),
+        "{text}"
+    );
+    assert_eq!(t.options.as_deref(), Some("200 OK"), "{text}");
+    assert!(
+        t.allow.as_deref().unwrap_or("").contains("MESSAGE"),
+        "{text}"
+    );
+
+    let mut anon = fedgate::probe::ProbeArgs::new("example.test");
+    anon.sip = true;
+    anon.ca = vec![pki.ca_path()];
+    anon.dns = Some(dns.addr().to_string());
+    anon.timeout_secs = 3;
+    let r = fedgate::probe_sip::run(anon).await.unwrap();
+    let text = fedgate::probe_sip::render_text(&r);
+    assert!(!r.works, "{text}");
+    assert_eq!(r.kind.as_deref(), Some("no-client-cert"), "{text}");
+    drop(gw);
+}

@@ -75,10 +75,10 @@ impl Shared {
         events: mpsc::Sender<Event>,
         metrics: SipMetrics,
     ) -> Self {
-        let acceptor = TlsAcceptor::from(fedgate_certs::server_config(
-            ctx.identities.clone(),
-            Vec::new(),
-        ));
+        // A client certificate is required at the handshake (mutual TLS is SIP federation's
+        // only authentication); its chain and name are checked afterwards.
+        let acceptor =
+            TlsAcceptor::from(fedgate_certs::server_config_mutual(ctx.identities.clone()));
         Self {
             ctx,
             settings,
@@ -130,11 +130,16 @@ async fn inbound(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     let tls = match tokio::time::timeout(timeout, shared.acceptor.accept(tcp)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
-            shared.fail(
-                "unknown",
-                FailureKind::Tls,
-                &format!("{addr}: handshake: {e}"),
-            );
+            let no_cert = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .is_some_and(|r| matches!(r, rustls::Error::NoCertificatesPresented));
+            let kind = if no_cert {
+                FailureKind::NoClientCert
+            } else {
+                FailureKind::Tls
+            };
+            shared.fail("unknown", kind, &format!("{addr}: handshake: {e}"));
             return;
         }
         Err(_) => {
