@@ -676,3 +676,79 @@ async fn probe_checks_a_sip_partner() {
     assert_eq!(r.kind.as_deref(), Some("no-client-cert"), "{text}");
     drop(gw);
 }
+
+/// The policy applies to SIP partners as to XMPP ones: a kind the policy does not let in is
+/// refused (as `service-unavailable`, i.e. 480 on the SIP side), an allowed one passes, and the
+/// policy's `protocol = "sip"` makes the domain SIP without any `[sip]` partner entry.
+#[tokio::test]
+async fn the_policy_applies_to_sip_partners() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "default = \"deny\"\n\n[[rule]]\nid = \"lync-im-only\"\ndomains = [\"lync.test\"]\n\
+         action = \"allow\"\ndirection = \"both\"\nkinds = [\"message\"]\nprotocol = \"sip\"\n",
+    )
+    .unwrap();
+    let mut spec = GwSpec::new(&pki, "example.test");
+    spec.extra = format!(
+        "\n[policy]\nfile = {:?}\n\n[sip]\nlisten = [\"{}:5061\"]\ndiscover = false\n\
+         default_flavor = \"standard\"\n",
+        policy.display().to_string(),
+        spec.ip
+    );
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    let mut edge = dial(&gw, &partner).await;
+
+    let mut page = fixture("ms-message-in-dialog.sip");
+    page.remove_headers("To");
+    page.push_header("To", "<sip:alice@example.test>");
+    page.set_header("Call-ID", "policy-1");
+    edge.send(&page).await.unwrap();
+    assert_eq!(code(&edge.recv(T).await.unwrap()), 200);
+    let m = next_stanza(&mut alice, "message").await;
+    assert!(body(&m).is_some());
+
+    // A kind the policy does not let in: a presence subscription from the partner.
+    edge.send(&fixture("ms-subscribe-presence.sip"))
+        .await
+        .unwrap();
+    let ok = edge.recv(T).await.unwrap();
+    assert_eq!(code(&ok), 200, "the SUBSCRIBE dialog itself is answered");
+    let pending = edge.recv(T).await.unwrap();
+    edge.send(&answer(&pending, 200, "OK", "x")).await.unwrap();
+    assert!(
+        alice
+            .recv_matching(Duration::from_millis(500), |e| e.name == "presence")
+            .await
+            .is_err(),
+        "the denied subscription reached the user"
+    );
+    let metrics = http_get(&gw, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "fedgate_policy_denials_total{direction=\"inbound\""
+        ) >= 1,
+        "{metrics}"
+    );
+
+    // Outbound: the policy's protocol makes lync.test SIP although no [[sip.partners]] names
+    // it; with no SIP records and no route it bounces from the SIP side (`SIP 502 … dns`).
+    alice
+        .send(&message("alice@example.test", "bob@lync.test", "o1", "out"))
+        .await
+        .unwrap();
+    let err = alice
+        .recv_matching(T, |e| e.attr("id") == Some("o1"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&err.to_bytes()).into_owned();
+    assert!(text.contains("remote-server-not-found"), "{text}");
+    assert!(text.contains("SIP"), "{text}");
+    drop(listener);
+}
