@@ -37,6 +37,9 @@ pub struct Config {
     /// SIP federation (`[sip]`, see `crate::sip_config`).
     #[serde(default)]
     pub sip: crate::sip_config::SipConfig,
+    /// Intercluster peering (`[intercluster]`, see `crate::intercluster_runtime`).
+    #[serde(default)]
+    pub intercluster: Option<crate::intercluster_runtime::InterclusterConfig>,
     /// Where the file came from (not a key).
     #[serde(skip)]
     pub source: String,
@@ -347,6 +350,10 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(ic) = &mut cfg.intercluster {
+            ic.resolve_paths(base);
+            ic.validate().map_err(|(k, m)| err(file, k, m))?;
         }
         cfg.validate()?;
         Ok(cfg)

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub sip: Option<Arc<SipRoute>>,
     /// Where the SIP/TLS listeners are bound.
     pub sip_addrs: Vec<SocketAddr>,
+    /// Intercluster peering, when configured.
+    pub intercluster: Option<Arc<crate::intercluster_runtime::IcRuntime>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -268,6 +270,13 @@ impl Gateway {
         } else {
             None
         };
+        let intercluster =
+            crate::intercluster_runtime::prepare(cfg, &ctx, policy.active().revision(), &registry)
+                .await?;
+        if let Some(ic) = &intercluster {
+            router.set_intercluster(ic.ic.clone());
+            ic.run(ctx.shutdown_signal());
+        }
         let sip_addrs = sip
             .as_ref()
             .map(|s| s.link.addrs.clone())
@@ -283,6 +292,7 @@ impl Gateway {
             pool: pool.clone(),
             components: components.clone(),
             sip: sip.clone(),
+            intercluster: intercluster.clone(),
         });
 
         let mut tasks = Vec::new();
@@ -402,6 +412,7 @@ impl Gateway {
             internal_resolver,
             sip,
             sip_addrs,
+            intercluster,
             tasks,
         })
     }
@@ -416,6 +427,9 @@ impl Gateway {
     /// Close every stream cleanly (closing tags, stream errors `system-shutdown`), then stop.
     pub async fn shutdown(self) {
         self.ctx.begin_shutdown();
+        if let Some(ic) = &self.intercluster {
+            ic.shutdown();
+        }
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }

@@ -17,6 +17,8 @@ pub struct HttpState {
     pub components: Arc<Components>,
     /// SIP federation, when configured.
     pub sip: Option<Arc<crate::sip_route::SipRoute>>,
+    /// Intercluster peering, when configured (also serves `/intercluster/…`).
+    pub intercluster: Option<Arc<crate::intercluster_runtime::IcRuntime>>,
 }
 
 pub async fn serve(state: Arc<HttpState>, listener: TcpListener) {
@@ -48,20 +50,24 @@ async fn handle(state: &HttpState, sock: &mut tokio::net::TcpStream) -> std::io:
     let line = String::from_utf8_lossy(&buf);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) = if method != "GET" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        )
-    } else {
-        match path.split('?').next().unwrap_or("") {
-            "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
-            "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-            "/status" => ("200 OK", "application/json", status_json(state).to_string()),
-            _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        }
-    };
+    let (status, ctype, body) =
+        if let (Some(ic), true) = (&state.intercluster, path.starts_with("/intercluster/")) {
+            let (s, c, b) = ic.http(method, path);
+            (s, c, b)
+        } else if method != "GET" {
+            (
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n".to_owned(),
+            )
+        } else {
+            match path.split('?').next().unwrap_or("") {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                "/status" => ("200 OK", "application/json", status_json(state).to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+            }
+        };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -122,6 +128,9 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
     });
     if let (Some(sip), Some(o)) = (&state.sip, doc.as_object_mut()) {
         o.insert("sip".into(), sip.link.status());
+    }
+    if let (Some(ic), Some(o)) = (&state.intercluster, doc.as_object_mut()) {
+        o.insert("intercluster".into(), ic.status());
     }
     doc
 }

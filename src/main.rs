@@ -43,6 +43,9 @@ enum Cmd {
     /// Load figures: s2s relay throughput and latency, s2s sessions/s and memory per idle
     /// session, policy decision cost.
     Bench(fedgate::bench::BenchArgs),
+    /// The intercluster directory of a running gateway (peers, lookup, conflicts, assign),
+    /// through its HTTP endpoint.
+    Directory(fedgate::directory_cli::DirectoryArgs),
     /// Check a config file and exit (non-zero with file: key: problem on error).
     CheckConfig {
         #[arg(long, short)]
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Policy { cmd } => fedgate::policy_cli::run(cmd),
+        Cmd::Directory(args) => fedgate::directory_cli::run(args),
         Cmd::Certs { cmd } => fedgate::certs_cli::run(cmd),
         Cmd::Probe(args) => ExitCode::from(fedgate::probe::cli(args)),
         Cmd::Demo(args) => {

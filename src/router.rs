@@ -24,6 +24,8 @@ pub struct Router {
     internal: Arc<std::collections::HashSet<String>>,
     /// SIP federation, when configured.
     sip: std::sync::OnceLock<Arc<SipRoute>>,
+    /// Intercluster peering, when configured.
+    intercluster: std::sync::OnceLock<Arc<fedgate_intercluster::driver::Intercluster>>,
 }
 
 impl Router {
@@ -41,7 +43,13 @@ impl Router {
             policy,
             internal,
             sip: std::sync::OnceLock::new(),
+            intercluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Routes stanzas for hosted users homed on peer clusters over their links from now on.
+    pub fn set_intercluster(&self, ic: Arc<fedgate_intercluster::driver::Intercluster>) {
+        let _ = self.intercluster.set(ic);
     }
 
     /// Routes stanzas for SIP partners over `sip` from now on.
@@ -173,6 +181,15 @@ impl StanzaSink for Router {
         {
             return;
         }
+        // A hosted user whose home is a peer cluster: over that cluster's link (users listed
+        // in no directory, and stanzas that came over a link, stay here).
+        let st = match self.intercluster.get() {
+            Some(ic) if to_hosted => match ic.route(st) {
+                Ok(()) => return,
+                Err(st) => st,
+            },
+            _ => st,
+        };
         if to_hosted && self.internal.contains(&to) {
             // To our own IM server over s2s, the gateway acting as the sender's domain.
             self.pool.send(&from, &to, st);

@@ -151,6 +151,10 @@ async fn clusters_sync_their_users_and_route_to_the_home_cluster() {
     .await;
     let s = a.ic.status_json();
     assert_eq!(s["peers"]["beta"]["link"], "up", "{s}");
+    until("entries gauge", || {
+        a.ic.metrics.entries.with_label_values(&["beta"]).get() == 4
+    })
+    .await;
     assert_eq!(s["peers"]["beta"]["users"], 4, "{s}");
     a.ic.shutdown();
     b.ic.shutdown();

@@ -5,6 +5,7 @@ mod certs;
 mod crl;
 mod dane;
 mod expiry;
+mod intercluster;
 mod internal;
 mod policy;
 mod posh;

@@ -311,6 +311,9 @@ fn execute(
                     }
                     Note::DeltasIn(k) => {
                         m.deltas.with_label_values(&[name, "in"]).inc_by(k as u64);
+                        m.entries
+                            .with_label_values(&[name])
+                            .set(ic.replica(name).1 as i64);
                         ic.bump();
                     }
                     Note::DeltasOut(k) => {
@@ -319,6 +322,7 @@ fn execute(
                     Note::SnapshotIn(k) => {
                         m.snapshots.with_label_values(&[name, "in"]).inc();
                         tracing::info!(peer = %name, users = k, "directory snapshot received");
+                        m.entries.with_label_values(&[name]).set(k as i64);
                         ic.bump();
                     }
                     Note::SnapshotOut(_) => m.snapshots.with_label_values(&[name, "out"]).inc(),

@@ -509,6 +509,7 @@ impl Intercluster {
     /// The `/status` section.
     pub fn status_json(&self) -> serde_json::Value {
         let conflicts = self.conflicts();
+        self.metrics.conflicts.set(conflicts.len() as i64);
         let (inc, seq, own) = self.own();
         let peers: serde_json::Map<String, serde_json::Value> = lock(&self.peers)
             .values()
@@ -585,7 +586,9 @@ async fn housekeeping(ic: std::sync::Weak<Intercluster>, mut shutdown: watch::Re
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let Some(ic) = ic.upgrade() else { return };
+        let Some(ic) = ic.upgrade() else {
+            return;
+        };
         let now = Instant::now();
         let peers: Vec<Arc<Peer>> = lock(&ic.peers).values().cloned().collect();
         for p in peers {

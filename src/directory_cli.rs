@@ -1,0 +1,179 @@
+//! `fedgate directory`: the intercluster directory of a running gateway, through its HTTP
+//! endpoint (`[metrics] listen`). That endpoint also accepts `assign`: bind it to loopback or
+//! an admin network, or protect it, since anyone who reaches it can move users.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct DirectoryArgs {
+    /// The gateway's HTTP endpoint (`[metrics] listen`), host:port.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub http: String,
+    #[command(subcommand)]
+    pub cmd: DirectoryCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DirectoryCmd {
+    /// Each peer: link state, users it hosts, sync lag, last reconcile, conflicts.
+    Peers,
+    /// Where a user lives, and every cluster that claims it.
+    Lookup { user: String },
+    /// Users claimed by two clusters with the same epoch (and where they are routed).
+    Conflicts,
+    /// This cluster hosts the user from now on: an explicit move with a higher epoch (default:
+    /// one more than the highest known).
+    Assign {
+        user: String,
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+    /// Withdraw an admin assignment.
+    Unassign { user: String },
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One HTTP/1.1 request; (status code, body).
+pub fn request(addr: &str, method: &str, target: &str) -> Result<(u16, String), String> {
+    let sa = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an ip:port address"))?;
+    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    s.write_all(
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
+            .as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer from {addr}"))?;
+    Ok((code, body.to_owned()))
+}
+
+/// The human-readable peers table from the `/intercluster/peers` document.
+pub fn render_peers(doc: &serde_json::Value) -> String {
+    let mut out = format!(
+        "cluster {} (incarnation {}, seq {}, {} users, {} conflicts)\n",
+        doc["cluster"].as_str().unwrap_or("?"),
+        doc["incarnation"].as_str().unwrap_or("?"),
+        doc["seq"],
+        doc["users"],
+        doc["conflicts"]
+    );
+    out.push_str(&format!(
+        "{:<16} {:<5} {:>8} {:>8} {:>14} {:>9} {:>6}  {}\n",
+        "PEER", "LINK", "USERS", "LAG_S", "LAST_RECONCILE", "CONFLICTS", "QUEUE", "NOTES"
+    ));
+    if let Some(peers) = doc["peers"].as_object() {
+        for (name, p) in peers {
+            let mut notes = Vec::new();
+            if p["consistency"] == "mismatch" {
+                notes.push("consistency mismatch".to_owned());
+            }
+            if let Some(k) = p["last_error"]["kind"].as_str() {
+                notes.push(format!("last error: {k}"));
+            }
+            out.push_str(&format!(
+                "{:<16} {:<5} {:>8} {:>8.1} {:>14} {:>9} {:>6}  {}\n",
+                name,
+                p["link"].as_str().unwrap_or("?"),
+                p["users"],
+                p["sync_lag_seconds"].as_f64().unwrap_or(0.0),
+                p["last_reconcile"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |t| fedgate_certs::fmt_unix(t as i64)),
+                p["conflicts"],
+                p["queue_depth"],
+                notes.join("; ")
+            ));
+        }
+    }
+    out
+}
+
+pub fn run(args: DirectoryArgs) -> ExitCode {
+    let (method, target) = match &args.cmd {
+        DirectoryCmd::Peers => ("GET", "/intercluster/peers".to_owned()),
+        DirectoryCmd::Lookup { user } => {
+            ("GET", format!("/intercluster/lookup?user={}", encode(user)))
+        }
+        DirectoryCmd::Conflicts => ("GET", "/intercluster/conflicts".to_owned()),
+        DirectoryCmd::Assign { user, epoch } => (
+            "POST",
+            format!(
+                "/intercluster/assign?user={}{}",
+                encode(user),
+                epoch.map(|e| format!("&epoch={e}")).unwrap_or_default()
+            ),
+        ),
+        DirectoryCmd::Unassign { user } => (
+            "POST",
+            format!("/intercluster/unassign?user={}", encode(user)),
+        ),
+    };
+    match request(&args.http, method, &target) {
+        Ok((200, body)) => {
+            let doc: serde_json::Value =
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            match args.cmd {
+                DirectoryCmd::Peers => print!("{}", render_peers(&doc)),
+                DirectoryCmd::Conflicts => {
+                    let list = doc.as_array().cloned().unwrap_or_default();
+                    if list.is_empty() {
+                        println!("no conflicts");
+                    }
+                    for c in list {
+                        let clusters: Vec<&str> = c["clusters"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                            .unwrap_or_default();
+                        println!(
+                            "{}: epoch {} claimed by {} (routed to {})",
+                            c["user"].as_str().unwrap_or("?"),
+                            c["epoch"],
+                            clusters.join(", "),
+                            clusters.first().unwrap_or(&"?")
+                        );
+                    }
+                }
+                _ => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or(body)),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok((404, _)) => {
+            eprintln!(
+                "fedgate directory: {} has no intercluster section (not configured?)",
+                args.http
+            );
+            ExitCode::from(1)
+        }
+        Ok((code, body)) => {
+            eprintln!("fedgate directory: HTTP {code}: {}", body.trim());
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("fedgate directory: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,671 @@
+//! Intercluster peering: three clusters (tokyo, newyork, london) of example.test on distinct
+//! loopback addresses, each with a component acting as its local users, joined by mutually
+//! authenticated TLS links; a remote domain b.test federating through one of them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fedgate::component_client::{ComponentClient, body, message, presence};
+use fedgate::gateway::Gateway;
+use fedgate_certs::dev::LeafSpec;
+
+use super::error_condition;
+use super::support::*;
+
+const DOMAIN: &str = "example.test";
+
+/// One cluster of example.test: a gateway spec plus its intercluster files.
+struct Cluster {
+    name: &'static str,
+    spec: GwSpec,
+    users_file: PathBuf,
+    peers_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn new(pki: &Pki, name: &'static str, users: &[&str]) -> Self {
+        let mut spec = GwSpec::new(pki, DOMAIN);
+        // Every cluster serves the same domain: one certificate for example.test and one for
+        // the cluster's own name.
+        spec.cert = pki.leaf(&format!("{name}-domain"), &LeafSpec::dns(&[DOMAIN]));
+        spec.dialback_secret = "one-secret-for-every-cluster".into();
+        let (cc, ck) = pki.leaf(&format!("cluster-{name}"), &LeafSpec::dns(&[name]));
+        let dir = tempfile::tempdir().unwrap();
+        let users_file = dir.path().join("users");
+        let peers_file = dir.path().join("peers.toml");
+        std::fs::write(&users_file, users.join("\n")).unwrap();
+        std::fs::write(&peers_file, "").unwrap();
+        spec.extra = format!(
+            "\n[intercluster]\ncluster = \"{name}\"\nlisten = \"{ip}:7400\"\ncert = {cc:?}\nkey = {ck:?}\n\
+             directory_file = {uf:?}\npeers_file = {pf:?}\nheartbeat_secs = 1\ntimeout_secs = 4\n\
+             digest_secs = 2\nbackoff_min_ms = 50\nbackoff_max_ms = 400\nqueue_max_secs = 2\nwatch_ms = 100\n",
+            ip = spec.ip,
+            cc = cc.display().to_string(),
+            ck = ck.display().to_string(),
+            uf = users_file.display().to_string(),
+            pf = peers_file.display().to_string(),
+        );
+        Self {
+            name,
+            spec,
+            users_file,
+            peers_file,
+            _dir: dir,
+        }
+    }
+
+    /// Writes the peers file (picked up while running).
+    fn set_peers(&self, peers: &[&Cluster]) {
+        let text: String = peers
+            .iter()
+            .map(|p| {
+                format!(
+                    "[[peers]]\nname = \"{}\"\naddress = \"{}:7400\"\n",
+                    p.name, p.spec.ip
+                )
+            })
+            .collect();
+        std::fs::write(&self.peers_file, text).unwrap();
+    }
+
+    fn set_users(&self, users: &[&str]) {
+        std::fs::write(&self.users_file, users.join("\n")).unwrap();
+    }
+}
+
+async fn status(gw: &Gateway) -> serde_json::Value {
+    serde_json::from_str(&http_get(gw, "/status").await).unwrap()
+}
+
+/// Polls `/status` of `gw` until `f` holds.
+async fn until_status(gw: &Gateway, what: &str, f: impl Fn(&serde_json::Value) -> bool) {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..150 {
+        last = status(gw).await;
+        if f(&last["intercluster"]) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}: {last}");
+}
+
+/// Until every listed peer of `gw` is up and hosts the given number of users.
+async fn until_synced(gw: &Gateway, peers: &[(&str, u64)]) {
+    until_status(gw, &format!("{peers:?}"), |ic| {
+        peers.iter().all(|(p, n)| {
+            ic["peers"][p]["link"] == "up" && ic["peers"][p]["users"].as_u64() == Some(*n)
+        })
+    })
+    .await;
+}
+
+/// The fedgate binary with `args`: (exit code, stdout + stderr). Run off the test's runtime
+/// thread, which the gateways it talks to need.
+async fn cli(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedgate"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn http_addr(gw: &Gateway) -> String {
+    gw.metrics_addr.unwrap().to_string()
+}
+
+/// Two distinct elements of a slice, mutably.
+fn two<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
+    assert_ne!(i, j);
+    if i < j {
+        let (a, b) = v.split_at_mut(j);
+        (&mut a[i], &mut b[0])
+    } else {
+        let (a, b) = v.split_at_mut(i);
+        (&mut b[0], &mut a[j])
+    }
+}
+
+/// Sends a message and expects it at `to_comp` exactly as sent.
+async fn deliver(
+    from: &mut ComponentClient,
+    to: &mut ComponentClient,
+    f: &str,
+    t: &str,
+    text: &str,
+) {
+    from.send(&message(f, t, text, text)).await.unwrap();
+    let m = to
+        .recv_matching(T, |e| e.name == "message")
+        .await
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+    assert_eq!(body(&m).as_deref(), Some(text));
+    assert_eq!((m.attr("from"), m.attr("to")), (Some(f), Some(t)), "{text}");
+}
+
+/// Three clusters that list each other; b.test reaches example.test through london.
+#[tokio::test]
+async fn every_entry_point_reaches_every_cluster_and_replies_flow_back() {
+    let pki = Pki::new();
+    let mut tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let mut newyork = Cluster::new(&pki, "newyork", &["bob@example.test", "dave@example.test"]);
+    let mut london = Cluster::new(&pki, "london", &["carol@example.test"]);
+    let mut b = GwSpec::new(&pki, "b.test");
+    b.static_targets
+        .insert(DOMAIN.into(), format!("tcp://{}:5269", london.spec.ip));
+    tokyo.set_peers(&[&newyork, &london]);
+    newyork.set_peers(&[&tokyo, &london]);
+    london.set_peers(&[&tokyo, &newyork]);
+    for c in [&mut tokyo, &mut newyork, &mut london] {
+        c.spec
+            .static_targets
+            .insert("b.test".into(), format!("tcp://{}:5269", b.ip));
+    }
+    let (gt, gn, gl, gb) = (
+        tokyo.spec.start().await,
+        newyork.spec.start().await,
+        london.spec.start().await,
+        b.start().await,
+    );
+    until_synced(&gt, &[("newyork", 2), ("london", 1)]).await;
+    until_synced(&gn, &[("tokyo", 1), ("london", 1)]).await;
+    until_synced(&gl, &[("tokyo", 1), ("newyork", 2)]).await;
+    let mut comps = vec![
+        tokyo.spec.component(&gt).await,
+        newyork.spec.component(&gn).await,
+        london.spec.component(&gl).await,
+    ];
+    let mut cb = b.component(&gb).await;
+
+    // From each cluster's user to a user on each cluster, and a reply back.
+    let users = [
+        "alice@example.test",
+        "bob@example.test",
+        "carol@example.test",
+    ];
+    for (i, from) in users.iter().enumerate() {
+        for (j, to) in users.iter().enumerate() {
+            let text = format!("{i}->{j}");
+            if i == j {
+                // To a user of the same cluster: delivered there.
+                let c = &mut comps[i];
+                c.send(&message(from, to, &text, &text)).await.unwrap();
+                let m = c.recv_matching(T, |e| e.name == "message").await.unwrap();
+                assert_eq!(body(&m).as_deref(), Some(text.as_str()));
+                continue;
+            }
+            let (src, dst) = two(&mut comps, i, j);
+            deliver(src, dst, from, to, &text).await;
+            deliver(dst, src, to, from, &format!("re {text}")).await;
+        }
+    }
+    let [ct, cn, cl] = &mut comps[..] else {
+        unreachable!()
+    };
+    // From a remote domain through london, to every cluster; replies go out from the home
+    // cluster's own s2s.
+    deliver(
+        &mut cb,
+        ct,
+        "zed@b.test/r",
+        "alice@example.test/phone",
+        "b to tokyo",
+    )
+    .await;
+    deliver(
+        &mut cb,
+        cn,
+        "zed@b.test/r",
+        "bob@example.test",
+        "b to newyork",
+    )
+    .await;
+    deliver(
+        &mut cb,
+        cl,
+        "zed@b.test/r",
+        "carol@example.test",
+        "b to london",
+    )
+    .await;
+    deliver(
+        ct,
+        &mut cb,
+        "alice@example.test/phone",
+        "zed@b.test/r",
+        "tokyo to b",
+    )
+    .await;
+    // A user listed in no directory is delivered where the stanza entered (as before).
+    deliver(
+        &mut cb,
+        cl,
+        "zed@b.test/r",
+        "nobody@example.test",
+        "unknown user",
+    )
+    .await;
+
+    // Presence broadcast from carol to both newyork users: one route on the link, two
+    // stanzas delivered.
+    let before = metric(
+        &http_get(&gl, "/metrics").await,
+        "fedgate_intercluster_routed_total{direction=\"out\",peer=\"newyork\"}",
+    );
+    for to in ["bob@example.test", "dave@example.test"] {
+        cl.send(&presence("carol@example.test/desk", to, ""))
+            .await
+            .unwrap();
+    }
+    let mut got = HashSet::new();
+    for _ in 0..2 {
+        let p = cn.recv_matching(T, |e| e.name == "presence").await.unwrap();
+        assert_eq!(p.attr("from"), Some("carol@example.test/desk"));
+        got.insert(p.attr("to").unwrap().to_owned());
+    }
+    assert_eq!(got.len(), 2);
+    let after = metric(
+        &http_get(&gl, "/metrics").await,
+        "fedgate_intercluster_routed_total{direction=\"out\",peer=\"newyork\"}",
+    );
+    assert_eq!(after - before, 2, "two stanzas routed");
+
+    // Observability: /status section, metrics, the directory CLI.
+    let s = status(&gl).await;
+    let ic = &s["intercluster"];
+    assert_eq!(ic["cluster"], "london");
+    assert_eq!(ic["users"], 1);
+    assert_eq!(ic["peers"]["tokyo"]["users"], 1, "{s}");
+    assert_eq!(ic["peers"]["newyork"]["consistency"], "ok");
+    assert!(
+        ic["peers"]["newyork"]["last_reconcile"].as_u64().is_some(),
+        "{s}"
+    );
+    let m = http_get(&gl, "/metrics").await;
+    assert_eq!(
+        metric(&m, "fedgate_intercluster_link_up{peer=\"tokyo\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "fedgate_intercluster_entries{peer=\"newyork\"}"),
+        2,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "fedgate_intercluster_snapshots_total{direction=\"in\",peer=\"tokyo\"}"
+        ) >= 1
+    );
+    let (code, out) = cli(&["directory", "--http", &http_addr(&gl), "peers"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("cluster london"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("newyork") && l.contains(" up ")),
+        "{out}"
+    );
+    let (code, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gl),
+        "lookup",
+        "Bob@example.test",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["home"].as_str(), v["epoch"].as_u64()),
+        (Some("newyork"), Some(1))
+    );
+    for g in [gt, gn, gl, gb] {
+        g.shutdown().await;
+    }
+}
+
+/// alice moves from tokyo to newyork (admin assignment with a higher epoch) while london sends
+/// her a stream of messages: each one arrives exactly once, at the old or the new home, and
+/// after the move has propagated they arrive at the new home.
+#[tokio::test]
+async fn a_user_moves_while_traffic_flows() {
+    let pki = Pki::new();
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
+    let london = Cluster::new(&pki, "london", &["carol@example.test"]);
+    tokyo.set_peers(&[&newyork, &london]);
+    newyork.set_peers(&[&tokyo, &london]);
+    london.set_peers(&[&tokyo, &newyork]);
+    let (gt, gn, gl) = (
+        tokyo.spec.start().await,
+        newyork.spec.start().await,
+        london.spec.start().await,
+    );
+    until_synced(&gl, &[("tokyo", 1), ("newyork", 1)]).await;
+    until_synced(&gt, &[("newyork", 1), ("london", 1)]).await;
+    let mut ct = tokyo.spec.component(&gt).await;
+    let mut cn = newyork.spec.component(&gn).await;
+    let mut cl = london.spec.component(&gl).await;
+
+    const N: usize = 60;
+    let mut moved = false;
+    for i in 0..N {
+        cl.send(&message(
+            "carol@example.test",
+            "alice@example.test",
+            &format!("m{i}"),
+            "x",
+        ))
+        .await
+        .unwrap();
+        if i == N / 2 {
+            let (code, out) = cli(&[
+                "directory",
+                "--http",
+                &http_addr(&gn),
+                "assign",
+                "alice@example.test",
+            ])
+            .await;
+            assert_eq!(code, Some(0), "{out}");
+            assert!(out.contains("\"epoch\": 2"), "{out}");
+            moved = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(moved);
+    // Once london sees the move, new messages go to newyork.
+    until_status(&gl, "london sees alice at newyork", |ic| {
+        ic["peers"]["newyork"]["users"] == 2
+    })
+    .await;
+    cl.send(&message(
+        "carol@example.test",
+        "alice@example.test",
+        "after",
+        "x",
+    ))
+    .await
+    .unwrap();
+    let mut at: HashMap<String, Vec<&str>> = HashMap::new();
+    let mut bounced = 0;
+    let deadline = tokio::time::Instant::now() + T;
+    while at.values().map(Vec::len).sum::<usize>() + bounced < N + 1 {
+        assert!(tokio::time::Instant::now() < deadline, "missing: {at:?}");
+        for (name, c) in [("tokyo", &mut ct), ("newyork", &mut cn)] {
+            if let Ok(m) = c.recv(Duration::from_millis(100)).await {
+                at.entry(m.attr("id").unwrap().to_owned())
+                    .or_default()
+                    .push(name);
+            }
+        }
+        if let Ok(e) = cl.recv(Duration::from_millis(10)).await
+            && error_condition(&e).is_some()
+        {
+            bounced += 1;
+        }
+    }
+    // Nothing twice, nothing missing (bounced ones came back with an error).
+    assert!(at.values().all(|v| v.len() == 1), "duplicates: {at:?}");
+    assert_eq!(at.len() + bounced, N + 1);
+    assert_eq!(at["after"], vec!["newyork"]);
+    assert_eq!(at["m0"], vec!["tokyo"]);
+    // No more stray copies arrive later.
+    for c in [&mut ct, &mut cn] {
+        assert!(c.recv(Duration::from_millis(300)).await.is_err());
+    }
+    // The move is not a conflict: the higher epoch wins.
+    let (_, out) = cli(&["directory", "--http", &http_addr(&gl), "conflicts"]).await;
+    assert!(out.contains("no conflicts"), "{out}");
+    for g in [gt, gn, gl] {
+        g.shutdown().await;
+    }
+}
+
+/// newyork goes down: tokyo keeps its last-known directory and bounces stanzas for newyork's
+/// users with remote-server-timeout after the queue time; newyork comes back (a new
+/// incarnation), tokyo resyncs and delivers again.
+#[tokio::test]
+async fn a_cluster_killed_and_restarted() {
+    let pki = Pki::new();
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
+    tokyo.set_peers(&[&newyork]);
+    newyork.set_peers(&[&tokyo]);
+    let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
+    until_synced(&gt, &[("newyork", 1)]).await;
+    let first_inc = status(&gt).await["intercluster"]["peers"]["newyork"]["incarnation"].clone();
+    let mut ct = tokyo.spec.component(&gt).await;
+    gn.shutdown().await;
+    until_status(&gt, "link down", |ic| {
+        ic["peers"]["newyork"]["link"] == "down"
+    })
+    .await;
+    ct.send(&message(
+        "alice@example.test/r",
+        "bob@example.test",
+        "q1",
+        "are you there?",
+    ))
+    .await
+    .unwrap();
+    let e = ct.recv_matching(T, |e| e.name == "message").await.unwrap();
+    let (cond, text) = error_condition(&e).unwrap();
+    assert_eq!(cond, "remote-server-timeout", "{text}");
+    assert!(text.contains("newyork"), "{text}");
+    let m = http_get(&gt, "/metrics").await;
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_intercluster_bounces_total{peer=\"newyork\",reason=\"link-down\"}"
+        ),
+        1,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "fedgate_intercluster_link_failures_total{kind=\"closed\",peer=\"newyork\"}"
+        ) >= 1
+            || metric(
+                &m,
+                "fedgate_intercluster_link_failures_total{kind=\"connect\",peer=\"newyork\"}"
+            ) >= 1,
+        "{m}"
+    );
+
+    // Back, with one more user.
+    newyork.set_users(&["bob@example.test", "eve@example.test"]);
+    let gn2 = newyork.spec.start().await;
+    until_synced(&gt, &[("newyork", 2)]).await;
+    let s = status(&gt).await;
+    assert_ne!(
+        s["intercluster"]["peers"]["newyork"]["incarnation"], first_inc,
+        "{s}"
+    );
+    assert_eq!(
+        s["intercluster"]["peers"]["newyork"]["incarnation_changes"], 1,
+        "{s}"
+    );
+    let mut cn = newyork.spec.component(&gn2).await;
+    deliver(
+        &mut ct,
+        &mut cn,
+        "alice@example.test/r",
+        "eve@example.test",
+        "welcome back",
+    )
+    .await;
+    gt.shutdown().await;
+    gn2.shutdown().await;
+}
+
+/// tokyo and newyork both list dave with epoch 1: every cluster reports the conflict and routes
+/// dave's stanzas to the same cluster (the name that sorts first: newyork), never to both.
+#[tokio::test]
+async fn a_conflict_is_reported_and_routed_to_one_cluster() {
+    let pki = Pki::new();
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test", "dave@example.test"]);
+    let newyork = Cluster::new(&pki, "newyork", &["bob@example.test", "dave@example.test"]);
+    let london = Cluster::new(&pki, "london", &["carol@example.test"]);
+    tokyo.set_peers(&[&newyork, &london]);
+    newyork.set_peers(&[&tokyo, &london]);
+    london.set_peers(&[&tokyo, &newyork]);
+    let (gt, gn, gl) = (
+        tokyo.spec.start().await,
+        newyork.spec.start().await,
+        london.spec.start().await,
+    );
+    until_synced(&gl, &[("tokyo", 2), ("newyork", 2)]).await;
+    until_synced(&gt, &[("newyork", 2), ("london", 1)]).await;
+    let mut ct = tokyo.spec.component(&gt).await;
+    let mut cn = newyork.spec.component(&gn).await;
+    let mut cl = london.spec.component(&gl).await;
+    until_status(&gl, "conflict", |ic| ic["conflicts"] == 1).await;
+    let (code, out) = cli(&["directory", "--http", &http_addr(&gl), "conflicts"]).await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("dave@example.test: epoch 1 claimed by newyork, tokyo (routed to newyork)"),
+        "{out}"
+    );
+    let m = http_get(&gt, "/metrics").await;
+    assert_eq!(metric(&m, "fedgate_intercluster_conflicts "), 1, "{m}");
+    // From london and from tokyo (which lists dave itself): newyork gets it, tokyo does not.
+    deliver(
+        &mut cl,
+        &mut cn,
+        "carol@example.test",
+        "dave@example.test",
+        "from london",
+    )
+    .await;
+    deliver(
+        &mut ct,
+        &mut cn,
+        "alice@example.test",
+        "dave@example.test",
+        "from tokyo",
+    )
+    .await;
+    assert!(
+        ct.recv(Duration::from_millis(500)).await.is_err(),
+        "tokyo got a copy"
+    );
+    // Resolved by an explicit move: tokyo takes dave with a higher epoch.
+    let (code, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gt),
+        "assign",
+        "dave@example.test",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    until_status(&gl, "conflict resolved", |ic| ic["conflicts"] == 0).await;
+    deliver(
+        &mut cl,
+        &mut ct,
+        "carol@example.test",
+        "dave@example.test",
+        "after the move",
+    )
+    .await;
+    for g in [gt, gn, gl] {
+        g.shutdown().await;
+    }
+}
+
+/// london joins while tokyo and newyork run: until they list it, its links are refused
+/// (cert-name: not a configured peer); once their peers files name it, it syncs and routes.
+#[tokio::test]
+async fn a_peer_is_added_at_runtime() {
+    let pki = Pki::new();
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
+    let london = Cluster::new(&pki, "london", &["carol@example.test"]);
+    tokyo.set_peers(&[&newyork]);
+    newyork.set_peers(&[&tokyo]);
+    london.set_peers(&[&tokyo, &newyork]);
+    let (gt, gn, gl) = (
+        tokyo.spec.start().await,
+        newyork.spec.start().await,
+        london.spec.start().await,
+    );
+    until_synced(&gt, &[("newyork", 1)]).await;
+    until_status(&gl, "refused by tokyo", |ic| {
+        ic["peers"]["tokyo"]["link"] == "down"
+    })
+    .await;
+    // tokyo counted the unknown caller's attempts (without a per-caller label).
+    let mut refused = 0;
+    for _ in 0..100 {
+        let m = http_get(&gt, "/metrics").await;
+        refused = metric(
+            &m,
+            "fedgate_intercluster_link_failures_total{kind=\"cert-name\",peer=\"unknown\"}",
+        );
+        if refused > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 0);
+    tokyo.set_peers(&[&newyork, &london]);
+    newyork.set_peers(&[&tokyo, &london]);
+    until_synced(&gl, &[("tokyo", 1), ("newyork", 1)]).await;
+    until_synced(&gt, &[("newyork", 1), ("london", 1)]).await;
+    let mut ct = tokyo.spec.component(&gt).await;
+    let mut cl = london.spec.component(&gl).await;
+    deliver(
+        &mut ct,
+        &mut cl,
+        "alice@example.test",
+        "carol@example.test",
+        "hello london",
+    )
+    .await;
+    // And removed again: tokyo drops london's users (they are delivered locally, unknown).
+    tokyo.set_peers(&[&newyork]);
+    until_status(&gt, "london removed", |ic| ic["peers"]["london"].is_null()).await;
+    let (_, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gt),
+        "lookup",
+        "carol@example.test",
+    ])
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["home"].is_null(), "{out}");
+    for g in [gt, gn, gl] {
+        g.shutdown().await;
+    }
+}
+
+/// The example cluster config loads, with its paths resolved and its users file valid.
+#[test]
+fn the_cluster_example_config_loads() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-tokyo.toml");
+    let c = fedgate::config::Config::load(&p, &fedgate::config::Env::new()).unwrap();
+    let ic = c.intercluster.unwrap();
+    assert_eq!(ic.cluster, "tokyo");
+    assert_eq!(ic.peers.len(), 2);
+    assert!(ic.ldap.is_some());
+    let users = ic.directory_file.unwrap();
+    assert!(users.is_absolute());
+    let text = std::fs::read_to_string(users).unwrap();
+    let u = fedgate_intercluster::sources::parse_user_file(&text).unwrap();
+    assert_eq!(u.get("yuki@example.test"), Some(&2));
+}
