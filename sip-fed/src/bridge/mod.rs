@@ -21,6 +21,8 @@
 mod pending;
 mod presence;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

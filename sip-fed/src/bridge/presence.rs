@@ -484,7 +484,10 @@ fn notify(b: &mut Bridge, k: &Key, state: Option<&str>, now: Instant, out: &mut 
 /// A new SUBSCRIBE from a partner user.
 pub(super) fn on_subscribe(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &mut Vec<Out>) {
     let event = req.header("Event").unwrap_or("");
-    if event.split(';').next().is_none_or(|e| e.trim() != "presence")
+    if event
+        .split(';')
+        .next()
+        .is_none_or(|e| e.trim() != "presence")
     {
         let mut resp = SipMessage::response_to(&req, 489, "Bad Event");
         add_to_tag_if_missing(&mut resp);

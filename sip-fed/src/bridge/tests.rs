@@ -1,0 +1,234 @@
+//! The bridge without sockets: time is passed in, so refreshes, idle sessions and timeouts are
+//! checked exactly.
+
+use std::time::{Duration, Instant};
+
+use fedgate_s2s::element::{Element, NS_CONTENT};
+
+use super::*;
+
+fn bridge() -> Bridge {
+    let cfg = BridgeConfig {
+        host: "gw.example.test".into(),
+        hosted: ["example.test".to_owned()].into_iter().collect(),
+        session_idle: Duration::from_secs(60),
+        subscription_expires: 600,
+        txn_timeout: Duration::from_secs(32),
+        default_flavor: Flavor::Standard,
+        ..BridgeConfig::default()
+    };
+    Bridge::new(cfg, None)
+}
+
+fn presence(from: &str, to: &str, ptype: Option<&str>) -> Element {
+    let mut p = Element::new("presence", NS_CONTENT)
+        .with_attr("from", from)
+        .with_attr("to", to);
+    if let Some(t) = ptype {
+        p.set_attr("type", t);
+    }
+    p
+}
+
+fn sip(out: &[Out]) -> Vec<&SipMessage> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Sip { msg, .. } => Some(msg),
+            Out::Xmpp { .. } => None,
+        })
+        .collect()
+}
+
+fn xmpp(out: &[Out]) -> Vec<&Element> {
+    out.iter()
+        .filter_map(|o| match o {
+            Out::Xmpp { el, .. } => Some(el),
+            Out::Sip { .. } => None,
+        })
+        .collect()
+}
+
+fn ok_with_tag(req: &SipMessage, extra: &[(&str, &str)]) -> SipMessage {
+    let mut r = SipMessage::response_to(req, 200, "OK");
+    r.set_to_tag("remote").unwrap();
+    r.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+    for (k, v) in extra {
+        r.push_header(*k, *v);
+    }
+    r
+}
+
+/// A NOTIFY from bob in the dialog of `sub`.
+fn notify(sub: &SipMessage, cseq: u32, state: &str, body: &str) -> SipMessage {
+    let mut n = SipMessage::request("NOTIFY", "sip:alice@gw.example.test");
+    n.push_header(
+        "Via",
+        format!("SIP/2.0/TLS edge.lync.test;branch=z9hG4bKn{cseq}"),
+    );
+    n.push_header("Max-Forwards", "70");
+    n.push_header("From", "<sip:bob@lync.test>;tag=remote");
+    n.push_header("To", sub.header("From").unwrap());
+    n.push_header("Call-ID", sub.call_id().unwrap());
+    n.push_header("CSeq", format!("{cseq} NOTIFY"));
+    n.push_header("Event", "presence");
+    n.push_header("Subscription-State", state);
+    if !body.is_empty() {
+        n.push_header("Content-Type", "application/pidf+xml");
+        n.body = body.as_bytes().to_vec();
+    }
+    n
+}
+
+#[test]
+fn subscription_refresh_tolerates_a_missing_expires_and_has_jitter() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    let out = b.on_stanza(
+        presence("alice@example.test", "bob@lync.test", Some("subscribe")),
+        t0,
+    );
+    let sub = sip(&out)[0].clone();
+    assert_eq!(sub.method(), Some("SUBSCRIBE"));
+    assert_eq!(sub.header("Expires"), Some("600"));
+    // No Expires in the 2xx: what we asked for counts.
+    let out = b.on_response(ok_with_tag(&sub, &[]), t0);
+    assert!(out.is_empty());
+    let due = b.next_deadline().unwrap();
+    let secs = due.duration_since(t0).as_secs_f64();
+    assert!(
+        (420.0..=480.0).contains(&secs),
+        "refresh after {secs} s of 600"
+    );
+    assert!(b.poll(due - Duration::from_millis(1)).is_empty());
+    let out = b.poll(due);
+    let refresh = sip(&out)[0].clone();
+    assert_eq!(refresh.method(), Some("SUBSCRIBE"));
+    assert_eq!(refresh.call_id(), sub.call_id(), "in the same dialog");
+    assert_eq!(refresh.cseq().unwrap().0, sub.cseq().unwrap().0 + 1);
+    assert_eq!(refresh.uri(), Some("sip:bob@edge.lync.test;transport=tls"));
+}
+
+#[test]
+fn notify_states_map_to_xmpp_and_a_timeout_resubscribes() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    let out = b.on_stanza(
+        presence("alice@example.test", "bob@lync.test", Some("subscribe")),
+        t0,
+    );
+    let sub = sip(&out)[0].clone();
+    b.on_response(ok_with_tag(&sub, &[("Expires", "600")]), t0);
+    // pending: answered, nothing for XMPP
+    let out = b.on_request(7, "lync.test", notify(&sub, 1, "pending", ""), t0);
+    assert_eq!(sip(&out)[0].code(), Some(200));
+    assert!(xmpp(&out).is_empty());
+    // active: subscribed, then the presence
+    let pidf = "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:bob@lync.test'>\
+                <tuple id='t'><status><basic>open</basic></status></tuple></presence>";
+    let out = b.on_request(
+        7,
+        "lync.test",
+        notify(&sub, 2, "active;expires=600", pidf),
+        t0,
+    );
+    let x = xmpp(&out);
+    assert_eq!(x[0].attr("type"), Some("subscribed"));
+    assert_eq!(x[1].attr("type"), None);
+    assert_eq!(x[1].attr("from"), Some("bob@lync.test"));
+    // terminated;reason=timeout: the authorization stands, a new dialog is made
+    let out = b.on_request(
+        7,
+        "lync.test",
+        notify(&sub, 3, "terminated;reason=timeout", ""),
+        t0,
+    );
+    let again = sip(&out).into_iter().find(|m| m.is_request()).unwrap();
+    assert_eq!(again.method(), Some("SUBSCRIBE"));
+    assert_ne!(again.call_id(), sub.call_id());
+    assert!(xmpp(&out).is_empty(), "no unsubscribed for a timeout");
+    // rejected: unavailable + unsubscribed
+    let again = again.clone();
+    b.on_response(ok_with_tag(&again, &[]), t0);
+    let out = b.on_request(
+        7,
+        "lync.test",
+        notify(&again, 1, "terminated;reason=rejected", ""),
+        t0,
+    );
+    let types: Vec<_> = xmpp(&out).iter().map(|e| e.attr("type")).collect();
+    assert_eq!(types, vec![Some("unavailable"), Some("unsubscribed")]);
+}
+
+#[test]
+fn a_request_without_answer_fails_as_remote_server_timeout() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    let msg = Element::new("message", NS_CONTENT)
+        .with_attr("from", "alice@example.test/pc")
+        .with_attr("to", "bob@lync.test")
+        .with_attr("id", "m1")
+        .with_child(Element::new("body", NS_CONTENT).with_text("hello"));
+    let out = b.on_stanza(msg, t0);
+    assert_eq!(sip(&out)[0].method(), Some("MESSAGE"));
+    assert!(b.poll(t0 + Duration::from_secs(31)).is_empty());
+    let out = b.poll(t0 + Duration::from_secs(32));
+    let err = xmpp(&out)[0];
+    assert_eq!(err.attr("type"), Some("error"));
+    assert_eq!(err.attr("id"), Some("m1"));
+    let (cond, _) = fedgate_s2s::wire::stanza_error(err).unwrap();
+    assert_eq!(cond, "remote-server-timeout");
+}
+
+#[test]
+fn the_watcher_sees_the_most_available_resource() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    // Alice already authorized bob (no store: memory).
+    b.on_stanza(
+        presence("alice@example.test", "bob@lync.test", Some("subscribed")),
+        t0,
+    );
+    let mut s = SipMessage::request("SUBSCRIBE", "sip:alice@example.test");
+    s.push_header("Via", "SIP/2.0/TLS edge.lync.test;branch=z9hG4bKs1");
+    s.push_header("Max-Forwards", "70");
+    s.push_header("From", "<sip:bob@lync.test>;tag=w1");
+    s.push_header("To", "<sip:alice@example.test>");
+    s.push_header("Call-ID", "watch-1");
+    s.push_header("CSeq", "1 SUBSCRIBE");
+    s.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+    s.push_header("Event", "presence");
+    s.push_header("Expires", "3600");
+    let out = b.on_request(3, "lync.test", s, t0);
+    let msgs = sip(&out);
+    assert_eq!(msgs[0].code(), Some(200));
+    assert_eq!(
+        msgs[0].header("Expires"),
+        Some("600"),
+        "granted at most our maximum"
+    );
+    let first = msgs[1];
+    assert!(
+        first
+            .header("Subscription-State")
+            .unwrap()
+            .starts_with("active")
+    );
+    // Two resources: dnd on one, chat on the other; the watcher sees chat.
+    let mut dnd = presence("alice@example.test/desk", "bob@lync.test", None);
+    dnd = dnd.with_child(Element::new("show", NS_CONTENT).with_text("dnd"));
+    b.on_stanza(dnd, t0);
+    let mut chat = presence("alice@example.test/phone", "bob@lync.test", None);
+    chat = chat.with_child(Element::new("show", NS_CONTENT).with_text("chat"));
+    let out = b.on_stanza(chat, t0);
+    let n = sip(&out)[0];
+    let body = String::from_utf8_lossy(&n.body);
+    assert!(body.contains(">chat<"), "{body}");
+    // The subscription ends unrefreshed after the granted time.
+    let out = b.poll(t0 + Duration::from_secs(600));
+    let end = sip(&out)[0];
+    assert!(
+        end.header("Subscription-State")
+            .unwrap()
+            .starts_with("terminated;reason=timeout")
+    );
+}
