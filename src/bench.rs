@@ -7,11 +7,14 @@
 //! - `sessions`: N authenticated s2s sessions (STARTTLS + SASL EXTERNAL, one distinct
 //!   originating domain each) to a target (a `fedgate run` child, or any s2s server):
 //!   sessions/s and resident memory per idle session.
+//! - `directory`: intercluster directory full sync to a new peer over TLS, delta propagation
+//!   latency, memory of P peers x N users.
 //! - `sip`: SIP MESSAGE ⇄ XMPP message translations per second through one gateway (mutual
 //!   TLS on the SIP side, a component on the XMPP side).
 
 use std::path::{Path, PathBuf};
 
+mod directory;
 mod relay;
 mod sessions;
 mod sip;
@@ -74,6 +77,16 @@ pub enum BenchMode {
         #[arg(long, default_value_t = 200)]
         concurrency: usize,
     },
+    /// Intercluster directory: full sync of N users to a new peer over a real TLS link,
+    /// delta propagation latency, memory of P peers x N users.
+    Directory {
+        #[arg(long, default_value_t = 75_000)]
+        users: usize,
+        #[arg(long, default_value_t = 6)]
+        peers: usize,
+        #[arg(long, default_value_t = 300)]
+        deltas: usize,
+    },
     /// SIP MESSAGE ⇄ XMPP message translations per second through one gateway: a partner edge
     /// (lync.bench.test) over mutual TLS, a component for the local users.
     Sip {
@@ -124,6 +137,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 counts,
                 ca_out,
                 concurrency: concurrency.max(1),
+            })
+            .await
+        }
+        BenchMode::Directory {
+            users,
+            peers,
+            deltas,
+        } => {
+            directory::run(directory::DirectoryOpts {
+                users,
+                peers,
+                deltas,
             })
             .await
         }

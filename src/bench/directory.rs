@@ -1,0 +1,172 @@
+//! `fedgate bench directory`: the intercluster directory's figures.
+//!
+//! - full sync: a cluster hosting N users (75,000 by default, the largest cluster size of the
+//!   design) and a new peer, joined by a real mutually authenticated TLS link on loopback:
+//!   time from the link being dialed until the new peer's replica holds every user;
+//! - delta propagation: single-user changes at the origin, time until the peer resolves the
+//!   user (p50/p99);
+//! - memory: resident memory added by a directory holding the replicas of P peers of N users
+//!   each (the sans-IO directory, as every gateway keeps it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fedgate_certs::dev::LeafSpec;
+use fedgate_certs::{Identity, PeerVerifier, TrustAnchors};
+use fedgate_intercluster::directory::{Digest, Directory};
+use fedgate_intercluster::driver::{Host, Intercluster, PeerConfig, Settings};
+use fedgate_s2s::driver::Stanza;
+use fedgate_s2s::wire::ErrorType;
+
+use super::{quantile, rss_kib, thousands};
+
+pub struct DirectoryOpts {
+    pub users: usize,
+    pub peers: usize,
+    pub deltas: usize,
+}
+
+/// The bench delivers nothing.
+struct Nowhere;
+
+impl Host for Nowhere {
+    fn deliver(&self, _: Stanza) {}
+    fn bounce(&self, _: &Stanza, _: ErrorType, _: &str, _: &str, _: &str) {}
+}
+
+fn users(prefix: &str, n: usize) -> HashMap<String, u64> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i:06}@example.test"), 1))
+        .collect()
+}
+
+fn memory(o: &DirectoryOpts) -> Option<(u64, u64)> {
+    let pid = std::process::id();
+    let before = rss_kib(pid)?;
+    let mut dir = Directory::new("bench", 1, 1000);
+    for p in 0..o.peers {
+        let entries: Vec<(String, u64)> = (0..o.users)
+            .map(|i| (format!("user{p}x{i:06}@example.test"), 1))
+            .collect();
+        let digest = Digest::of(entries.iter().map(|(u, e)| (u.as_str(), *e)));
+        dir.apply_snapshot(&format!("peer{p}"), 1, 1, entries, digest)
+            .ok()?;
+    }
+    let after = rss_kib(pid)?;
+    let total = (0..o.peers)
+        .map(|p| dir.users_of(&format!("peer{p}")))
+        .sum::<usize>();
+    assert_eq!(total, o.peers * o.users);
+    drop(dir);
+    Some((before, after))
+}
+
+async fn node(
+    pki: &crate::labpki::LabPki,
+    name: &str,
+    ip: &str,
+) -> anyhow::Result<(Arc<Intercluster>, String)> {
+    let (c, k) = pki.issue(name, &LeafSpec::dns(&[name]))?;
+    let id = Identity::load(name, &c, &k)?;
+    let anchors = Arc::new(TrustAnchors::new(false, &[pki.ca_path()])?);
+    let mut s = Settings::new(name, "bench");
+    s.backoff_min = Duration::from_millis(20);
+    s.backoff_max = Duration::from_millis(200);
+    let ic = Intercluster::new(
+        s,
+        id,
+        Arc::new(PeerVerifier::new(anchors)),
+        Arc::new(Nowhere),
+        &prometheus::Registry::new(),
+    );
+    let l = tokio::net::TcpListener::bind(format!("{ip}:0"))
+        .await
+        .with_context(|| format!("bind {ip}"))?;
+    let addr = l.local_addr()?.to_string();
+    ic.listen(l);
+    Ok((ic, addr))
+}
+
+pub async fn run(o: DirectoryOpts) -> anyhow::Result<()> {
+    println!(
+        "directory bench: {} users per cluster, {} peers for the memory figure, {} deltas",
+        thousands(o.users as u64),
+        o.peers,
+        o.deltas
+    );
+    match memory(&o) {
+        Some((before, after)) => println!(
+            "memory: {} peers x {} users = {} entries: RSS +{} KiB ({:.0} bytes per entry)",
+            o.peers,
+            thousands(o.users as u64),
+            thousands((o.peers * o.users) as u64),
+            thousands(after.saturating_sub(before)),
+            after.saturating_sub(before) as f64 * 1024.0 / (o.peers * o.users) as f64
+        ),
+        None => println!("memory: /proc/self/status not readable"),
+    }
+
+    let pki = crate::labpki::LabPki::new("fedgate directory bench CA")?;
+    let (origin, origin_addr) = node(&pki, "a-origin", "127.0.6.1").await?;
+    let (fresh, fresh_addr) = node(&pki, "b-fresh", "127.0.6.2").await?;
+    let t = Instant::now();
+    origin.set_source("file", users("u", o.users));
+    println!(
+        "origin: {} users loaded in {:.0} ms",
+        thousands(o.users as u64),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    fresh.set_peers(&[PeerConfig {
+        name: "a-origin".into(),
+        address: Some(origin_addr),
+    }]);
+    // a-origin sorts first: it dials the new peer.
+    let t = Instant::now();
+    origin.set_peers(&[PeerConfig {
+        name: "b-fresh".into(),
+        address: Some(fresh_addr),
+    }]);
+    let deadline = t + Duration::from_secs(60);
+    while fresh.replica("a-origin").1 < o.users {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "full sync did not finish in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let full = t.elapsed();
+    println!(
+        "full sync: {} users to a new peer over TLS in {:.0} ms (target <= 2000 ms)",
+        thousands(o.users as u64),
+        full.as_secs_f64() * 1e3
+    );
+
+    let mut lat_us: Vec<u32> = Vec::with_capacity(o.deltas);
+    for i in 0..o.deltas {
+        let user = format!("delta{i:05}@example.test");
+        let t = Instant::now();
+        origin.assign(&user, Some(1));
+        let deadline = t + Duration::from_secs(10);
+        while fresh.lookup(&user).0.is_none() {
+            anyhow::ensure!(Instant::now() < deadline, "a delta did not arrive in 10 s");
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        lat_us.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    lat_us.sort_unstable();
+    println!(
+        "delta propagation ({} single-user changes, {} users at the origin): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 1000 ms)",
+        o.deltas,
+        thousands(o.users as u64),
+        f64::from(quantile(&lat_us, 0.50)) / 1e3,
+        f64::from(quantile(&lat_us, 0.99)) / 1e3,
+        f64::from(lat_us.last().copied().unwrap_or(0)) / 1e3
+    );
+    origin.shutdown();
+    fresh.shutdown();
+    Ok(())
+}
