@@ -330,6 +330,10 @@ fn to_stanza(
         m = m.with_child(Element::new("subject", NS_CONTENT).with_text(subject));
     }
     m = m.with_child(Element::new("body", NS_CONTENT).with_text(&text.text));
+    // Formatted messages also carry a safe XEP-0071 rendering for clients that show it.
+    if let Some(html) = text.html.as_deref().and_then(crate::im::xhtml_im) {
+        m = m.with_child(html);
+    }
     if let Some(call_id) = req.call_id() {
         m = m.with_child(Element::new("thread", NS_CONTENT).with_text(call_id));
     }

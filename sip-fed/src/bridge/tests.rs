@@ -232,3 +232,38 @@ fn the_watcher_sees_the_most_available_resource() {
             .starts_with("terminated;reason=timeout")
     );
 }
+
+#[test]
+fn an_html_message_becomes_clean_text_with_xhtml_im_and_waits_for_the_router() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    let mut m = SipMessage::request("MESSAGE", "sip:alice@example.test");
+    m.push_header("Via", "SIP/2.0/TLS edge.lync.test;branch=z9hG4bKh1");
+    m.push_header("Max-Forwards", "70");
+    m.push_header("From", "<sip:bob@lync.test>;tag=h");
+    m.push_header("To", "<sip:alice@example.test>");
+    m.push_header("Call-ID", "html-1");
+    m.push_header("CSeq", "1 MESSAGE");
+    m.push_header("Content-Type", "text/html;charset=UTF-8");
+    m.push_header("Content-Language", "de");
+    m.body = b"<p>Hallo <b>Alice</b></p><script>x()</script>".to_vec();
+    let out = b.on_request(1, "lync.test", m, t0);
+    assert!(
+        sip(&out).is_empty(),
+        "no answer before the router took the stanza"
+    );
+    let st = xmpp(&out)[0].clone();
+    let text = String::from_utf8_lossy(&st.to_bytes()).into_owned();
+    assert!(text.contains("<body>Hallo Alice</body>"), "{text}");
+    assert!(
+        text.contains("http://jabber.org/protocol/xhtml-im"),
+        "{text}"
+    );
+    assert!(!text.contains("x()"), "{text}");
+    assert!(
+        text.contains("xml:lang='de'") || text.contains("xml:lang=\"de\""),
+        "{text}"
+    );
+    let out = b.settle();
+    assert_eq!(sip(&out)[0].code(), Some(200));
+}
