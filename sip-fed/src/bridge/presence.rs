@@ -166,32 +166,37 @@ impl Presence {
     }
 }
 
-fn with_to(has: Subscription) -> Subscription {
-    match has {
-        Subscription::From | Subscription::Both => Subscription::Both,
-        _ => Subscription::To,
+/// `has` with the "to" half (the local user receives the partner user's presence) and/or the
+/// "from" half (the partner user receives ours) set or cleared.
+fn change(has: Subscription, to: Option<bool>, from: Option<bool>) -> Subscription {
+    let (t, f) = match has {
+        Subscription::None => (false, false),
+        Subscription::To => (true, false),
+        Subscription::From => (false, true),
+        Subscription::Both => (true, true),
+    };
+    match (to.unwrap_or(t), from.unwrap_or(f)) {
+        (false, false) => Subscription::None,
+        (true, false) => Subscription::To,
+        (false, true) => Subscription::From,
+        (true, true) => Subscription::Both,
     }
+}
+
+fn with_to(has: Subscription) -> Subscription {
+    change(has, Some(true), None)
 }
 
 fn with_from(has: Subscription) -> Subscription {
-    match has {
-        Subscription::To | Subscription::Both => Subscription::Both,
-        _ => Subscription::From,
-    }
+    change(has, None, Some(true))
 }
 
 fn without_to(has: Subscription) -> Subscription {
-    match has {
-        Subscription::Both | Subscription::From => Subscription::From,
-        _ => Subscription::None,
-    }
+    change(has, Some(false), None)
 }
 
 fn without_from(has: Subscription) -> Subscription {
-    match has {
-        Subscription::Both | Subscription::To => Subscription::To,
-        _ => Subscription::None,
-    }
+    change(has, None, Some(false))
 }
 
 fn presence_stanza(kind: Option<&str>, from: &Jid, to: &Jid) -> Element {
