@@ -496,6 +496,44 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn load(extra: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!(
+            "[[domains]]\nname = \"example.test\"\nself_signed = true\n\n[intercluster]\ncluster = \"tokyo\"\n{extra}"
+        );
+        Config::from_toml(
+            &text,
+            "t.toml",
+            Path::new("/etc/fedgate"),
+            &Default::default(),
+        )
+    }
+
+    #[test]
+    fn the_section_is_checked_and_paths_are_resolved() {
+        let c = load("directory_file = \"users\"\n[[intercluster.peers]]\nname = \"london\"\n")
+            .unwrap();
+        let ic = c.intercluster.unwrap();
+        assert_eq!(ic.directory_file.unwrap(), Path::new("/etc/fedgate/users"));
+        assert_eq!(ic.listen.as_deref(), Some("0.0.0.0:7400"));
+        assert_eq!(ic.on_mismatch, OnMismatch::Refuse);
+        for (extra, key) in [
+            ("listen = \"nowhere\"\n", "intercluster.listen"),
+            ("cert = \"c.pem\"\n", "intercluster.cert"),
+            (
+                "[[intercluster.peers]]\nname = \"tokyo\"\n",
+                "intercluster.peers[0].name",
+            ),
+            (
+                "heartbeat_secs = 5\ntimeout_secs = 5\n",
+                "intercluster.timeout_secs",
+            ),
+            ("on_mismatch = \"ignore\"\n", "intercluster.on_mismatch"),
+        ] {
+            let e = load(extra).unwrap_err();
+            assert!(e.to_string().contains(key), "{extra}: {e}");
+        }
+    }
+
     #[test]
     fn query_values_are_decoded() {
         assert_eq!(percent_decode("alice%40example.test"), "alice@example.test");
