@@ -69,6 +69,11 @@ struct Watcher {
     conn: ConnId,
     expires_at: Instant,
     active: bool,
+    /// A NOTIFY of this dialog awaits its final response (RFC 6665 §4.2.2: no new NOTIFY in
+    /// the dialog until then).
+    notify_in_flight: bool,
+    /// The state changed while a NOTIFY was in flight: send the current state on its answer.
+    notify_again: bool,
 }
 
 pub(crate) struct Presence {
@@ -451,6 +456,15 @@ fn notify(b: &mut Bridge, k: &Key, state: Option<&str>, now: Instant, out: &mut 
     let Some(w) = b.presence.watchers.get_mut(k) else {
         return;
     };
+    // One NOTIFY at a time per dialog (RFC 6665 §4.2.2); a state change meanwhile is sent,
+    // as it then is, when the NOTIFY in flight is answered. A final (terminated) NOTIFY is
+    // sent at once: the watcher ends with it.
+    if w.notify_in_flight && state.is_none() {
+        w.notify_again = true;
+        return;
+    }
+    w.notify_in_flight = true;
+    w.notify_again = false;
     let remaining = w.expires_at.saturating_duration_since(now).as_secs();
     let sub_state = match state {
         Some(s) => s.to_owned(),
@@ -573,6 +587,8 @@ pub(super) fn on_subscribe(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &
             conn: ctx.conn,
             expires_at: ctx.now + Duration::from_secs(expires.into()),
             active: authorized,
+            notify_in_flight: false,
+            notify_again: false,
         },
     );
     if expires == 0 {
@@ -897,6 +913,11 @@ pub(super) fn on_final(
                 && let Some(w) = b.presence.watchers.remove(&k)
             {
                 b.presence.by_call.remove(&w.dialog.id.call_id);
+            } else if let Some(w) = b.presence.watchers.get_mut(&k) {
+                w.notify_in_flight = false;
+                if w.notify_again {
+                    notify(b, &k, None, now, out);
+                }
             }
         }
         _ => {}

@@ -58,6 +58,11 @@ fn ok_with_tag(req: &SipMessage, extra: &[(&str, &str)]) -> SipMessage {
     r
 }
 
+/// `200 OK` to one of our requests.
+fn ok(req: &SipMessage) -> SipMessage {
+    SipMessage::response_to(req, 200, "OK")
+}
+
 /// A NOTIFY from bob in the dialog of `sub`.
 fn notify(sub: &SipMessage, cseq: u32, state: &str, body: &str) -> SipMessage {
     let mut n = SipMessage::request("NOTIFY", "sip:alice@gw.example.test");
@@ -213,16 +218,23 @@ fn the_watcher_sees_the_most_available_resource() {
             .unwrap()
             .starts_with("active")
     );
+    let first = first.clone();
+    assert!(b.on_response(ok(&first), t0).is_empty());
     // Two resources: dnd on one, chat on the other; the watcher sees chat.
     let mut dnd = presence("alice@example.test/desk", "bob@lync.test", None);
     dnd = dnd.with_child(Element::new("show", NS_CONTENT).with_text("dnd"));
-    b.on_stanza(dnd, t0);
+    let out = b.on_stanza(dnd, t0);
+    let dnd_notify = sip(&out)[0].clone();
     let mut chat = presence("alice@example.test/phone", "bob@lync.test", None);
     chat = chat.with_child(Element::new("show", NS_CONTENT).with_text("chat"));
-    let out = b.on_stanza(chat, t0);
+    // RFC 6665 §4.2.2: no new NOTIFY in the dialog before the previous one is answered.
+    assert!(sip(&b.on_stanza(chat, t0)).is_empty());
+    let out = b.on_response(ok(&dnd_notify), t0);
     let n = sip(&out)[0];
     let body = String::from_utf8_lossy(&n.body);
     assert!(body.contains(">chat<"), "{body}");
+    let n = n.clone();
+    assert!(b.on_response(ok(&n), t0).is_empty());
     // The subscription ends unrefreshed after the granted time.
     let out = b.poll(t0 + Duration::from_secs(600));
     let end = sip(&out)[0];
