@@ -5,6 +5,9 @@
 mod internal;
 #[path = "../support/peers.rs"]
 mod peers;
+mod sip;
+#[path = "../support/sip_peers.rs"]
+mod sip_peers;
 #[path = "../gateway/support.rs"]
 #[allow(dead_code)]
 mod support;
