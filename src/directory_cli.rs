@@ -10,7 +10,7 @@ use std::time::Duration;
 #[derive(clap::Args, Debug)]
 pub struct DirectoryArgs {
     /// The gateway's HTTP endpoint (`[metrics] listen`), host:port.
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    #[arg(long, default_value = "127.0.0.1:9269")]
     pub http: String,
     #[command(subcommand)]
     pub cmd: DirectoryCmd,
