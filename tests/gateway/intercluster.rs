@@ -669,3 +669,74 @@ fn the_cluster_example_config_loads() {
     let u = fedgate_intercluster::sources::parse_user_file(&text).unwrap();
     assert_eq!(u.get("yuki@example.test"), Some(&2));
 }
+
+/// A cluster whose users come from LDAP (a real slapd on loopback): its peers learn them, a
+/// stanza for one of them reaches that cluster, and a user added in LDAP shows up at the peer
+/// after the next poll.
+#[tokio::test]
+async fn users_from_ldap_are_synced_and_routed() {
+    use super::slapd::Slapd;
+    let pki = Pki::new();
+    let ldap_ip = std::net::Ipv4Addr::new(127, 0, 4, 200);
+    let port = super::slapd::free_port(ldap_ip).unwrap();
+    let directory = Slapd::start(ldap_ip, port, "dc=example,dc=test", "admin-secret").unwrap();
+    let mut ldif = String::from(
+        "dn: ou=people,dc=example,dc=test\nobjectClass: organizationalUnit\nou: people\n\n",
+    );
+    for u in ["erin", "frank"] {
+        ldif.push_str(&format!(
+            "dn: uid={u},ou=people,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: {u}\n\
+             cn: {u}\nsn: {u}\nmail: {u}@example.test\n\n"
+        ));
+    }
+    directory.add_ldif(&ldif).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("ldap.pw");
+    std::fs::write(&pw, "admin-secret").unwrap();
+
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let mut newyork = Cluster::new(&pki, "newyork", &[]);
+    newyork.spec.extra = newyork
+        .spec
+        .extra
+        .replace("[intercluster]\n", "[intercluster]\nldap_poll_secs = 1\n")
+        + &format!(
+            "\n[intercluster.ldap]\nurl = \"{url}\"\nbind_dn = \"{dn}\"\nbind_password_file = {pw:?}\n\
+         base = \"ou=people,dc=example,dc=test\"\nfilter = \"(objectClass=inetOrgPerson)\"\n\
+         attribute = \"mail\"\n",
+            url = directory.url(),
+            dn = directory.admin_dn(),
+            pw = pw.display().to_string(),
+        );
+    tokyo.set_peers(&[&newyork]);
+    newyork.set_peers(&[&tokyo]);
+    let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
+    until_synced(&gt, &[("newyork", 2)]).await;
+    let mut ct = tokyo.spec.component(&gt).await;
+    let mut cn = newyork.spec.component(&gn).await;
+    deliver(
+        &mut ct,
+        &mut cn,
+        "alice@example.test",
+        "frank@example.test",
+        "to an LDAP user",
+    )
+    .await;
+
+    directory
+        .add_ldif(
+            "dn: uid=grace,ou=people,dc=example,dc=test\nobjectClass: inetOrgPerson\nuid: grace\n\
+             cn: grace\nsn: grace\nmail: grace@example.test\n",
+        )
+        .unwrap();
+    until_synced(&gt, &[("newyork", 3)]).await;
+    deliver(
+        &mut ct,
+        &mut cn,
+        "alice@example.test",
+        "grace@example.test",
+        "to a new LDAP user",
+    )
+    .await;
+    drop(directory);
+}

@@ -11,6 +11,8 @@ mod policy;
 mod posh;
 mod probe;
 mod sip;
+#[path = "../support/slapd.rs"]
+mod slapd;
 mod support;
 
 use std::time::Duration;
