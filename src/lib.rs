@@ -1,10 +1,11 @@
 //! fedgate: the federation gateway binary and its wiring. This room holds the CLI, config
-//! loading, the router (routing table: domain → link), the metrics/health/status HTTP endpoint,
-//! `fedgate probe`, `fedgate demo`, `fedgate bench`, and the in-process test DNS server used by
-//! the demo and the tests.
+//! loading, the router (routing table: domain → link: components, s2s, SIP, peer clusters),
+//! the metrics/health/status HTTP endpoint, `fedgate probe` (XMPP and `--sip`), `fedgate
+//! directory`, `fedgate demo`, `fedgate bench`, and test helpers (in-process DNS, a SIP
+//! partner endpoint, a component client) used by the demo, the benchmarks and the tests.
 //!
-//! Protocol logic lives in the crates beside it (`s2s`, `certs`, and later `policy`,
-//! `sip-fed`, `intercluster`); this crate only wires them together and may not reimplement it.
+//! Protocol logic lives in the crates beside it (`s2s`, `certs`, `policy`, `sip-fed`,
+//! `intercluster`); this crate only wires them together and may not reimplement it.
 
 pub mod bench;
 pub mod cert_reload;
