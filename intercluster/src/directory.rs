@@ -341,7 +341,12 @@ impl Directory {
                 got: incarnation,
             });
         }
-        if first > r.seq + 1 {
+        // Seqs start at 1; a batch must join the replica and its numbers must not overflow
+        // (a buggy or hostile peer may send anything).
+        if first == 0
+            || first > r.seq.saturating_add(1)
+            || first.checked_add(changes.len() as u64).is_none()
+        {
             return Err(SyncError::Gap {
                 origin: origin.to_owned(),
                 have: r.seq,
@@ -349,8 +354,7 @@ impl Directory {
             });
         }
         // Changes at or below the replica's seq were applied already (a resent batch).
-        for (i, c) in changes.iter().enumerate() {
-            let s = first + i as u64;
+        for (s, c) in (first..).zip(changes) {
             if s > r.seq {
                 r.entries.apply(c);
                 r.seq = s;
@@ -396,6 +400,13 @@ impl Directory {
             },
         );
         Ok(())
+    }
+
+    /// Whether the replica of `origin` lists `user`.
+    pub fn lists(&self, origin: &str, user: &str) -> bool {
+        self.replicas
+            .get(origin)
+            .is_some_and(|r| r.entries.users.contains_key(user))
     }
 
     /// Forgets the replica of `origin` (a removed peer).

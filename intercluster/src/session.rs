@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::directory::{Catchup, Directory, SyncError};
+use crate::directory::{Catchup, Change, Directory, SyncError};
 use crate::failure::{FailureKind, LinkFailure};
 use crate::wire::{Msg, Routed};
 
@@ -32,6 +32,9 @@ pub struct SessionSettings {
     pub on_mismatch: OnMismatch,
     /// Changes per `<deltas>` and entries per `<entries>` element.
     pub chunk: usize,
+    /// Most users a peer may list (snapshot count, replica size): memory bound against a
+    /// buggy or hostile peer.
+    pub max_entries: usize,
 }
 
 impl Default for SessionSettings {
@@ -42,6 +45,7 @@ impl Default for SessionSettings {
             digest_interval: Duration::from_secs(30),
             on_mismatch: OnMismatch::Refuse,
             chunk: 2000,
+            max_entries: 1_000_000,
         }
     }
 }
@@ -155,6 +159,19 @@ impl Session {
     pub fn lag(&self, now: Instant) -> Duration {
         self.behind_since
             .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+    }
+
+    /// Each side replicates only its peer's own origin: a directory message about another
+    /// origin is a protocol error (closes the session).
+    fn own_origin_only(&mut self, element: &str, origin: &str) -> Result<(), Action> {
+        if origin == self.peer {
+            return Ok(());
+        }
+        self.state = State::Closed;
+        Err(protocol(format!(
+            "<{element}> for origin '{origin}': {} may only send its own origin",
+            self.peer
+        )))
     }
 
     /// The first message.
@@ -332,10 +349,15 @@ impl Session {
                 incarnation,
                 since,
             } => {
-                if origin == dir.me() {
-                    self.catchup(dir, incarnation, since, &mut out);
-                    self.peer_has = Some(dir.seq());
+                if origin != dir.me() {
+                    self.state = State::Closed;
+                    out.push(protocol(format!(
+                        "<subscribe> to origin '{origin}': only this cluster's own log is offered"
+                    )));
+                    return out;
                 }
+                self.catchup(dir, incarnation, since, &mut out);
+                self.peer_has = Some(dir.seq());
             }
             Msg::Deltas {
                 origin,
@@ -343,14 +365,30 @@ impl Session {
                 first,
                 changes,
             } => {
-                if origin != self.peer {
+                if let Err(a) = self.own_origin_only("deltas", &origin) {
+                    out.push(a);
                     return out;
                 }
                 let n = changes.len();
+                let added = changes
+                    .iter()
+                    .filter(|c| matches!(c, Change::Put { user, .. } if !dir.lists(&origin, user)))
+                    .count();
+                if dir.users_of(&origin).saturating_add(added) > self.settings.max_entries {
+                    self.state = State::Closed;
+                    out.push(protocol(format!(
+                        "<deltas> would make {} list more than the {} entries allowed",
+                        self.peer, self.settings.max_entries
+                    )));
+                    return out;
+                }
                 match dir.apply_deltas(&origin, incarnation, first, &changes) {
                     Ok(()) => {
                         out.push(Action::Note(Note::DeltasIn(n)));
-                        self.peer_head = self.peer_head.max(first + n as u64 - 1);
+                        if n > 0 {
+                            let last = first.saturating_add(n as u64 - 1);
+                            self.peer_head = self.peer_head.max(last);
+                        }
                     }
                     Err(SyncError::Incarnation { have, got, .. }) => {
                         out.push(Action::Note(Note::IncarnationChanged {
@@ -368,17 +406,28 @@ impl Session {
                 seq,
                 count,
             } => {
-                if origin == self.peer {
-                    self.staging = Some(Staging {
-                        incarnation,
-                        seq,
-                        count,
-                        entries: Vec::with_capacity(count.min(1 << 20) as usize),
-                    });
+                if let Err(a) = self.own_origin_only("snapshot", &origin) {
+                    out.push(a);
+                    return out;
                 }
+                if count > self.settings.max_entries as u64 {
+                    self.state = State::Closed;
+                    out.push(protocol(format!(
+                        "a snapshot of {count} entries is more than the {} allowed",
+                        self.settings.max_entries
+                    )));
+                    return out;
+                }
+                self.staging = Some(Staging {
+                    incarnation,
+                    seq,
+                    count,
+                    entries: Vec::with_capacity(count.min(1 << 16) as usize),
+                });
             }
             Msg::Entries { origin, entries } => {
-                if origin != self.peer {
+                if let Err(a) = self.own_origin_only("entries", &origin) {
+                    out.push(a);
                     return out;
                 }
                 let Some(s) = &mut self.staging else {
@@ -402,7 +451,8 @@ impl Session {
                 seq,
                 digest,
             } => {
-                if origin != self.peer {
+                if let Err(a) = self.own_origin_only("snapshot-end", &origin) {
+                    out.push(a);
                     return out;
                 }
                 let Some(s) = self.staging.take() else {
@@ -436,7 +486,11 @@ impl Session {
                 seq,
                 digest,
             } => {
-                if origin != self.peer || self.resync_pending {
+                if let Err(a) = self.own_origin_only("digest", &origin) {
+                    out.push(a);
+                    return out;
+                }
+                if self.resync_pending {
                     return out;
                 }
                 self.peer_head = self.peer_head.max(seq);
@@ -537,6 +591,7 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::directory::Digest;
 
     fn users(n: usize, prefix: &str) -> HashMap<String, u64> {
         (0..n).map(|i| (format!("{prefix}{i}@x"), 1)).collect()
@@ -545,6 +600,7 @@ mod tests {
     fn settings() -> SessionSettings {
         SessionSettings {
             chunk: 3,
+            max_entries: 50,
             timeout: Duration::from_secs(1000),
             ..SessionSettings::default()
         }
@@ -724,7 +780,7 @@ mod tests {
         let (inc, seq) = p.b.replica_position("tokyo").unwrap();
         let mut bad: Vec<(String, u64)> = users(5, "t").into_iter().collect();
         bad[0].1 = 7;
-        let d = crate::directory::Digest::of(bad.iter().map(|(u, e)| (u.as_str(), *e)));
+        let d = Digest::of(bad.iter().map(|(u, e)| (u.as_str(), *e)));
         p.b.apply_snapshot("tokyo", inc, seq, bad, d).unwrap();
         assert_ne!(p.b.replica_digest("tokyo"), Some(p.a.own_digest()));
         // tokyo's digest timer fires.
@@ -835,6 +891,169 @@ mod tests {
         let acts = p.sa.on_local_change(&p.a);
         p.pump(acts, vec![], t1);
         assert_eq!(p.sb.lag(t1 + Duration::from_secs(3)), Duration::ZERO);
+    }
+
+    /// A session with tokyo that is up, with a replica of tokyo at (4, 3).
+    fn up_with_replica() -> (Directory, Session, Instant) {
+        let now = Instant::now();
+        let mut d = Directory::new("london", 1, 10);
+        let mut t = Directory::new("tokyo", 4, 10);
+        t.set_own(&users(3, "t"));
+        let (seq, e, dg) = t.own_snapshot();
+        d.apply_snapshot("tokyo", 4, seq, e, dg).unwrap();
+        let mut s = Session::new("tokyo", "c", settings(), now);
+        s.on_msg(
+            Msg::Hello {
+                cluster: "tokyo".into(),
+                incarnation: 4,
+                seq: 3,
+                consistency: "c".into(),
+            },
+            &mut d,
+            now,
+        );
+        assert!(s.is_up());
+        (d, s, now)
+    }
+
+    #[test]
+    fn absurd_sequence_numbers_neither_panic_nor_corrupt_the_replica() {
+        let (mut d, mut s, now) = up_with_replica();
+        // An empty batch at 0, a batch at 0, and a batch whose numbers overflow.
+        for (first, changes) in [
+            (0, vec![]),
+            (
+                0,
+                vec![Change::Put {
+                    user: "x@x".into(),
+                    epoch: 1,
+                }],
+            ),
+            (
+                u64::MAX,
+                vec![
+                    Change::Del {
+                        user: "t0@x".into(),
+                    },
+                    Change::Del {
+                        user: "t1@x".into(),
+                    },
+                ],
+            ),
+        ] {
+            s.on_msg(
+                Msg::Deltas {
+                    origin: "tokyo".into(),
+                    incarnation: 4,
+                    first,
+                    changes,
+                },
+                &mut d,
+                now,
+            );
+        }
+        assert_eq!(d.replica_position("tokyo"), Some((4, 3)));
+        assert_eq!(d.users_of("tokyo"), 3);
+        assert_eq!(d.resolve("x@x"), None);
+        // A snapshot at the highest seq, then deltas after it: refused, no overflow.
+        d.apply_snapshot("tokyo", 4, u64::MAX, vec![], Digest::default())
+            .unwrap();
+        let r = d.apply_deltas(
+            "tokyo",
+            4,
+            u64::MAX,
+            &[Change::Del {
+                user: "t0@x".into(),
+            }],
+        );
+        assert!(matches!(r, Err(SyncError::Gap { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn messages_about_another_origin_close_the_link() {
+        let msgs = [
+            Msg::SnapshotBegin {
+                origin: "london".into(),
+                incarnation: 9,
+                seq: 1,
+                count: 1,
+            },
+            Msg::Deltas {
+                origin: "paris".into(),
+                incarnation: 9,
+                first: 1,
+                changes: vec![],
+            },
+            Msg::Entries {
+                origin: "paris".into(),
+                entries: vec![("a@x".into(), 1)],
+            },
+            Msg::Digest {
+                origin: "paris".into(),
+                incarnation: 9,
+                seq: 1,
+                digest: Digest::default(),
+            },
+            Msg::Subscribe {
+                origin: "paris".into(),
+                incarnation: None,
+                since: 0,
+            },
+        ];
+        for m in msgs {
+            let (mut d, mut s, now) = up_with_replica();
+            let acts = s.on_msg(m.clone(), &mut d, now);
+            assert!(
+                matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::Protocol),
+                "{m:?}: {acts:?}"
+            );
+            assert!(!s.is_up());
+            assert_eq!(d.replica_position("london"), None);
+        }
+    }
+
+    #[test]
+    fn a_snapshot_or_replica_larger_than_the_bound_closes_the_link() {
+        let (mut d, mut s, now) = up_with_replica();
+        let max = settings().max_entries as u64;
+        let acts = s.on_msg(
+            Msg::SnapshotBegin {
+                origin: "tokyo".into(),
+                incarnation: 4,
+                seq: 9,
+                count: u64::MAX,
+            },
+            &mut d,
+            now,
+        );
+        assert!(
+            matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::Protocol && f.detail.contains("entries")),
+            "{acts:?}"
+        );
+        // Deltas that would grow the replica beyond the bound.
+        let (mut d, mut s, now) = up_with_replica();
+        let changes = (0..max)
+            .map(|i| Change::Put {
+                user: format!("n{i}@x"),
+                epoch: 1,
+            })
+            .collect();
+        let acts = s.on_msg(
+            Msg::Deltas {
+                origin: "tokyo".into(),
+                incarnation: 4,
+                first: 4,
+                changes,
+            },
+            &mut d,
+            now,
+        );
+        assert!(
+            matches!(acts.last(), Some(Action::Close(f)) if f.kind == FailureKind::Protocol),
+            "{acts:?}"
+        );
+        assert!(!s.is_up());
+        assert_eq!(d.users_of("tokyo"), 3);
     }
 
     #[test]
