@@ -647,6 +647,10 @@ pub(super) fn in_dialog(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &mut
                 .and_then(|e| crate::hdr::parse_expires(e).ok())
                 .unwrap_or(b.cfg.subscription_expires)
                 .min(b.cfg.subscription_expires);
+            let contact = match b.presence.watchers.get(&k) {
+                Some(w) => b.contact(&w.local),
+                None => String::new(),
+            };
             let Some(w) = b.presence.watchers.get_mut(&k) else {
                 return respond(out, ctx.conn, &req, 481, "Call/Transaction Does Not Exist");
             };
@@ -655,7 +659,10 @@ pub(super) fn in_dialog(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &mut
             }
             w.expires_at = ctx.now + Duration::from_secs(expires.into());
             w.conn = ctx.conn;
+            // SUBSCRIBE is a target refresh request: its 2xx carries our Contact (RFC 6665
+            // §4.1.2.1, RFC 3261 §12.2.2).
             let mut ok = SipMessage::response_to(&req, 200, "OK");
+            ok.push_header("Contact", contact);
             ok.push_header("Expires", expires.to_string());
             out.push(Out::Sip {
                 dest: Dest::Conn(ctx.conn),

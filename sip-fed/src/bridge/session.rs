@@ -539,8 +539,10 @@ pub(super) fn in_dialog(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &mut
             respond(out, ctx.conn, &req, 200, "OK");
         }
         "INVITE" => {
-            // A re-INVITE (session refresh): same answer.
+            // A re-INVITE (session refresh): same answer, with our Contact (a target refresh
+            // request's 2xx carries it, RFC 3261 §12.2.2, §13.3.1.4).
             let mut ok = SipMessage::response_to(&req, 200, "OK");
+            ok.push_header("Contact", b.contact(&local));
             ok.push_header("Content-Type", "application/sdp");
             ok.body = im_sdp(&b.cfg.host);
             out.push(Out::Sip {

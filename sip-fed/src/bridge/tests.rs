@@ -279,3 +279,63 @@ fn an_html_message_becomes_clean_text_with_xhtml_im_and_waits_for_the_router() {
     let out = b.settle();
     assert_eq!(sip(&out)[0].code(), Some(200));
 }
+
+/// The same request again as the next one in its dialog: `tag` as To tag, CSeq `seq`, a new
+/// branch.
+fn next_in_dialog(req: &SipMessage, tag: &str, seq: u32, branch: &str) -> SipMessage {
+    let mut r = req.clone();
+    r.remove_headers("Via");
+    r.prepend_header(
+        "Via",
+        format!("SIP/2.0/TLS edge.lync.test;branch=z9hG4bK{branch}"),
+    );
+    let to = r.header("To").unwrap().to_owned();
+    r.set_header("To", format!("{to};tag={tag}"));
+    let method = r.method().unwrap().to_owned();
+    r.set_header("CSeq", format!("{seq} {method}"));
+    r
+}
+
+fn to_tag(msg: &SipMessage) -> String {
+    NameAddr::parse(msg.header("To").unwrap())
+        .unwrap()
+        .tag()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn target_refresh_answers_carry_our_contact() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    // A session the partner opens, then refreshes with a re-INVITE.
+    let invite = SipMessage::parse(include_bytes!("../../fixtures/ms-invite-im.sip")).unwrap();
+    b.on_request(1, "lync.test", invite.clone(), t0);
+    let ok = sip(&b.settle())[0].clone();
+    assert_eq!(ok.code(), Some(200));
+    let reinvite = next_in_dialog(&invite, &to_tag(&ok), 2, "re1");
+    let out = b.on_request(1, "lync.test", reinvite, t0);
+    let ok = sip(&out)[0];
+    assert_eq!((ok.code(), ok.cseq()), (Some(200), Some((2, "INVITE"))));
+    assert_eq!(
+        ok.header("Contact"),
+        Some("<sip:alice@gw.example.test:5061;transport=tls>"),
+        "RFC 3261 §12.2.2: the 2xx to a re-INVITE carries Contact"
+    );
+    // A presence subscription the partner refreshes.
+    let sub =
+        SipMessage::parse(include_bytes!("../../fixtures/ms-subscribe-presence.sip")).unwrap();
+    let out = b.on_request(2, "lync.test", sub.clone(), t0);
+    let ok = sip(&out)[0].clone();
+    assert_eq!(ok.code(), Some(200));
+    let refresh = next_in_dialog(&sub, &to_tag(&ok), 2, "sr1");
+    let out = b.on_request(2, "lync.test", refresh, t0);
+    let ok = sip(&out)[0];
+    assert_eq!((ok.code(), ok.cseq()), (Some(200), Some((2, "SUBSCRIBE"))));
+    assert!(ok.header("Expires").is_some());
+    assert_eq!(
+        ok.header("Contact"),
+        Some("<sip:alice@gw.example.test:5061;transport=tls>"),
+        "a refreshing SUBSCRIBE's 2xx carries Contact"
+    );
+}
