@@ -20,10 +20,12 @@ pub(crate) enum Ctx {
         partner: String,
         stanza: Element,
     },
-    /// INVITE opening the session `key`.
+    /// INVITE opening the session `key`, carrying the first message `stanza` (bounced if
+    /// the INVITE fails).
     Invite {
         partner: String,
         key: (String, String),
+        stanza: Element,
     },
     /// In-dialog MESSAGE of session `key`.
     SessionMessage {

@@ -251,8 +251,17 @@ fn invite(
         remote: partner.clone(),
         local: from.domain.clone(),
     };
-    b.pending_first.insert(k.clone(), el);
-    b.send_request(req, dest, Ctx::Invite { partner, key: k }, now, out);
+    let ctx = Ctx::Invite {
+        partner,
+        key: k.clone(),
+        stanza: el,
+    };
+    let before = out.len();
+    b.send_request(req, dest, ctx, now, out);
+    if out.len() == before {
+        // Not sent (no transaction could be made): no session waits for it.
+        b.sessions.remove(&k);
+    }
 }
 
 fn session_dest(s: &Session) -> Dest {
@@ -574,31 +583,77 @@ pub(super) fn on_final(
     match ctx {
         Ctx::Page { stanza, .. } if code >= 300 => bounce_sip(&stanza, resp, out),
         Ctx::Page { .. } => {}
-        Ctx::Invite { key: k, .. } => {
-            let first = b.pending_first.remove(&k);
+        Ctx::Invite {
+            key: k,
+            stanza: first,
+            partner,
+        } => {
+            // The session this INVITE opens, unless another one took its place meanwhile (a
+            // session the partner opened for the same pair of users).
+            let ours = b
+                .sessions
+                .by_key
+                .get(&k)
+                .is_some_and(|s| Some(s.call_id.as_str()) == req.call_id());
             if code >= 300 {
-                let queued = match b.sessions.remove(&k) {
+                let queued = match ours.then(|| b.sessions.remove(&k)).flatten() {
                     Some(Session {
                         state: State::Inviting { queue },
                         ..
                     }) => queue,
                     _ => Vec::new(),
                 };
-                for el in first.iter().chain(queued.iter()) {
+                for el in std::iter::once(&first).chain(queued.iter()) {
                     bounce_sip(el, resp, out);
                 }
                 return;
             }
             let sent_by = b.sent_by();
-            let Some(s) = b.sessions.by_key.get_mut(&k) else {
-                return;
-            };
             let dialog = match Dialog::uac(req, resp) {
                 Ok(d) => d,
                 Err(e) => {
+                    // No dialog to ACK or continue in: the session ends here, and the messages
+                    // written meanwhile are bounced rather than kept forever.
                     tracing::warn!(error = %e, "sip: 2xx to INVITE does not make a dialog");
+                    if ours
+                        && let Some(Session {
+                            state: State::Inviting { queue },
+                            ..
+                        }) = b.sessions.remove(&k)
+                    {
+                        for el in &queue {
+                            bounce(
+                                el,
+                                ErrorType::Cancel,
+                                "undefined-condition",
+                                &format!(
+                                    "fedgate: the partner's 2xx to INVITE made no dialog ({e})"
+                                ),
+                                out,
+                            );
+                        }
+                    }
                     return;
                 }
+            };
+            if !ours {
+                // A dialog nobody wants: acknowledge it (RFC 3261 §13.2.2.4) and end it.
+                let mut dialog = dialog;
+                let seq = req.cseq().map_or(1, |(n, _)| n);
+                let dest = Dest::Partner {
+                    remote: partner.clone(),
+                    local: k.0.rsplit('@').next().unwrap_or_default().to_owned(),
+                };
+                out.push(Out::Sip {
+                    dest: dest.clone(),
+                    msg: dialog.ack(seq, &sent_by),
+                });
+                let bye = dialog.request("BYE", &sent_by);
+                b.send_request(bye, dest, Ctx::Bye { partner }, now, out);
+                return;
+            }
+            let Some(s) = b.sessions.by_key.get_mut(&k) else {
+                return;
             };
             // ACK for the 2xx: in the dialog, with the INVITE's CSeq number (RFC 3261 §13.2.2.4).
             let seq = req.cseq().map_or(1, |(n, _)| n);

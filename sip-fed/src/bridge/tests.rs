@@ -339,3 +339,70 @@ fn target_refresh_answers_carry_our_contact() {
         "a refreshing SUBSCRIBE's 2xx carries Contact"
     );
 }
+fn chat(from: &str, to: &str, id: &str, text: &str) -> Element {
+    Element::new("message", NS_CONTENT)
+        .with_attr("from", from)
+        .with_attr("to", to)
+        .with_attr("id", id)
+        .with_child(Element::new("body", NS_CONTENT).with_text(text))
+}
+
+#[test]
+fn an_invite_whose_2xx_makes_no_dialog_ends_its_session() {
+    let mut b = bridge();
+    b.cfg.flavors.insert("lync.test".into(), Flavor::Microsoft);
+    let t0 = Instant::now();
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@lync.test", "m1", "one"),
+        t0,
+    );
+    let invite = sip(&out)[0].clone();
+    assert_eq!(invite.method(), Some("INVITE"));
+    // Written while the INVITE is pending: waits for its answer.
+    assert!(
+        b.on_stanza(
+            chat("alice@example.test/pc", "bob@lync.test", "m2", "two"),
+            t0
+        )
+        .is_empty()
+    );
+    // A 2xx without a To tag makes no dialog: the waiting message is bounced, not kept.
+    let out = b.on_response(ok(&invite), t0);
+    let bounced: Vec<_> = xmpp(&out).iter().map(|e| e.attr("id")).collect();
+    assert_eq!(bounced, vec![Some("m2")]);
+    assert_eq!(xmpp(&out)[0].attr("type"), Some("error"));
+    // The next message opens a new session instead of queueing forever.
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@lync.test", "m3", "three"),
+        t0,
+    );
+    let again = sip(&out)[0];
+    assert_eq!(again.method(), Some("INVITE"));
+    assert_ne!(again.call_id(), invite.call_id());
+}
+
+#[test]
+fn the_answer_to_an_invite_superseded_by_the_partners_session_leaves_that_session_alone() {
+    let mut b = bridge();
+    b.cfg.flavors.insert("lync.test".into(), Flavor::Microsoft);
+    let t0 = Instant::now();
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@lync.test", "m1", "one"),
+        t0,
+    );
+    let invite = sip(&out)[0].clone();
+    // Meanwhile bob opens a session with alice.
+    let theirs = SipMessage::parse(include_bytes!("../../fixtures/ms-invite-im.sip")).unwrap();
+    b.on_request(1, "lync.test", theirs.clone(), t0);
+    b.settle();
+    // Our INVITE fails: its message is bounced, bob's session stays.
+    let out = b.on_response(SipMessage::response_to(&invite, 486, "Busy Here"), t0);
+    assert_eq!(xmpp(&out)[0].attr("id"), Some("m1"));
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@lync.test", "m2", "two"),
+        t0,
+    );
+    let m = sip(&out)[0];
+    assert_eq!(m.method(), Some("MESSAGE"));
+    assert_eq!(m.call_id(), theirs.call_id(), "in bob's session");
+}
