@@ -84,8 +84,9 @@ pub(crate) struct Presence {
     watchers: HashMap<Key, Watcher>,
     /// Call-ID → (is_watcher, key).
     by_call: HashMap<String, (bool, Key)>,
-    /// Call-IDs of one-off fetches → (local prober, partner user).
-    fetches: HashMap<String, (Jid, Jid)>,
+    /// Call-IDs of one-off fetches → (local prober, partner user, when to give up waiting
+    /// for the NOTIFY).
+    fetches: HashMap<String, (Jid, Jid, Instant)>,
     /// Current presence of local users, per resource.
     local: HashMap<String, BTreeMap<String, XmppPresence>>,
 }
@@ -106,7 +107,8 @@ impl Presence {
     pub fn next_deadline(&self) -> Option<Instant> {
         let a = self.watching.values().filter_map(|w| w.refresh_at).min();
         let b = self.watchers.values().map(|w| w.expires_at).min();
-        a.into_iter().chain(b).min()
+        let c = self.fetches.values().map(|f| f.2).min();
+        a.into_iter().chain(b).chain(c).min()
     }
 
     /// (our subscriptions, their subscriptions) with `partner`.
@@ -425,9 +427,12 @@ fn new_subscribe(b: &Bridge, local: &Jid, remote: &Jid, expires: u32) -> SipMess
 fn fetch(b: &mut Bridge, local: &Jid, remote: &Jid, now: Instant, out: &mut Vec<Out>) {
     let req = new_subscribe(b, local, remote, 0);
     let call_id = req.call_id().unwrap_or_default().to_owned();
+    // Given up when neither the 2xx nor the NOTIFY comes (RFC 6665 §4.1.2.4: 64·T1 after the
+    // 2xx), so that a partner that never notifies leaves nothing behind.
+    let give_up = now + 2 * b.cfg.txn_timeout;
     b.presence
         .fetches
-        .insert(call_id, (local.clone(), remote.clone()));
+        .insert(call_id, (local.clone(), remote.clone(), give_up));
     let partner = remote.domain.clone();
     let dest = Dest::Partner {
         remote: partner.clone(),
@@ -716,7 +721,7 @@ fn on_notify(b: &mut Bridge, ctx: &ReqCtx, call_id: &str, req: SipMessage, out: 
         }
     };
     // A fetch for an XMPP probe.
-    if let Some((local, remote)) = b.presence.fetches.get(call_id).cloned() {
+    if let Some((local, remote, _)) = b.presence.fetches.get(call_id).cloned() {
         respond(out, ctx.conn, &req, 200, "OK");
         if state.state.eq_ignore_ascii_case("terminated") {
             b.presence.fetches.remove(call_id);
@@ -831,10 +836,11 @@ pub(super) fn on_final(
     match ctx {
         Ctx::Subscribe { key: k, kind, .. } => {
             if kind == SubscribeKind::Fetch {
-                if code >= 300
-                    && let Some(call_id) = req.call_id()
-                {
+                let Some(call_id) = req.call_id() else { return };
+                if code >= 300 {
                     b.presence.fetches.remove(call_id);
+                } else if let Some(f) = b.presence.fetches.get_mut(call_id) {
+                    f.2 = now + b.cfg.txn_timeout;
                 }
                 return;
             }
@@ -931,8 +937,9 @@ pub(super) fn on_final(
     }
 }
 
-/// Refreshes due subscriptions; ends expired ones of partners.
+/// Refreshes due subscriptions; ends expired ones of partners; gives up fetches.
 pub(super) fn poll(b: &mut Bridge, now: Instant, out: &mut Vec<Out>) {
+    b.presence.fetches.retain(|_, f| f.2 > now);
     let due: Vec<Key> = b
         .presence
         .watching

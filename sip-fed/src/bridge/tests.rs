@@ -406,3 +406,32 @@ fn the_answer_to_an_invite_superseded_by_the_partners_session_leaves_that_sessio
     assert_eq!(m.method(), Some("MESSAGE"));
     assert_eq!(m.call_id(), theirs.call_id(), "in bob's session");
 }
+#[test]
+fn a_fetch_whose_notify_never_comes_is_given_up() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    b.on_stanza(
+        presence("alice@example.test", "bob@lync.test", Some("subscribed")),
+        t0,
+    );
+    b.on_stanza(
+        presence("alice@example.test", "bob@lync.test", Some("subscribe")),
+        t0,
+    );
+    // A probe: a one-off SUBSCRIBE Expires: 0.
+    let out = b.on_stanza(
+        presence("alice@example.test", "bob@lync.test", Some("probe")),
+        t0,
+    );
+    let fetch = sip(&out)
+        .into_iter()
+        .find(|m| m.header("Expires") == Some("0"))
+        .unwrap()
+        .clone();
+    assert!(b.on_response(ok_with_tag(&fetch, &[]), t0).is_empty());
+    // No NOTIFY: after 64·T1 the fetch is forgotten, and a late NOTIFY is not ours.
+    b.poll(t0 + Duration::from_secs(33));
+    let late = notify(&fetch, 1, "terminated;reason=timeout", "");
+    let out = b.on_request(7, "lync.test", late, t0 + Duration::from_secs(34));
+    assert_eq!(sip(&out)[0].code(), Some(481));
+}
