@@ -163,8 +163,6 @@ pub struct Bridge {
     pending: Pending,
     awaiting: HashMap<String, Awaiting>,
     sessions: session::Sessions,
-    /// The first message of each session whose INVITE is pending (bounced if it fails).
-    pending_first: HashMap<(String, String), Element>,
     presence: presence::Presence,
     learned: HashMap<String, Flavor>,
     partners: HashMap<String, PartnerStatus>,
@@ -185,7 +183,6 @@ impl Bridge {
             cfg,
             awaiting: HashMap::new(),
             sessions: session::Sessions::default(),
-            pending_first: HashMap::new(),
             learned: HashMap::new(),
             partners: HashMap::new(),
             next_id: 0,
@@ -561,6 +558,20 @@ impl Bridge {
                 (p.clone(), self.sessions.count_for(p), a + b)
             })
             .collect()
+    }
+
+    /// Entries of every map of the bridge, by name (tests check that they stay bounded).
+    #[cfg(test)]
+    pub(crate) fn state_sizes(&self) -> Vec<(&'static str, usize)> {
+        let mut v = vec![
+            ("awaiting", self.awaiting.len()),
+            ("client transactions", self.pending.client_count()),
+            ("server transactions", self.pending.server_count()),
+            ("transaction contexts", self.pending.len()),
+        ];
+        v.extend(self.sessions.sizes());
+        v.extend(self.presence.sizes());
+        v
     }
 
     /// After a restart: renew the subscriptions the authorization store says our users hold.

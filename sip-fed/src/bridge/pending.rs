@@ -150,6 +150,16 @@ impl Pending {
     pub fn len(&self) -> usize {
         self.ctx.len()
     }
+
+    #[cfg(test)]
+    pub fn client_count(&self) -> usize {
+        self.layer.client_count()
+    }
+
+    #[cfg(test)]
+    pub fn server_count(&self) -> usize {
+        self.layer.server_count()
+    }
 }
 
 fn branch_of(msg: &SipMessage) -> Option<String> {

@@ -125,6 +125,20 @@ impl Presence {
         )
     }
 
+    #[cfg(test)]
+    pub fn sizes(&self) -> [(&'static str, usize); 5] {
+        [
+            ("watching", self.watching.len()),
+            ("watchers", self.watchers.len()),
+            ("presence by_call", self.by_call.len()),
+            ("fetches", self.fetches.len()),
+            (
+                "local presences",
+                self.local.values().map(BTreeMap::len).sum(),
+            ),
+        ]
+    }
+
     fn authz(&self, local: &str, remote: &str) -> Authz {
         match &self.store {
             Some(s) => s.get(local, remote),

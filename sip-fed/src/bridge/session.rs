@@ -75,6 +75,23 @@ impl Sessions {
             .count()
     }
 
+    #[cfg(test)]
+    pub fn sizes(&self) -> [(&'static str, usize); 3] {
+        let queued = self
+            .by_key
+            .values()
+            .map(|s| match &s.state {
+                State::Inviting { queue } => queue.len(),
+                State::Up => 0,
+            })
+            .sum();
+        [
+            ("sessions", self.by_key.len()),
+            ("sessions by_call", self.by_call.len()),
+            ("queued session messages", queued),
+        ]
+    }
+
     fn remove(&mut self, key: &Key) -> Option<Session> {
         let s = self.by_key.remove(key)?;
         self.by_call.remove(&s.call_id);

@@ -339,6 +339,7 @@ fn target_refresh_answers_carry_our_contact() {
         "a refreshing SUBSCRIBE's 2xx carries Contact"
     );
 }
+
 fn chat(from: &str, to: &str, id: &str, text: &str) -> Element {
     Element::new("message", NS_CONTENT)
         .with_attr("from", from)
@@ -406,6 +407,7 @@ fn the_answer_to_an_invite_superseded_by_the_partners_session_leaves_that_sessio
     assert_eq!(m.method(), Some("MESSAGE"));
     assert_eq!(m.call_id(), theirs.call_id(), "in bob's session");
 }
+
 #[test]
 fn a_fetch_whose_notify_never_comes_is_given_up() {
     let mut b = bridge();
@@ -434,4 +436,439 @@ fn a_fetch_whose_notify_never_comes_is_given_up() {
     let late = notify(&fetch, 1, "terminated;reason=timeout", "");
     let out = b.on_request(7, "lync.test", late, t0 + Duration::from_secs(34));
     assert_eq!(sip(&out)[0].code(), Some(481));
+}
+
+/// A seeded random partner and XMPP side: the fixtures, the bridge's own messages and
+/// stanzas, mutated and replayed in random orders at advancing times.
+mod chaos {
+    use rand::rngs::StdRng;
+    use rand::seq::IndexedRandom;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::hdr::NameAddr;
+    use fedgate_s2s::wire::ErrorType;
+
+    const FIXTURES: [&[u8]; 5] = [
+        include_bytes!("../../fixtures/ms-invite-im.sip"),
+        include_bytes!("../../fixtures/ms-message-in-dialog.sip"),
+        include_bytes!("../../fixtures/ms-bye.sip"),
+        include_bytes!("../../fixtures/ms-subscribe-presence.sip"),
+        include_bytes!("../../fixtures/ms-notify-pidf.sip"),
+    ];
+    const LOCALS: [&str; 4] = [
+        "alice@example.test/pc",
+        "alice@example.test/phone",
+        "carol@example.test",
+        "carol@example.test/x",
+    ];
+    const REMOTES: [&str; 4] = [
+        "bob@lync.test",
+        "dave@lync.test",
+        "bob@lync.test/7f3a92b01c",
+        "eve@other.test",
+    ];
+    const PIDF: &str = "<presence xmlns='urn:ietf:params:xml:ns:pidf' entity='sip:bob@lync.test'>\
+        <tuple id='t'><status><basic>open</basic></status></tuple></presence>";
+    const GARBAGE: [&str; 10] = [
+        "",
+        "0",
+        "4294967296",
+        "-1",
+        "<sip:>",
+        ";;;",
+        "<sips:bob@lync.test>;tag=x",
+        "active;expires=abc",
+        "terminated;reason=rejected",
+        "\u{e9}\u{1F600}",
+    ];
+
+    struct World {
+        b: Bridge,
+        rng: StdRng,
+        now: Instant,
+        /// Fixtures and messages the bridge sent: material for mutations.
+        pool: Vec<SipMessage>,
+        /// Requests the bridge sent, not yet answered here.
+        ours: Vec<SipMessage>,
+        /// Stanzas the bridge routed (their errors can come back).
+        routed: Vec<Element>,
+        inbound_2xx_checked: usize,
+    }
+
+    impl World {
+        fn new(seed: u64) -> Self {
+            let pool = FIXTURES
+                .iter()
+                .map(|f| SipMessage::parse(f).expect("fixture parses"))
+                .collect();
+            Self {
+                b: bridge(),
+                rng: StdRng::seed_from_u64(seed),
+                now: Instant::now(),
+                pool,
+                ours: Vec::new(),
+                routed: Vec::new(),
+                inbound_2xx_checked: 0,
+            }
+        }
+
+        /// Records what the bridge did, and checks what every response must carry.
+        fn take(&mut self, out: Vec<Out>, answered: Option<&SipMessage>) {
+            for o in out {
+                match o {
+                    Out::Sip { msg, .. } if msg.is_request() => {
+                        if msg.method() != Some("ACK") && self.ours.len() < 500 {
+                            self.ours.push(msg.clone());
+                        }
+                        if self.pool.len() < 200 {
+                            self.pool.push(msg);
+                        }
+                    }
+                    Out::Sip { msg, .. } => {
+                        if let Some(req) = answered {
+                            check_response(req, &msg);
+                            self.inbound_2xx_checked += 1;
+                        }
+                    }
+                    Out::Xmpp { el, .. } => {
+                        if self.routed.len() < 500 {
+                            self.routed.push(el);
+                        }
+                    }
+                }
+            }
+        }
+
+        fn mutate(&mut self, mut m: SipMessage) -> Option<SipMessage> {
+            for _ in 0..self.rng.random_range(0..4) {
+                let n = m.headers.len();
+                match self.rng.random_range(0..9) {
+                    0 if n > 0 => {
+                        m.headers.remove(self.rng.random_range(0..n));
+                    }
+                    1 if n > 0 => {
+                        let h = m.headers[self.rng.random_range(0..n)].clone();
+                        m.headers.insert(self.rng.random_range(0..n), h);
+                    }
+                    2 if n > 0 => {
+                        let i = self.rng.random_range(0..n);
+                        m.headers[i].value = (*GARBAGE.choose(&mut self.rng)?).to_owned();
+                    }
+                    3 => {
+                        let c = self.rng.random_range(0..6);
+                        m.set_header("Call-ID", format!("call-{c}"));
+                    }
+                    4 => {
+                        let method = m.cseq().map(|(_, x)| x.to_owned()).unwrap_or_default();
+                        let n: u32 = self.rng.random_range(0..6);
+                        m.set_header("CSeq", format!("{n} {method}"));
+                    }
+                    5 => {
+                        let e = ["0", "1", "600", "99999999999", "x"].choose(&mut self.rng)?;
+                        m.set_header("Expires", *e);
+                    }
+                    6 => {
+                        let s = [
+                            "active;expires=10",
+                            "pending",
+                            "terminated;reason=timeout",
+                            "terminated;reason=noresource",
+                            "terminated",
+                            "active",
+                        ]
+                        .choose(&mut self.rng)?;
+                        m.set_header("Subscription-State", *s);
+                    }
+                    7 => {
+                        m.body = match self.rng.random_range(0..3) {
+                            0 => Vec::new(),
+                            1 => PIDF.as_bytes().to_vec(),
+                            _ => (0..self.rng.random_range(0..40))
+                                .map(|_| self.rng.random())
+                                .collect(),
+                        };
+                    }
+                    _ => {
+                        // Bytes: flip a few and parse again.
+                        let mut bytes = m.to_bytes();
+                        for _ in 0..self.rng.random_range(1..4) {
+                            let i = self.rng.random_range(0..bytes.len());
+                            bytes[i] = self.rng.random();
+                        }
+                        m = SipMessage::parse(&bytes).ok()?;
+                    }
+                }
+            }
+            Some(m)
+        }
+
+        /// A request from the partner in the dialog of a request the bridge sent.
+        fn reverse(&mut self, ours: &SipMessage) -> SipMessage {
+            let methods = [
+                "NOTIFY",
+                "NOTIFY",
+                "MESSAGE",
+                "BYE",
+                "SUBSCRIBE",
+                "INVITE",
+                "INFO",
+                "ACK",
+                "CANCEL",
+                "PRACK",
+            ];
+            let method = *methods.choose(&mut self.rng).unwrap_or(&"NOTIFY");
+            let mut r = SipMessage::request(method, "sip:alice@gw.example.test");
+            let b = self.rng.random_range(0..1_000_000);
+            r.push_header(
+                "Via",
+                format!("SIP/2.0/TLS edge.lync.test;branch=z9hG4bKr{b}"),
+            );
+            r.push_header("Max-Forwards", "70");
+            let to = ours.header("To").unwrap_or("<sip:bob@lync.test>");
+            let from = match NameAddr::parse(to) {
+                Ok(na) if na.tag().is_some() => to.to_owned(),
+                _ => format!("{to};tag=remote"),
+            };
+            r.push_header("From", from);
+            r.push_header("To", ours.header("From").unwrap_or(""));
+            r.push_header("Call-ID", ours.call_id().unwrap_or(""));
+            let seq = self.rng.random_range(1..8);
+            r.push_header("CSeq", format!("{seq} {method}"));
+            r.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+            r.push_header("Event", "presence");
+            let state = [
+                "active;expires=600",
+                "pending;expires=600",
+                "terminated;reason=rejected",
+                "terminated;reason=timeout",
+                "terminated;reason=deactivated",
+                "active",
+            ];
+            r.push_header("Subscription-State", *state.choose(&mut self.rng).unwrap());
+            if method == "NOTIFY" && self.rng.random_bool(0.5) {
+                r.push_header("Content-Type", "application/pidf+xml");
+                r.body = PIDF.as_bytes().to_vec();
+            } else if method == "MESSAGE" {
+                r.push_header("Content-Type", "text/plain");
+                r.body = b"hi".to_vec();
+            }
+            r
+        }
+
+        fn answer(&mut self, req: &SipMessage) -> SipMessage {
+            let codes = [
+                100, 180, 200, 200, 200, 202, 403, 404, 408, 415, 481, 486, 488, 489, 500, 503, 603,
+            ];
+            let code = *codes.choose(&mut self.rng).unwrap_or(&200);
+            let mut r = SipMessage::response_to(req, code, "X");
+            if self.rng.random_bool(0.9) {
+                let _ = r.set_to_tag("remote");
+            }
+            if self.rng.random_bool(0.9) {
+                r.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+            }
+            if self.rng.random_bool(0.5) {
+                let e = ["0", "5", "600", "3600", "bad"]
+                    .choose(&mut self.rng)
+                    .unwrap();
+                r.push_header("Expires", *e);
+            }
+            r
+        }
+
+        fn stanza(&mut self) -> Element {
+            let from = *LOCALS.choose(&mut self.rng).unwrap();
+            let to = *REMOTES.choose(&mut self.rng).unwrap();
+            let id = format!("x{}", self.rng.random_range(0..1000));
+            if self.rng.random_bool(0.4) {
+                let mut m = Element::new("message", NS_CONTENT)
+                    .with_attr("from", from)
+                    .with_attr("to", to)
+                    .with_attr("id", &id);
+                if self.rng.random_bool(0.9) {
+                    let len = if self.rng.random_bool(0.05) { 2000 } else { 5 };
+                    m = m.with_child(Element::new("body", NS_CONTENT).with_text(&"h".repeat(len)));
+                }
+                return m;
+            }
+            let types = [
+                None,
+                None,
+                Some("unavailable"),
+                Some("subscribe"),
+                Some("subscribed"),
+                Some("unsubscribe"),
+                Some("unsubscribed"),
+                Some("probe"),
+                Some("error"),
+            ];
+            let mut p = presence(from, to, *types.choose(&mut self.rng).unwrap());
+            p.set_attr("id", &id);
+            if self.rng.random_bool(0.3) {
+                let show = ["away", "chat", "dnd", "xa", "bogus"];
+                p = p.with_child(
+                    Element::new("show", NS_CONTENT).with_text(show.choose(&mut self.rng).unwrap()),
+                );
+            }
+            p
+        }
+
+        /// The router's error for a stanza the bridge routed.
+        fn error_for_routed(&mut self) -> Option<Element> {
+            let el = self.routed.choose(&mut self.rng)?.clone();
+            let cond = [
+                "service-unavailable",
+                "item-not-found",
+                "recipient-unavailable",
+                "remote-server-timeout",
+                "gone",
+                "bogus",
+            ];
+            let cond = *cond.choose(&mut self.rng)?;
+            Some(fedgate_s2s::wire::bounce(
+                &el,
+                ErrorType::Cancel,
+                cond,
+                "",
+                Some("example.test"),
+            ))
+        }
+
+        fn step(&mut self) {
+            let conn = self.rng.random_range(1..5);
+            let partner = if self.rng.random_bool(0.9) {
+                "lync.test"
+            } else {
+                "other.test"
+            };
+            match self.rng.random_range(0..100) {
+                0..20 => {
+                    let m = self.pool.choose(&mut self.rng).cloned();
+                    if let Some(m) = m.and_then(|m| self.mutate(m))
+                        && m.is_request()
+                    {
+                        let out = self.b.on_request(conn, partner, m.clone(), self.now);
+                        self.take(out, Some(&m));
+                    }
+                }
+                20..40 if !self.ours.is_empty() => {
+                    let i = self.rng.random_range(0..self.ours.len());
+                    let req = if self.rng.random_bool(0.8) {
+                        self.ours.swap_remove(i)
+                    } else {
+                        self.ours[i].clone()
+                    };
+                    let resp = self.answer(&req);
+                    let resp = if self.rng.random_bool(0.1) {
+                        self.mutate(resp)
+                    } else {
+                        Some(resp)
+                    };
+                    if let Some(resp) = resp {
+                        let out = self.b.on_response(resp, self.now);
+                        self.take(out, None);
+                    }
+                }
+                40..55 if !self.ours.is_empty() => {
+                    let ours = self.ours.choose(&mut self.rng).cloned().unwrap();
+                    let r = self.reverse(&ours);
+                    let out = self.b.on_request(conn, partner, r.clone(), self.now);
+                    self.take(out, Some(&r));
+                }
+                55..80 => {
+                    let st = self.stanza();
+                    let out = self.b.on_stanza(st, self.now);
+                    self.take(out, None);
+                }
+                80..85 => {
+                    if let Some(err) = self.error_for_routed() {
+                        let out = self.b.on_stanza(err, self.now);
+                        self.take(out, None);
+                    }
+                }
+                85..88 => {
+                    // Our own request coming back (a loop), or a send failure.
+                    if let Some(m) = self.ours.choose(&mut self.rng).cloned() {
+                        let out = if self.rng.random_bool(0.5) {
+                            self.b.on_request(conn, partner, m, self.now)
+                        } else {
+                            self.b.on_send_failed(&m, "connect", "refused")
+                        };
+                        self.take(out, None);
+                    }
+                }
+                88..94 => {
+                    let out = self.b.settle();
+                    self.take(out, None);
+                }
+                _ => {
+                    self.now += Duration::from_millis(self.rng.random_range(0..90_000));
+                    let out = self.b.poll(self.now);
+                    self.take(out, None);
+                }
+            }
+        }
+    }
+
+    /// What every response to a partner's request carries (RFC 3261 §8.2.6.2, §12.1.1,
+    /// RFC 6665 §4.2.1.1).
+    fn check_response(req: &SipMessage, resp: &SipMessage) {
+        if resp.cseq() != req.cseq() || resp.call_id() != req.call_id() {
+            return; // a response to another request of the same batch
+        }
+        let code = resp.code().unwrap_or(0);
+        let to_tag = resp
+            .header("To")
+            .and_then(|t| NameAddr::parse(t).ok())
+            .is_some_and(|t| t.tag().is_some());
+        // (A mutated To with quotes in its parameters is beyond reading a tag back.)
+        let readable_to = req
+            .header("To")
+            .is_some_and(|t| NameAddr::parse(t).is_ok() && !t.contains('"'));
+        if code > 100 && readable_to {
+            assert!(to_tag, "response without To tag: {resp:?} to {req:?}");
+        }
+        let method = req.method().unwrap_or("");
+        if (200..300).contains(&code) && matches!(method, "INVITE" | "SUBSCRIBE") {
+            assert!(
+                resp.header("Contact").is_some(),
+                "2xx to {method} without Contact: {resp:?}"
+            );
+            if method == "SUBSCRIBE" {
+                assert!(
+                    resp.header("Expires").is_some(),
+                    "2xx to SUBSCRIBE: {resp:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn random_partner_traffic_never_panics_and_all_state_drains() {
+        for seed in 0..64 {
+            let mut w = World::new(seed);
+            for _ in 0..800 {
+                w.step();
+                for (name, n) in w.b.state_sizes() {
+                    assert!(n < 2000, "seed {seed}: {name} has {n} entries");
+                }
+            }
+            // The partner and the XMPP side go silent: every dialog and transaction must end
+            // by itself (timeouts, idle BYE, subscription expiry, fetches given up).
+            let out = w.b.settle();
+            w.take(out, None);
+            for _ in 0..2000 {
+                w.now += Duration::from_secs(10);
+                let out = w.b.poll(w.now);
+                w.take(out, None);
+            }
+            let left: Vec<_> =
+                w.b.state_sizes()
+                    .into_iter()
+                    .filter(|(name, n)| *n > 0 && *name != "local presences")
+                    .collect();
+            assert!(left.is_empty(), "seed {seed}: left after silence: {left:?}");
+        }
+    }
 }
