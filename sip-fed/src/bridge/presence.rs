@@ -936,9 +936,12 @@ pub(super) fn on_final(
             }
         }
         Ctx::Notify { key: k, .. } => {
-            if code == 481
-                && let Some(w) = b.presence.watchers.remove(&k)
-            {
+            // RFC 6665 §4.2.2: Timer F (our 408) and these failures remove the subscription.
+            let gone = matches!(
+                code,
+                404 | 405 | 408 | 410 | 416 | 480..=485 | 489 | 501 | 604
+            );
+            if gone && let Some(w) = b.presence.watchers.remove(&k) {
                 b.presence.by_call.remove(&w.dialog.id.call_id);
             } else if let Some(w) = b.presence.watchers.get_mut(&k) {
                 w.notify_in_flight = false;

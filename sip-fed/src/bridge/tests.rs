@@ -438,6 +438,35 @@ fn a_fetch_whose_notify_never_comes_is_given_up() {
     assert_eq!(sip(&out)[0].code(), Some(481));
 }
 
+#[test]
+fn a_notify_that_times_out_or_is_refused_ends_the_subscription() {
+    for code in [408, 404, 481, 489] {
+        let mut b = bridge();
+        let t0 = Instant::now();
+        b.on_stanza(
+            presence("alice@example.test", "bob@lync.test", Some("subscribed")),
+            t0,
+        );
+        let sub =
+            SipMessage::parse(include_bytes!("../../fixtures/ms-subscribe-presence.sip")).unwrap();
+        let out = b.on_request(2, "lync.test", sub.clone(), t0);
+        let ok = sip(&out)[0].clone();
+        let first = sip(&out)[1].clone();
+        assert_eq!(first.method(), Some("NOTIFY"));
+        // RFC 6665 §4.2.2: Timer F, or one of the listed failures, removes the subscription.
+        let out = b.on_response(SipMessage::response_to(&first, code, "X"), t0);
+        assert!(sip(&out).is_empty(), "{code}");
+        let online = presence("alice@example.test/pc", "bob@lync.test", None);
+        assert!(
+            sip(&b.on_stanza(online, t0)).is_empty(),
+            "{code}: no NOTIFY after it"
+        );
+        let refresh = next_in_dialog(&sub, &to_tag(&ok), 2, "gone");
+        let out = b.on_request(2, "lync.test", refresh, t0);
+        assert_eq!(sip(&out)[0].code(), Some(481), "{code}");
+    }
+}
+
 /// A seeded random partner and XMPP side: the fixtures, the bridge's own messages and
 /// stanzas, mutated and replayed in random orders at advancing times.
 mod chaos {
