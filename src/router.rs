@@ -167,6 +167,9 @@ impl StanzaSink for Router {
             }
         };
         let to_hosted = self.ctx.hosted.contains(&to);
+        if let (Origin::Sip { remote, .. }, Some(sip)) = (&st.origin, self.sip.get()) {
+            sip.learn(remote);
+        }
         let crossing = match &st.origin {
             Origin::Remote { .. } | Origin::Sip { .. } => {
                 Some((from.as_str(), to.as_str(), Direction::Inbound))

@@ -77,6 +77,23 @@ impl SipRoute {
         }
     }
 
+    /// `domain` just reached us over SIP (its certificate verified for it): unless DNS already
+    /// said XMPP, it is SIP, so replies and bounces go back at once instead of waiting for a
+    /// lookup (a bounce that waited would find the SIP request already answered).
+    pub fn learn(&self, domain: &str) {
+        if !self.discover || self.partners.contains(domain) {
+            return;
+        }
+        let mut cache = self.cache.lock().expect("sip route lock");
+        match cache.get(domain) {
+            Some((_, at)) if at.elapsed() < DISCOVERY_TTL / 2 => {}
+            Some((false, at)) if at.elapsed() < DISCOVERY_TTL => {}
+            _ => {
+                cache.insert(domain.to_owned(), (true, Instant::now()));
+            }
+        }
+    }
+
     /// Hands a stanza to the SIP link; a full queue bounces it.
     pub fn send(&self, ctx: &S2sContext, st: Stanza) {
         if let Err(st) = self.link.send(st) {

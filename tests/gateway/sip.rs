@@ -752,3 +752,28 @@ async fn the_policy_applies_to_sip_partners() {
     assert!(text.contains("SIP"), "{text}");
     drop(listener);
 }
+
+/// A partner known only because it reached us over SIP (no `[[sip.partners]]`, nothing cached
+/// from DNS): a refused message gets its mapped error at once, not a 200 followed by a lost
+/// bounce that waited for a DNS lookup.
+#[tokio::test]
+async fn an_undeclared_partner_gets_its_error_not_a_200() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let dns = dns(Zone::new()).await;
+    let mut spec = GwSpec::new(&pki, "example.test");
+    spec.dns = Some(dns.addr());
+    spec.extra = format!(
+        "\n[sip]\nlisten = [\"{}:5061\"]\ndiscover = true\n",
+        spec.ip
+    );
+    let gw = spec.start().await;
+    // No component: the local service is down.
+    let mut edge = dial(&gw, &partner).await;
+    let mut page = fixture("ms-message-in-dialog.sip");
+    page.remove_headers("To");
+    page.push_header("To", "<sip:alice@example.test>");
+    page.set_header("Call-ID", "undeclared-1");
+    edge.send(&page).await.unwrap();
+    assert_eq!(code(&edge.recv(T).await.unwrap()), 480);
+}

@@ -20,8 +20,9 @@ use crate::msg::SipMessage;
 const FAIL_FAST: Duration = Duration::from_secs(5);
 /// How often, at most, `/status` is refreshed.
 const STATUS_EVERY: Duration = Duration::from_millis(100);
-/// Requests waiting for a connection to a partner.
-const MAX_WAITING: usize = 10_000;
+/// Requests waiting for a connection to a partner (below the per-connection write queue, so
+/// that all of them can be flushed when it is up).
+const MAX_WAITING: usize = 4_000;
 
 enum Link {
     Connecting(Vec<SipMessage>),
@@ -169,14 +170,13 @@ impl Core {
                 addr,
             } => {
                 tracing::debug!(id, %addr, ?outbound, "sip: connection up");
-                if let Some(key) = &outbound
-                    && let Some(Link::Connecting(queue)) =
-                        self.links.insert(key.clone(), Link::Up(id))
-                {
-                    for msg in queue {
-                        let _ = tx.try_send(msg.to_bytes());
-                    }
-                }
+                let queued = match &outbound {
+                    Some(key) => match self.links.insert(key.clone(), Link::Up(id)) {
+                        Some(Link::Connecting(queue)) => queue,
+                        _ => Vec::new(),
+                    },
+                    None => Vec::new(),
+                };
                 if outbound.is_none() {
                     self.shared
                         .metrics
@@ -185,6 +185,11 @@ impl Core {
                         .inc();
                 }
                 self.conns.insert(id, ConnState { tx, outbound });
+                let mut work = Vec::new();
+                for msg in queued {
+                    self.write(id, &msg, &mut work);
+                }
+                self.apply(work, stanzas);
             }
             Event::Down { id, reason } => {
                 tracing::debug!(id, %reason, "sip: connection down");
@@ -290,7 +295,7 @@ impl Core {
     fn send(&mut self, dest: Dest, msg: SipMessage, work: &mut Vec<Out>) {
         let (remote, local) = match dest {
             Dest::Conn(id) => {
-                self.write(id, &msg);
+                self.write(id, &msg, work);
                 return;
             }
             Dest::Prefer {
@@ -299,7 +304,7 @@ impl Core {
                 local,
             } => {
                 if self.conns.contains_key(&conn) {
-                    self.write(conn, &msg);
+                    self.write(conn, &msg, work);
                     return;
                 }
                 (remote, local)
@@ -317,7 +322,7 @@ impl Core {
         match self.links.get_mut(&key) {
             Some(Link::Up(id)) => {
                 let id = *id;
-                self.write(id, &msg);
+                self.write(id, &msg, work);
             }
             Some(Link::Connecting(q)) => {
                 if q.len() < MAX_WAITING {
@@ -363,14 +368,29 @@ impl Core {
             .transaction(&partner, direction, &method, code);
     }
 
-    fn write(&mut self, id: ConnId, msg: &SipMessage) {
+    /// Queues `msg` on connection `id`. A request that cannot be queued (the connection is
+    /// gone, or its write queue is full) fails at once with a typed failure instead of waiting
+    /// for its transaction timeout; a response that cannot be queued is counted and logged.
+    fn write(&mut self, id: ConnId, msg: &SipMessage, work: &mut Vec<Out>) {
         if !msg.is_request() {
             self.count_transaction(msg, "in", "From");
         }
-        if let Some(c) = self.conns.get(&id)
-            && c.tx.try_send(msg.to_bytes()).is_err()
-        {
-            tracing::warn!(id, "sip: connection queue full; message dropped");
+        let (kind, detail) = match self.conns.get(&id) {
+            Some(c) => match c.tx.try_send(msg.to_bytes()) {
+                Ok(()) => return,
+                Err(_) => (FailureKind::Limit, "the connection's write queue is full"),
+            },
+            None => (FailureKind::Connect, "the connection closed"),
+        };
+        let partner = self
+            .conns
+            .get(&id)
+            .and_then(|c| c.outbound.as_ref().map(|(r, _)| r.clone()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        self.shared.metrics.failure(&partner, kind);
+        tracing::warn!(id, kind = kind.as_str(), detail, "sip: message not sent");
+        if msg.is_request() {
+            work.extend(self.bridge.on_send_failed(msg, kind.as_str(), detail));
         }
     }
 }

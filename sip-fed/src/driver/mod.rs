@@ -38,6 +38,8 @@ pub enum FailureKind {
     Timeout,
     /// Bytes that are not SIP.
     Protocol,
+    /// A queue towards the partner is full.
+    Limit,
 }
 
 impl FailureKind {
@@ -51,6 +53,7 @@ impl FailureKind {
             Self::NoClientCert => "no-client-cert",
             Self::Timeout => "timeout",
             Self::Protocol => "protocol",
+            Self::Limit => "limit",
         }
     }
 }
