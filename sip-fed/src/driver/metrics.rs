@@ -17,7 +17,7 @@ pub struct SipMetrics {
     /// Dialogs open now, by partner and kind (session/subscription).
     pub dialogs: IntGaugeVec,
     /// Failures by partner and kind (dns, connect, tls, tls-untrusted, name-mismatch,
-    /// no-client-cert, timeout, protocol).
+    /// no-client-cert, timeout, protocol, limit).
     pub failures: IntCounterVec,
     /// Connections open now by direction.
     pub connections: IntGaugeVec,
