@@ -52,6 +52,17 @@ async fn node(
     ip: Ipv4Addr,
     consistency: &str,
 ) -> Node {
+    node_with(ca, name, cert_names, ip, consistency, |_| {}).await
+}
+
+async fn node_with(
+    ca: &TestCa,
+    name: &str,
+    cert_names: &[&str],
+    ip: Ipv4Addr,
+    consistency: &str,
+    tweak: impl FnOnce(&mut Settings),
+) -> Node {
     let (c, k) = ca.issue(&LeafSpec::dns(cert_names)).unwrap();
     let id = Identity::from_pem(name, &c, &k).unwrap();
     let anchors = Arc::new(TrustAnchors::from_pem_certs(&[&ca.cert_pem()]).unwrap());
@@ -61,6 +72,7 @@ async fn node(
     s.backoff_min = Duration::from_millis(50);
     s.backoff_max = Duration::from_millis(300);
     s.queue_max_age = Duration::from_secs(2);
+    tweak(&mut s);
     let ic = Intercluster::new(s, id, verifier, host.clone(), &prometheus::Registry::new());
     let l = tokio::net::TcpListener::bind((ip, 7400)).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -238,4 +250,107 @@ async fn stanzas_wait_while_the_peer_is_down_then_bounce_and_a_restart_is_detect
     .await;
     a.ic.shutdown();
     b2.ic.shutdown();
+}
+
+/// A hand-driven peer cluster: a TLS listener presenting `name`'s certificate, through which
+/// the test reads and writes raw protocol bytes.
+async fn fake_peer(
+    ca: &TestCa,
+    name: &str,
+    ip: Ipv4Addr,
+) -> (tokio::net::TcpListener, tokio_rustls::TlsAcceptor) {
+    let (c, k) = ca.issue(&LeafSpec::dns(&[name])).unwrap();
+    let mut store = fedgate_certs::IdentityStore::new();
+    store.insert(Identity::from_pem(name, &c, &k).unwrap());
+    let cfg = fedgate_certs::server_config_for(
+        Arc::new(store),
+        name,
+        vec![fedgate_intercluster::driver::ALPN.to_vec()],
+    );
+    let l = tokio::net::TcpListener::bind((ip, 7400)).await.unwrap();
+    (l, tokio_rustls::TlsAcceptor::from(cfg))
+}
+
+/// Reads from `io` until `needle` has been seen.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(io: &mut S, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf))
+            .await
+            .expect("data in time")
+            .unwrap();
+        assert!(n > 0, "closed before {needle:?}");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_peer_removed_while_its_link_is_being_set_up_gets_no_link() {
+    use fedgate_intercluster::directory::Digest;
+    use fedgate_intercluster::wire::{Msg, stream_header};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = TestCa::new("ic test CA").unwrap();
+    // A long session timeout: only the removal may end the link.
+    let a = node_with(&ca, "alpha", &["alpha"], next_ip(), "c1", |s| {
+        s.session.timeout = Duration::from_secs(600);
+    })
+    .await;
+    let b_ip = next_ip();
+    let (l, acceptor) = fake_peer(&ca, "beta", b_ip).await;
+    a.ic.set_peers(&[PeerConfig {
+        name: "beta".into(),
+        address: Some(format!("{b_ip}:7400")),
+    }]);
+    let (sock, _) = l.accept().await.unwrap();
+    let mut tls = acceptor.accept(sock).await.unwrap();
+    read_until(&mut tls, "<stream:stream").await;
+    // alpha waits for beta's stream header; beta is removed meanwhile.
+    a.ic.set_peers(&[]);
+    assert!(a.ic.peer_names().is_empty());
+    let mut bytes = stream_header("beta", "alpha");
+    for m in [
+        Msg::Hello {
+            cluster: "beta".into(),
+            incarnation: 7,
+            seq: 1,
+            consistency: "c1".into(),
+        },
+        Msg::SnapshotBegin {
+            origin: "beta".into(),
+            incarnation: 7,
+            seq: 1,
+            count: 1,
+        },
+        Msg::Entries {
+            origin: "beta".into(),
+            entries: vec![("bob@example.test".into(), 1)],
+        },
+        Msg::SnapshotEnd {
+            origin: "beta".into(),
+            incarnation: 7,
+            seq: 1,
+            digest: Digest::of([("bob@example.test", 1)]),
+        },
+    ] {
+        bytes.extend(m.to_bytes());
+    }
+    // The peer may already be gone when this is written.
+    let _ = tls.write_all(&bytes).await;
+    let _ = tls.flush().await;
+    // alpha ends the link (it must not stay up, heartbeating, until its timeout).
+    let mut buf = [0u8; 4096];
+    let closed = async {
+        while let Ok(n) = tls.read(&mut buf).await
+            && n > 0
+        {}
+    };
+    tokio::time::timeout(Duration::from_secs(15), closed)
+        .await
+        .expect("alpha closes the link of a removed peer");
+    assert_eq!(a.ic.replica("beta"), (None, 0));
+    assert!(a.ic.lookup("bob@example.test").0.is_none());
+    a.ic.shutdown();
 }

@@ -11,7 +11,7 @@ use fedgate_s2s::xml::{StreamEvent, StreamHeader, StreamParser};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{Intercluster, Peer, lock, unix_now, with_default_port};
 use crate::failure::{FailureKind, LinkFailure};
@@ -368,6 +368,14 @@ where
     let mut stop = peer.stop.subscribe();
     let mut shutdown = ic.shutdown.subscribe();
     let mut changed = ic.changed.subscribe();
+    // A removal (or shutdown) during the handshake is already "seen" by these receivers and
+    // would never wake `changed()`: the link would live on for a peer that is gone.
+    let ended = |stop: &watch::Receiver<bool>, shutdown: &watch::Receiver<bool>| {
+        *stop.borrow() || *shutdown.borrow()
+    };
+    if ended(&stop, &shutdown) {
+        return Ok(());
+    }
     let (mut rd, wr) = tokio::io::split(io);
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -379,7 +387,7 @@ where
     );
     let acts = session.start(&ic.dir());
     let mut result = execute(ic, peer, &session, acts, &tx, went_up);
-    while result.is_ok() {
+    while result.is_ok() && !ended(&stop, &shutdown) {
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
         let acts = tokio::select! {
             r = rd.read_buf(parser.read_buf(16 * 1024)) => match r {
@@ -393,6 +401,12 @@ where
                             Ok(Some(StreamEvent::Element(el, _))) => match Msg::parse(&el) {
                                 Ok(m) => {
                                     let mut d = ic.dir();
+                                    // Checked under the directory lock: once the peer is
+                                    // removed (and its replica forgotten), nothing of it is
+                                    // applied any more.
+                                    if ended(&stop, &shutdown) {
+                                        break;
+                                    }
                                     acts.extend(session.on_msg(m, &mut d, Instant::now()));
                                 }
                                 Err(e) => {
