@@ -5,7 +5,7 @@
 use fedgate_s2s::element::{Element, NS_CONTENT};
 
 use crate::directory::Directory;
-use crate::wire::Routed;
+use crate::wire::{MAX_ROUTE_EXPANDED_BYTES, MAX_ROUTE_RECIPIENTS, Routed};
 
 /// Clusters a stanza may be forwarded through after its first link: a cluster that receives
 /// a stanza for a user it no longer hosts forwards it once; a second miss bounces.
@@ -79,17 +79,21 @@ fn without_to(el: &Element) -> Element {
 
 /// Packs stanzas queued for one link into routes, in order: runs of consecutive broadcast
 /// presences that differ only in `to` (and have the same hop count) become one route listing
-/// the recipients; everything else travels alone.
+/// the recipients, within the bounds a peer accepts ([`MAX_ROUTE_RECIPIENTS`],
+/// [`MAX_ROUTE_EXPANDED_BYTES`]); everything else travels alone.
 pub fn pack(items: Vec<(Element, u8)>) -> Vec<Routed> {
     let mut out: Vec<Routed> = Vec::with_capacity(items.len());
-    let mut run_key: Option<Element> = None;
+    // The shared stanza of the current run and its size.
+    let mut run_key: Option<(Element, usize)> = None;
     for (el, hops) in items {
         if coalescable(&el) {
             let key = without_to(&el);
             let to = el.attr("to").unwrap_or_default().to_owned();
-            if let (Some(k), Some(last)) = (&run_key, out.last_mut())
+            if let (Some((k, size)), Some(last)) = (&run_key, out.last_mut())
                 && *k == key
                 && last.hops == hops
+                && last.recipients.len() < MAX_ROUTE_RECIPIENTS
+                && size.saturating_mul(last.recipients.len().max(1) + 1) <= MAX_ROUTE_EXPANDED_BYTES
             {
                 if last.recipients.is_empty() {
                     let first_to = last.stanza.attr("to").unwrap_or_default().to_owned();
@@ -99,7 +103,8 @@ pub fn pack(items: Vec<(Element, u8)>) -> Vec<Routed> {
                 last.recipients.push(to);
                 continue;
             }
-            run_key = Some(key);
+            let size = key.to_bytes().len();
+            run_key = Some((key, size));
         } else {
             run_key = None;
         }
@@ -183,6 +188,38 @@ mod tests {
             Decision::LoopGuard {
                 home: "tokyo".into()
             }
+        );
+    }
+
+    #[test]
+    fn packed_routes_stay_within_what_a_peer_accepts() {
+        let items: Vec<(Element, u8)> = (0..2500)
+            .map(|i| (presence("bob@b/r", &format!("u{i}@x"), None), 0))
+            .collect();
+        let routes = pack(items);
+        let sizes: Vec<usize> = routes.iter().map(|r| r.recipients.len()).collect();
+        assert_eq!(sizes, vec![1000, 1000, 500]);
+        let big = Element::new("presence", NS_CONTENT)
+            .with_attr("from", "bob@b/r")
+            .with_child(Element::new("status", NS_CONTENT).with_text(&"x".repeat(1 << 20)));
+        let items: Vec<(Element, u8)> = (0..10)
+            .map(|i| {
+                let mut p = big.clone();
+                p.set_attr("to", &format!("u{i}@x"));
+                (p, 0)
+            })
+            .collect();
+        let routes = pack(items);
+        for r in &routes {
+            let m = crate::wire::Msg::Route(r.clone());
+            assert!(crate::wire::Msg::parse(&m.to_element()).is_ok());
+        }
+        assert_eq!(
+            routes
+                .iter()
+                .map(|r| r.recipients.len().max(1))
+                .sum::<usize>(),
+            10
         );
     }
 

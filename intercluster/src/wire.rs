@@ -24,6 +24,12 @@ pub const NS_INTERCLUSTER: &str = "urn:fedgate:intercluster:0";
 /// Protocol version in `hello`.
 pub const VERSION: &str = "0";
 
+/// Most recipients one `<route>` may list.
+pub const MAX_ROUTE_RECIPIENTS: usize = 1000;
+/// Most bytes a multi-recipient `<route>` may expand to (stanza size × recipients): one
+/// element must not turn into gigabytes of copies.
+pub const MAX_ROUTE_EXPANDED_BYTES: usize = 4 * 1024 * 1024;
+
 /// A stanza routed over a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Routed {
@@ -114,6 +120,8 @@ pub enum WireError {
     Unknown(String),
     #[error("<route> without a stanza")]
     EmptyRoute,
+    #[error("<route>: {0}")]
+    BadRoute(String),
 }
 
 fn hex(v: u64) -> String {
@@ -354,18 +362,40 @@ impl Msg {
                     attr: "hops",
                 })?;
                 let mut recipients = Vec::new();
-                let mut stanza = None;
+                let mut stanza: Option<&Element> = None;
                 for c in e.elements() {
                     if c.is("rcpt", NS_CONTENT) {
+                        if recipients.len() == MAX_ROUTE_RECIPIENTS {
+                            return Err(WireError::BadRoute(format!(
+                                "more than {MAX_ROUTE_RECIPIENTS} recipients"
+                            )));
+                        }
                         recipients.push(get(c, "to")?.to_owned());
-                    } else {
-                        stanza = Some(c.clone());
+                    } else if stanza.replace(c).is_some() {
+                        return Err(WireError::BadRoute("more than one stanza".into()));
+                    }
+                }
+                let stanza = stanza.ok_or(WireError::EmptyRoute)?;
+                if !recipients.is_empty() {
+                    if !stanza.is("presence", NS_CONTENT) {
+                        return Err(WireError::BadRoute(format!(
+                            "only presence may list recipients, not <{}>",
+                            stanza.name
+                        )));
+                    }
+                    let expanded = stanza.to_bytes().len().saturating_mul(recipients.len());
+                    if expanded > MAX_ROUTE_EXPANDED_BYTES {
+                        return Err(WireError::BadRoute(format!(
+                            "{} recipients of a {}-byte stanza expand beyond {MAX_ROUTE_EXPANDED_BYTES} bytes",
+                            recipients.len(),
+                            stanza.to_bytes().len()
+                        )));
                     }
                 }
                 Msg::Route(Routed {
                     hops,
                     recipients,
-                    stanza: stanza.ok_or(WireError::EmptyRoute)?,
+                    stanza: stanza.clone(),
                 })
             }
             other => return Err(WireError::Unknown(other.to_owned())),
@@ -473,7 +503,9 @@ mod tests {
             Msg::Route(Routed {
                 hops: 1,
                 recipients: vec!["a@example.test".into(), "c@example.test/x".into()],
-                stanza,
+                stanza: Element::new("presence", NS_CONTENT)
+                    .with_attr("from", "bob@b.test/r")
+                    .with_child(Element::new("show", NS_CONTENT).with_text("away")),
             }),
         ];
         assert_eq!(roundtrip(&msgs), msgs);
@@ -502,6 +534,39 @@ mod tests {
             Err(WireError::Unknown("bogus".into()))
         );
         assert!(Msg::parse(&Element::new("hello", "urn:other")).is_err());
+    }
+
+    #[test]
+    fn routes_that_would_amplify_or_are_ambiguous_are_refused() {
+        let big = Element::new("presence", NS_CONTENT)
+            .with_child(Element::new("status", NS_CONTENT).with_text(&"x".repeat(64 * 1024)));
+        let route = |stanza: &Element, n: usize| {
+            let mut r = el("route").with_attr("hops", "0");
+            for i in 0..n {
+                r = r.with_child(el("rcpt").with_attr("to", &format!("u{i}@x")));
+            }
+            r.with_child(stanza.clone())
+        };
+        // 64 KiB × 100 copies: refused; 64 KiB × 10: fine.
+        assert!(matches!(
+            Msg::parse(&route(&big, 100)),
+            Err(WireError::BadRoute(_))
+        ));
+        assert!(Msg::parse(&route(&big, 10)).is_ok());
+        let small = Element::new("presence", NS_CONTENT);
+        assert!(matches!(
+            Msg::parse(&route(&small, MAX_ROUTE_RECIPIENTS + 1)),
+            Err(WireError::BadRoute(_))
+        ));
+        assert!(Msg::parse(&route(&small, MAX_ROUTE_RECIPIENTS)).is_ok());
+        // Recipients only for presence; one stanza per route.
+        let msg = Element::new("message", NS_CONTENT);
+        assert!(matches!(
+            Msg::parse(&route(&msg, 2)),
+            Err(WireError::BadRoute(_))
+        ));
+        let two = route(&msg, 0).with_child(msg.clone());
+        assert!(matches!(Msg::parse(&two), Err(WireError::BadRoute(_))));
     }
 
     #[test]
