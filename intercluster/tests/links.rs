@@ -354,3 +354,26 @@ async fn a_peer_removed_while_its_link_is_being_set_up_gets_no_link() {
     assert!(a.ic.lookup("bob@example.test").0.is_none());
     a.ic.shutdown();
 }
+
+#[tokio::test]
+async fn an_assignment_over_a_claim_at_the_highest_epoch_is_a_conflict_not_a_panic() {
+    let ca = TestCa::new("ic test CA").unwrap();
+    let a = node(&ca, "alpha", &["alpha"], next_ip(), "c1").await;
+    let b = node(&ca, "beta", &["beta"], next_ip(), "c1").await;
+    b.ic.set_source(
+        "file",
+        HashMap::from([("alice@example.test".to_owned(), u64::MAX)]),
+    );
+    a.ic.set_peers(&[peer("beta", &b)]);
+    b.ic.set_peers(&[peer("alpha", &a)]);
+    until("sync", || a.ic.replica("beta").1 == 1).await;
+    // "One more than the highest epoch" does not exist: the claim ties, and is reported.
+    assert_eq!(a.ic.assign("alice@example.test", None), u64::MAX);
+    let (home, _) = a.ic.lookup("alice@example.test");
+    let home = home.unwrap();
+    assert!(home.conflict);
+    assert_eq!(home.cluster, "alpha");
+    assert_eq!(a.ic.conflicts().len(), 1);
+    a.ic.shutdown();
+    b.ic.shutdown();
+}

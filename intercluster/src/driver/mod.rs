@@ -272,7 +272,7 @@ impl Intercluster {
     /// epoch used.
     pub fn assign(&self, user: &str, epoch: Option<u64>) -> u64 {
         let user = user.to_ascii_lowercase();
-        let epoch = epoch.unwrap_or_else(|| self.dir().max_epoch(&user) + 1);
+        let epoch = epoch.unwrap_or_else(|| self.dir().max_epoch(&user).saturating_add(1));
         let merged = {
             let mut s = lock(&self.sources);
             s.put("admin", &user, epoch);
