@@ -162,13 +162,13 @@ impl Session {
     }
 
     /// Each side replicates only its peer's own origin: a directory message about another
-    /// origin is a protocol error (closes the session).
-    fn own_origin_only(&mut self, element: &str, origin: &str) -> Result<(), Action> {
+    /// origin is a protocol error: the close action (the session is closed).
+    fn own_origin_only(&mut self, element: &str, origin: &str) -> Option<Action> {
         if origin == self.peer {
-            return Ok(());
+            return None;
         }
         self.state = State::Closed;
-        Err(protocol(format!(
+        Some(protocol(format!(
             "<{element}> for origin '{origin}': {} may only send its own origin",
             self.peer
         )))
@@ -365,7 +365,7 @@ impl Session {
                 first,
                 changes,
             } => {
-                if let Err(a) = self.own_origin_only("deltas", &origin) {
+                if let Some(a) = self.own_origin_only("deltas", &origin) {
                     out.push(a);
                     return out;
                 }
@@ -406,7 +406,7 @@ impl Session {
                 seq,
                 count,
             } => {
-                if let Err(a) = self.own_origin_only("snapshot", &origin) {
+                if let Some(a) = self.own_origin_only("snapshot", &origin) {
                     out.push(a);
                     return out;
                 }
@@ -426,7 +426,7 @@ impl Session {
                 });
             }
             Msg::Entries { origin, entries } => {
-                if let Err(a) = self.own_origin_only("entries", &origin) {
+                if let Some(a) = self.own_origin_only("entries", &origin) {
                     out.push(a);
                     return out;
                 }
@@ -451,7 +451,7 @@ impl Session {
                 seq,
                 digest,
             } => {
-                if let Err(a) = self.own_origin_only("snapshot-end", &origin) {
+                if let Some(a) = self.own_origin_only("snapshot-end", &origin) {
                     out.push(a);
                     return out;
                 }
@@ -486,7 +486,7 @@ impl Session {
                 seq,
                 digest,
             } => {
-                if let Err(a) = self.own_origin_only("digest", &origin) {
+                if let Some(a) = self.own_origin_only("digest", &origin) {
                     out.push(a);
                     return out;
                 }
