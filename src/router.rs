@@ -220,8 +220,11 @@ impl StanzaSink for Router {
             return;
         }
         if self.ctx.hosted.contains(&from) {
-            if let Origin::Remote { .. } | Origin::Sip { .. } = st.origin {
-                // Inbound streams only carry pairs whose `to` is hosted; never relay.
+            if let Origin::Remote { .. } | Origin::Sip { .. } | Origin::Intercluster { .. } =
+                st.origin
+            {
+                // Inbound streams, SIP partners and peer clusters only bring stanzas for
+                // hosted users; never relay them to the outside (no policy check ran).
                 self.ctx.metrics.dropped.with_label_values(&["relay"]).inc();
                 return;
             }

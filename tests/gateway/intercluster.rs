@@ -740,3 +740,28 @@ async fn users_from_ldap_are_synced_and_routed() {
     .await;
     drop(directory);
 }
+
+/// A stanza that came over an intercluster link for a non-hosted domain is never relayed to
+/// the outside (a buggy or hostile peer cannot use a cluster as an open relay).
+#[tokio::test]
+async fn a_peer_cannot_use_a_cluster_as_a_relay() {
+    use fedgate_s2s::driver::{Origin, Stanza};
+    let pki = Pki::new();
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let gw = tokyo.spec.start().await;
+    let el = message("alice@example.test", "eve@elsewhere.test", "r1", "relay me");
+    gw.ctx.sink().route(Stanza {
+        size: el.to_bytes().len(),
+        el,
+        origin: Origin::Intercluster {
+            peer: "newyork".into(),
+        },
+    });
+    let m = http_get(&gw, "/metrics").await;
+    assert_eq!(
+        metric(&m, "fedgate_stanzas_dropped_total{reason=\"relay\"}"),
+        1,
+        "{m}"
+    );
+    assert_eq!(gw.pool.len(), 0, "no outbound stream was opened");
+}

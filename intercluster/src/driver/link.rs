@@ -4,6 +4,7 @@
 //! one link never block each other.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fedgate_certs::CertFailureKind;
@@ -262,9 +263,19 @@ async fn accept_one(
         .map_err(|f| (named, f))
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+/// Bytes handed to the writer and not yet written before a link is closed: a peer that stops
+/// reading (while asking for snapshots, say) may not grow our memory without bound.
+const MAX_UNWRITTEN: usize = 64 * 1024 * 1024;
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    unwritten: Arc<AtomicUsize>,
+) {
     while let Some(b) = rx.recv().await {
-        if wr.write_all(&b).await.is_err() {
+        let r = wr.write_all(&b).await;
+        unwritten.fetch_sub(b.len(), Ordering::Relaxed);
+        if r.is_err() {
             return;
         }
     }
@@ -278,7 +289,7 @@ fn execute(
     peer: &Peer,
     session: &Session,
     acts: Vec<Action>,
-    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    (tx, unwritten): (&mpsc::UnboundedSender<Vec<u8>>, &AtomicUsize),
     went_up: &mut bool,
 ) -> Result<(), LinkFailure> {
     let mut out = Vec::new();
@@ -341,7 +352,14 @@ fn execute(
         }
     }
     if !out.is_empty() {
+        let waiting = unwritten.fetch_add(out.len(), Ordering::Relaxed) + out.len();
         let _ = tx.send(out);
+        if waiting > MAX_UNWRITTEN && closing.is_none() {
+            closing = Some(fail(
+                FailureKind::Timeout,
+                format!("the peer does not read: {waiting} bytes wait to be written"),
+            ));
+        }
     }
     lock(&peer.status).lag = session.lag(Instant::now());
     closing.map_or(Ok(()), Err)
@@ -378,7 +396,8 @@ where
     }
     let (mut rd, wr) = tokio::io::split(io);
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_loop(wr, rx));
+    let unwritten = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(wr, rx, unwritten.clone()));
     let mut session = Session::new(
         &peer.name,
         &ic.settings.consistency,
@@ -386,7 +405,7 @@ where
         Instant::now(),
     );
     let acts = session.start(&ic.dir());
-    let mut result = execute(ic, peer, &session, acts, &tx, went_up);
+    let mut result = execute(ic, peer, &session, acts, (&tx, &unwritten), went_up);
     while result.is_ok() && !ended(&stop, &shutdown) {
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
         let acts = tokio::select! {
@@ -432,7 +451,7 @@ where
                     // Act on what was read before the problem (e.g. a <refuse> before the close).
                     match bad {
                         Some(f) => {
-                            let r = execute(ic, peer, &session, acts, &tx, went_up);
+                            let r = execute(ic, peer, &session, acts, (&tx, &unwritten), went_up);
                             Err(r.err().unwrap_or(f))
                         }
                         None => Ok(acts),
@@ -461,7 +480,7 @@ where
                 Ok(Vec::new())
             }
         };
-        result = acts.and_then(|a| execute(ic, peer, &session, a, &tx, went_up));
+        result = acts.and_then(|a| execute(ic, peer, &session, a, (&tx, &unwritten), went_up));
     }
     if *peer.generation.borrow() == generation {
         let mut st = lock(&peer.status);
