@@ -57,6 +57,23 @@ fn gateway(pki: &Pki, partner: &Partner, flavor: &str, extra: &str) -> GwSpec {
     g
 }
 
+/// The gateway's connection to the partner's edge, accepted on `listener`.
+async fn accept(listener: &TcpListener, partner: &Partner) -> SipPeer {
+    tokio::time::timeout(T, SipPeer::accept(listener, &partner.tls))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// A page-mode MESSAGE (the in-dialog fixture, out of dialog) to `to`.
+fn page_to(to: &str, call_id: &str) -> SipMessage {
+    let mut page = fixture("ms-message-in-dialog.sip");
+    page.remove_headers("To");
+    page.push_header("To", format!("<{to}>"));
+    page.set_header("Call-ID", call_id);
+    page
+}
+
 async fn dial(gw: &Gateway, partner: &Partner) -> SipPeer {
     SipPeer::connect(gw.sip_addrs[0], "example.test", &partner.tls, true)
         .await
@@ -169,11 +186,9 @@ async fn refused_messages_get_mapped_errors() {
     let gw = spec.start().await;
     // No component connected: the local service is unavailable.
     let mut edge = dial(&gw, &partner).await;
-    let mut page = fixture("ms-message-in-dialog.sip");
-    page.remove_headers("To");
-    page.push_header("To", "<sip:alice@example.test>");
-    page.set_header("Call-ID", "page-1");
-    edge.send(&page).await.unwrap();
+    edge.send(&page_to("sip:alice@example.test", "page-1"))
+        .await
+        .unwrap();
     let resp = edge.recv(T).await.unwrap();
     assert_ne!(code(&resp), 503);
     assert_eq!(
@@ -182,16 +197,13 @@ async fn refused_messages_get_mapped_errors() {
         "service-unavailable for a bare JID: {resp:?}"
     );
 
-    page.set_header("Call-ID", "page-2");
-    page.remove_headers("To");
-    page.push_header("To", "<sip:carol@elsewhere.test>");
-    edge.send(&page).await.unwrap();
+    edge.send(&page_to("sip:carol@elsewhere.test", "page-2"))
+        .await
+        .unwrap();
     assert_eq!(code(&edge.recv(T).await.unwrap()), 404);
 
     // An unknown Require option: 420 with Unsupported.
-    page.set_header("Call-ID", "page-3");
-    page.remove_headers("To");
-    page.push_header("To", "<sip:alice@example.test>");
+    let mut page = page_to("sip:alice@example.test", "page-3");
     page.push_header("Require", "x-nonsense");
     edge.send(&page).await.unwrap();
     let resp = edge.recv(T).await.unwrap();
@@ -218,10 +230,7 @@ async fn xmpp_user_starts_a_microsoft_session() {
         ))
         .await
         .unwrap();
-    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
     // The gateway presented example.test's certificate as a client.
     assert!(!edge.peer_certs().is_empty());
     let invite = edge.recv(T).await.unwrap();
@@ -283,10 +292,7 @@ async fn page_mode_and_error_mapping() {
         ))
         .await
         .unwrap();
-    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
     let req = edge.recv(T).await.unwrap();
     assert_eq!(req.method(), Some("MESSAGE"));
     assert_eq!(req.header("Content-Type"), Some("text/plain;charset=UTF-8"));
@@ -412,10 +418,7 @@ async fn local_user_subscribes_and_the_authorization_survives_a_restart() {
         ))
         .await
         .unwrap();
-    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
     let sub = edge.recv(T).await.unwrap();
     assert_eq!(sub.method(), Some("SUBSCRIBE"));
     assert_eq!(sub.header("Event"), Some("presence"));
@@ -490,10 +493,7 @@ async fn local_user_subscribes_and_the_authorization_survives_a_restart() {
     gw.shutdown().await;
     drop(edge);
     let gw = spec.start().await;
-    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
     let again = edge.recv(T).await.unwrap();
     assert_eq!(again.method(), Some("SUBSCRIBE"));
     assert_eq!(again.uri(), sub.uri());
@@ -593,10 +593,7 @@ async fn sip_domains_are_discovered_through_dns() {
         ))
         .await
         .unwrap();
-    let mut edge = tokio::time::timeout(T, SipPeer::accept(&listener, &partner.tls))
-        .await
-        .unwrap()
-        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
     let req = edge.recv(T).await.unwrap();
     assert_eq!(req.method(), Some("MESSAGE"));
     assert_eq!(String::from_utf8_lossy(&req.body), "found you");
@@ -704,10 +701,7 @@ async fn the_policy_applies_to_sip_partners() {
     let mut alice = spec.component(&gw).await;
     let mut edge = dial(&gw, &partner).await;
 
-    let mut page = fixture("ms-message-in-dialog.sip");
-    page.remove_headers("To");
-    page.push_header("To", "<sip:alice@example.test>");
-    page.set_header("Call-ID", "policy-1");
+    let page = page_to("sip:alice@example.test", "policy-1");
     edge.send(&page).await.unwrap();
     assert_eq!(code(&edge.recv(T).await.unwrap()), 200);
     let m = next_stanza(&mut alice, "message").await;
@@ -770,10 +764,7 @@ async fn an_undeclared_partner_gets_its_error_not_a_200() {
     let gw = spec.start().await;
     // No component: the local service is down.
     let mut edge = dial(&gw, &partner).await;
-    let mut page = fixture("ms-message-in-dialog.sip");
-    page.remove_headers("To");
-    page.push_header("To", "<sip:alice@example.test>");
-    page.set_header("Call-ID", "undeclared-1");
+    let page = page_to("sip:alice@example.test", "undeclared-1");
     edge.send(&page).await.unwrap();
     assert_eq!(code(&edge.recv(T).await.unwrap()), 480);
 }
