@@ -58,7 +58,8 @@ impl Router {
     }
 
     /// Per-stanza policy for a stanza crossing the federation boundary. `remote`/`local` are
-    /// domains; `Err` means the stanza was answered (or dropped) and must not be routed.
+    /// domains; `Err` means the stanza was answered (or dropped) and must not be routed; `Ok`
+    /// carries the policy's `protocol` for the remote domain (used to pick s2s or SIP).
     ///
     /// Inbound denials answer `service-unavailable` without naming the rule, as a server does
     /// for a user who does not exist or blocks the sender (RFC 6121 §8.5): the remote side
@@ -70,7 +71,7 @@ impl Router {
         remote: &str,
         local: &str,
         direction: Direction,
-    ) -> Result<(), ()> {
+    ) -> Result<Option<String>, ()> {
         let p = &self.policy;
         let inbound = direction == Direction::Inbound;
         let settings = p.settings(remote, direction);
@@ -132,7 +133,7 @@ impl Router {
         );
         let (remote_jid, local_jid) = if inbound { (from, to) } else { (to, from) };
         let Some(d) = p.decide(remote_jid, local_jid, classify(&st.el), direction) else {
-            return Ok(());
+            return Ok(settings.protocol);
         };
         if inbound {
             self.ctx
@@ -179,10 +180,12 @@ impl StanzaSink for Router {
             }
             _ => None,
         };
-        if let Some((remote, local, direction)) = crossing
-            && self.check(&st, remote, local, direction).is_err()
-        {
-            return;
+        let mut protocol = None;
+        if let Some((remote, local, direction)) = crossing {
+            match self.check(&st, remote, local, direction) {
+                Ok(p) => protocol = p,
+                Err(()) => return,
+            }
         }
         // A hosted user whose home is a peer cluster: over that cluster's link (users listed
         // in no directory, and stanzas that came over a link, stay here).
@@ -229,8 +232,12 @@ impl StanzaSink for Router {
                 return;
             }
             if let Some(sip) = self.sip.get() {
-                let policy = self.policy.settings(&to, Direction::Outbound).protocol;
-                match sip.choose(&to, policy.as_deref()) {
+                // The policy's `protocol`: from the outbound check above, or (for the gateway's
+                // own error replies, which are not checked) looked up now.
+                if crossing.is_none() {
+                    protocol = self.policy.settings(&to, Direction::Outbound).protocol;
+                }
+                match sip.choose(&to, protocol.as_deref()) {
                     Choice::Sip => return sip.send(&self.ctx, st),
                     Choice::Wait => return sip.park(&self.ctx, &to, st),
                     Choice::Xmpp => {}
