@@ -236,6 +236,12 @@ impl TransactionLayer {
         self.clients.len()
     }
 
+    /// Ends client transaction `id` without a response (its request could not be sent, or the
+    /// connection it went out on closed): its request, for the caller to fail it.
+    pub fn abandon(&mut self, id: &ClientTxnId) -> Option<SipMessage> {
+        self.clients.remove(id).map(|t| t.request)
+    }
+
     /// Number of live server transactions.
     pub fn server_count(&self) -> usize {
         self.servers.len()

@@ -768,3 +768,39 @@ async fn an_undeclared_partner_gets_its_error_not_a_200() {
     edge.send(&page).await.unwrap();
     assert_eq!(code(&edge.recv(T).await.unwrap()), 480);
 }
+
+/// The partner's edge closes the connection after our MESSAGE went out and before it answered:
+/// the sender gets its error at once, not after the 32 s transaction timeout.
+#[tokio::test]
+async fn a_connection_lost_before_the_answer_fails_the_message_at_once() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let mut spec = gateway(&pki, &partner, "standard", "");
+    spec.extra = spec.extra.replace(
+        "transaction_timeout_secs = 5",
+        "transaction_timeout_secs = 32",
+    );
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    alice
+        .send(&message(
+            "alice@example.test",
+            "bob@lync.test",
+            "l1",
+            "lost?",
+        ))
+        .await
+        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
+    let req = edge.recv(T).await.unwrap();
+    assert_eq!(req.method(), Some("MESSAGE"));
+    drop(edge);
+    let err = alice
+        .recv_matching(Duration::from_secs(5), |e| e.attr("id") == Some("l1"))
+        .await
+        .expect("an error well before Timer F");
+    let text = String::from_utf8_lossy(&err.to_bytes()).into_owned();
+    assert!(text.contains("remote-server-not-found"), "{text}");
+    assert!(text.contains("connection closed"), "{text}");
+}

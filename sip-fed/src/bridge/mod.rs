@@ -253,8 +253,18 @@ impl Bridge {
     /// response with `code` would (`408` for timeouts, `503`-like otherwise, mapped to
     /// `remote-server-not-found` / `remote-server-timeout`).
     pub fn on_send_failed(&mut self, msg: &SipMessage, kind: &str, detail: &str) -> Vec<Out> {
+        match top_branch(msg) {
+            Some(branch) => self.on_lost(&branch, kind, detail),
+            None => Vec::new(),
+        }
+    }
+
+    /// The request with top-Via branch `branch` will get no response (its connection closed
+    /// after it was written): it fails now, as [`Bridge::on_send_failed`], instead of by
+    /// Timer F. Nothing happens when it was answered already.
+    pub fn on_lost(&mut self, branch: &str, kind: &str, detail: &str) -> Vec<Out> {
         let mut out = Vec::new();
-        let Some((ctx, req)) = self.pending.take(msg) else {
+        let Some((ctx, req)) = self.pending.take_branch(branch) else {
             return out;
         };
         let (code, reason) = match kind {
@@ -602,7 +612,8 @@ fn reason_of(resp: &SipMessage) -> &str {
     }
 }
 
-fn top_branch(msg: &SipMessage) -> Option<String> {
+/// The branch of a message's top Via.
+pub(crate) fn top_branch(msg: &SipMessage) -> Option<String> {
     let via = crate::hdr::Via::parse(msg.top_via()?).ok()?;
     via.branch().map(str::to_owned)
 }

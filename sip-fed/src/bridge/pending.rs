@@ -119,16 +119,13 @@ impl Pending {
         out
     }
 
-    /// The client transaction of a request we could not send.
-    pub fn take(&mut self, req: &SipMessage) -> Option<(Ctx, SipMessage)> {
-        let (id, ctx) = self
-            .ctx
-            .iter()
-            .find(|(id, _)| branch_of(req).as_deref() == Some(id.branch()))
-            .map(|(id, c)| (id.clone(), c.clone()))?;
-        self.ctx.remove(&id);
-        // The layer's own copy times out harmlessly (no context left for it).
-        Some((ctx, req.clone()))
+    /// The client transaction whose request has the top-Via branch `branch`, ended without a
+    /// response (the request could not be sent, or its connection closed).
+    pub fn take_branch(&mut self, branch: &str) -> Option<(Ctx, SipMessage)> {
+        let id = self.ctx.keys().find(|id| id.branch() == branch)?.clone();
+        let ctx = self.ctx.remove(&id)?;
+        let req = self.layer.abandon(&id)?;
+        Some((ctx, req))
     }
 
     /// A request from a partner, transaction-wise.
@@ -160,9 +157,4 @@ impl Pending {
     pub fn server_count(&self) -> usize {
         self.layer.server_count()
     }
-}
-
-fn branch_of(msg: &SipMessage) -> Option<String> {
-    let via = crate::hdr::Via::parse(msg.top_via()?).ok()?;
-    via.branch().map(str::to_owned)
 }

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::FailureKind;
 use super::conn::{self, ConnId, Event, Shared};
 use crate::authz_store::AuthzStore;
-use crate::bridge::{Bridge, Dest, Out};
+use crate::bridge::{Bridge, Dest, Out, top_branch};
 use crate::msg::SipMessage;
 
 /// After a failed connection attempt, requests to the partner fail at once for this long.
@@ -37,7 +37,14 @@ enum Link {
 struct ConnState {
     tx: mpsc::Sender<Vec<u8>>,
     outbound: Option<(String, String)>,
+    /// Branches of our requests written here and not answered yet (with when), to fail them
+    /// at once when the connection closes.
+    inflight: HashMap<String, Instant>,
 }
+
+/// Above this many unanswered requests on one connection, entries older than the transaction
+/// timeout (which the bridge has failed by Timer F already) are dropped.
+const INFLIGHT_PRUNE: usize = 10_000;
 
 pub(crate) struct Core {
     shared: Arc<Shared>,
@@ -184,7 +191,14 @@ impl Core {
                         .with_label_values(&["in"])
                         .inc();
                 }
-                self.conns.insert(id, ConnState { tx, outbound });
+                self.conns.insert(
+                    id,
+                    ConnState {
+                        tx,
+                        outbound,
+                        inflight: HashMap::new(),
+                    },
+                );
                 let mut work = Vec::new();
                 for msg in queued {
                     self.write(id, &msg, &mut work);
@@ -194,6 +208,16 @@ impl Core {
             Event::Down { id, reason } => {
                 tracing::debug!(id, %reason, "sip: connection down");
                 if let Some(c) = self.conns.remove(&id) {
+                    // Requests written here will get no answer: they fail now.
+                    let mut outs = Vec::new();
+                    for branch in c.inflight.keys() {
+                        outs.extend(self.bridge.on_lost(
+                            branch,
+                            "connect",
+                            &format!("the connection closed before the answer ({reason})"),
+                        ));
+                    }
+                    self.apply(outs, stanzas);
                     match c.outbound {
                         Some(key) => {
                             if matches!(self.links.get(&key), Some(Link::Up(i)) if *i == id) {
@@ -240,6 +264,11 @@ impl Core {
                     let partner = partner.unwrap_or_default();
                     self.bridge.on_request(id, &partner, msg, now)
                 } else {
+                    if let (Some(c), Some(branch)) = (self.conns.get_mut(&id), top_branch(&msg))
+                        && msg.code().is_some_and(|c| c >= 200)
+                    {
+                        c.inflight.remove(&branch);
+                    }
                     self.count_transaction(&msg, "out", "To");
                     self.bridge.on_response(msg, now)
                 };
@@ -375,9 +404,21 @@ impl Core {
         if !msg.is_request() {
             self.count_transaction(msg, "in", "From");
         }
-        let (kind, detail) = match self.conns.get(&id) {
+        let timeout = self.bridge.config().txn_timeout;
+        let (kind, detail) = match self.conns.get_mut(&id) {
             Some(c) => match c.tx.try_send(msg.to_bytes()) {
-                Ok(()) => return,
+                Ok(()) => {
+                    if msg.is_request()
+                        && msg.method() != Some("ACK")
+                        && let Some(branch) = top_branch(msg)
+                    {
+                        if c.inflight.len() >= INFLIGHT_PRUNE {
+                            c.inflight.retain(|_, at| at.elapsed() < timeout);
+                        }
+                        c.inflight.insert(branch, Instant::now());
+                    }
+                    return;
+                }
                 Err(_) => (FailureKind::Limit, "the connection's write queue is full"),
             },
             None => (FailureKind::Connect, "the connection closed"),
