@@ -57,6 +57,40 @@ fn gateway(pki: &Pki, partner: &Partner, flavor: &str, extra: &str) -> GwSpec {
     g
 }
 
+/// One test's world: example.test's gateway with SIP, a component playing its users (alice),
+/// and lync.test's edge listening for the gateway's connections.
+struct Lab {
+    _pki: Pki,
+    partner: Partner,
+    listener: TcpListener,
+    spec: GwSpec,
+    gw: Gateway,
+    alice: ComponentClient,
+}
+
+async fn lab(flavor: &str, extra: &str) -> Lab {
+    lab_with(flavor, extra, |_| {}).await
+}
+
+/// Like [`lab`], with `tweak` applied to the gateway spec before it starts.
+async fn lab_with(flavor: &str, extra: &str, tweak: impl FnOnce(&mut GwSpec)) -> Lab {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let mut spec = gateway(&pki, &partner, flavor, extra);
+    tweak(&mut spec);
+    let gw = spec.start().await;
+    let alice = spec.component(&gw).await;
+    Lab {
+        _pki: pki,
+        partner,
+        listener,
+        spec,
+        gw,
+        alice,
+    }
+}
+
 /// The gateway's connection to the partner's edge, accepted on `listener`.
 async fn accept(listener: &TcpListener, partner: &Partner) -> SipPeer {
     tokio::time::timeout(T, SipPeer::accept(listener, &partner.tls))
@@ -105,11 +139,13 @@ async fn next_stanza(c: &mut ComponentClient, name: &'static str) -> Element {
 /// an in-dialog MESSAGE, BYE) reach the local user as chat messages; the SIP side gets 200s.
 #[tokio::test]
 async fn microsoft_session_fixtures_reach_the_xmpp_user() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let spec = gateway(&pki, &partner, "microsoft", "");
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let Lab {
+        partner,
+        gw,
+        mut alice,
+        _pki,
+        ..
+    } = lab("microsoft", "").await;
     let mut edge = dial(&gw, &partner).await;
 
     edge.send(&fixture("ms-invite-im.sip")).await.unwrap();
@@ -215,12 +251,14 @@ async fn refused_messages_get_mapped_errors() {
 /// MESSAGE, and an idle session ends with BYE.
 #[tokio::test]
 async fn xmpp_user_starts_a_microsoft_session() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let listener = TcpListener::bind(partner.edge()).await.unwrap();
-    let spec = gateway(&pki, &partner, "microsoft", "");
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let Lab {
+        partner,
+        listener,
+        mut alice,
+        _pki,
+        gw: _gw,
+        ..
+    } = lab("microsoft", "").await;
     alice
         .send(&message(
             "alice@example.test/desk",
@@ -277,12 +315,14 @@ async fn xmpp_user_starts_a_microsoft_session() {
 /// error, and a message over RFC 7572's 1300 bytes bounces with policy-violation.
 #[tokio::test]
 async fn page_mode_and_error_mapping() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let listener = TcpListener::bind(partner.edge()).await.unwrap();
-    let spec = gateway(&pki, &partner, "standard", "");
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let Lab {
+        partner,
+        listener,
+        mut alice,
+        _pki,
+        gw: _gw,
+        ..
+    } = lab("standard", "").await;
     alice
         .send(&message(
             "alice@example.test/desk",
@@ -344,11 +384,13 @@ async fn page_mode_and_error_mapping() {
 /// request; once Alice approves, the watcher gets NOTIFY active with her PIDF.
 #[tokio::test]
 async fn partner_subscribes_to_a_local_user() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let spec = gateway(&pki, &partner, "microsoft", "");
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let Lab {
+        partner,
+        gw,
+        mut alice,
+        _pki,
+        ..
+    } = lab("microsoft", "").await;
     let mut edge = dial(&gw, &partner).await;
     let sub = fixture("ms-subscribe-presence.sip");
     edge.send(&sub).await.unwrap();
@@ -401,15 +443,17 @@ async fn partner_subscribes_to_a_local_user() {
 /// which the gateway subscribes again by itself.
 #[tokio::test]
 async fn local_user_subscribes_and_the_authorization_survives_a_restart() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let listener = TcpListener::bind(partner.edge()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("authz.json");
     let extra = format!("authz_store = {:?}", store.display().to_string());
-    let spec = gateway(&pki, &partner, "microsoft", &extra);
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let Lab {
+        _pki,
+        partner,
+        listener,
+        spec,
+        gw,
+        mut alice,
+    } = lab("microsoft", &extra).await;
     alice
         .send(&presence(
             "alice@example.test",
@@ -773,16 +817,20 @@ async fn an_undeclared_partner_gets_its_error_not_a_200() {
 /// the sender gets its error at once, not after the 32 s transaction timeout.
 #[tokio::test]
 async fn a_connection_lost_before_the_answer_fails_the_message_at_once() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let listener = TcpListener::bind(partner.edge()).await.unwrap();
-    let mut spec = gateway(&pki, &partner, "standard", "");
-    spec.extra = spec.extra.replace(
-        "transaction_timeout_secs = 5",
-        "transaction_timeout_secs = 32",
-    );
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let Lab {
+        partner,
+        listener,
+        mut alice,
+        _pki,
+        gw: _gw,
+        ..
+    } = lab_with("standard", "", |spec| {
+        spec.extra = spec.extra.replace(
+            "transaction_timeout_secs = 5",
+            "transaction_timeout_secs = 32",
+        );
+    })
+    .await;
     alice
         .send(&message(
             "alice@example.test",
