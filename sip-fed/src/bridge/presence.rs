@@ -228,6 +228,16 @@ fn presence_stanza(kind: Option<&str>, from: &Jid, to: &Jid) -> Element {
     p
 }
 
+/// A presence stanza of type `kind` from partner user `remote` to local user `local`.
+fn send_presence(out: &mut Vec<Out>, kind: &str, remote: &Jid, local: &Jid) {
+    xmpp_out(
+        out,
+        presence_stanza(Some(kind), remote, local),
+        local,
+        remote,
+    );
+}
+
 fn xmpp_out(out: &mut Vec<Out>, el: Element, local: &Jid, remote: &Jid) {
     out.push(Out::Xmpp {
         el,
@@ -262,8 +272,7 @@ pub(super) fn on_presence(
                 && w.state == PresenceState::Active
             {
                 // Already subscribed: confirm again (RFC 6121 §3.1.3).
-                let reply = presence_stanza(Some("subscribed"), &to.bare(), &from.bare());
-                xmpp_out(out, reply, &from, &to);
+                send_presence(out, "subscribed", &to.bare(), &from.bare());
                 return;
             }
             subscribe(b, &from.bare(), &to.bare(), SubscribeKind::New, now, out);
@@ -291,8 +300,7 @@ pub(super) fn on_presence(
                 if let Some(w) = b.presence.watching.remove(&k) {
                     b.presence.by_call.remove(&w.call_id);
                 }
-                let reply = presence_stanza(Some("unsubscribed"), &to.bare(), &from.bare());
-                xmpp_out(out, reply, &from, &to);
+                send_presence(out, "unsubscribed", &to.bare(), &from.bare());
             }
         }
         Some("subscribed") => {
@@ -617,33 +625,18 @@ pub(super) fn on_subscribe(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &
             b.presence.by_call.remove(&w.dialog.id.call_id);
         }
         if authorized && b.presence.aggregate(&l).is_none() {
-            xmpp_out(
-                out,
-                presence_stanza(Some("probe"), &remote, &local),
-                &local,
-                &remote,
-            );
+            send_presence(out, "probe", &remote, &local);
         }
         return;
     }
     notify(b, &k, None, ctx.now, out);
     if authorized {
         if b.presence.aggregate(&l).is_none() {
-            xmpp_out(
-                out,
-                presence_stanza(Some("probe"), &remote, &local),
-                &local,
-                &remote,
-            );
+            send_presence(out, "probe", &remote, &local);
         }
     } else {
         b.presence.update(&l, &r, |a| a.pending_in = true);
-        xmpp_out(
-            out,
-            presence_stanza(Some("subscribe"), &remote, &local),
-            &local,
-            &remote,
-        );
+        send_presence(out, "subscribe", &remote, &local);
     }
 }
 
@@ -781,12 +774,7 @@ fn on_notify(b: &mut Bridge, ctx: &ReqCtx, call_id: &str, req: SipMessage, out: 
                     a.subscription = with_to(a.subscription);
                     a.pending_out = false;
                 });
-                xmpp_out(
-                    out,
-                    presence_stanza(Some("subscribed"), &remote, &local),
-                    &local,
-                    &remote,
-                );
+                send_presence(out, "subscribed", &remote, &local);
             }
             if let Some(p) = presence {
                 xmpp_out(
@@ -809,18 +797,8 @@ fn on_notify(b: &mut Bridge, ctx: &ReqCtx, call_id: &str, req: SipMessage, out: 
                         a.subscription = without_to(a.subscription);
                         a.pending_out = false;
                     });
-                    xmpp_out(
-                        out,
-                        presence_stanza(Some("unavailable"), &remote, &local),
-                        &local,
-                        &remote,
-                    );
-                    xmpp_out(
-                        out,
-                        presence_stanza(Some("unsubscribed"), &remote, &local),
-                        &local,
-                        &remote,
-                    );
+                    send_presence(out, "unavailable", &remote, &local);
+                    send_presence(out, "unsubscribed", &remote, &local);
                 }
                 _ if unsubscribing => {}
                 _ => {
@@ -882,12 +860,7 @@ pub(super) fn on_final(
                 if kind == SubscribeKind::Unsubscribe {
                     // RFC 8048 §5.3: confirm to the XMPP user.
                     w.refresh_at = None;
-                    xmpp_out(
-                        out,
-                        presence_stanza(Some("unsubscribed"), &remote, &local),
-                        &local,
-                        &remote,
-                    );
+                    send_presence(out, "unsubscribed", &remote, &local);
                     if let Some(w) = b.presence.watching.remove(&k) {
                         b.presence.by_call.remove(&w.call_id);
                     }
@@ -908,12 +881,7 @@ pub(super) fn on_final(
                     if let Some(w) = b.presence.watching.remove(&k) {
                         b.presence.by_call.remove(&w.call_id);
                     }
-                    xmpp_out(
-                        out,
-                        presence_stanza(Some("unsubscribed"), &remote, &local),
-                        &local,
-                        &remote,
-                    );
+                    send_presence(out, "unsubscribed", &remote, &local);
                 }
                 _ => {
                     // A refused subscription request.
@@ -922,12 +890,7 @@ pub(super) fn on_final(
                     }
                     b.presence.update(&k.0, &k.1, |a| a.pending_out = false);
                     if matches!(code, 403 | 603) {
-                        xmpp_out(
-                            out,
-                            presence_stanza(Some("unsubscribed"), &remote, &local),
-                            &local,
-                            &remote,
-                        );
+                        send_presence(out, "unsubscribed", &remote, &local);
                     } else {
                         let sub = presence_stanza(Some("subscribe"), &local, &remote);
                         bounce_sip(&sub, resp, out);
