@@ -132,6 +132,25 @@ impl Element {
         self.write_inner(out, NS_CONTENT);
     }
 
+    /// The length of [`Element::to_bytes`], without allocating a buffer per call (for queue
+    /// accounting of stanzas that did not come from a stream).
+    pub fn wire_len(&self) -> usize {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            b.clear();
+            self.write_inner(&mut b, NS_CONTENT);
+            let n = b.len();
+            b.clear();
+            if b.capacity() > 64 * 1024 {
+                b.shrink_to(64 * 1024);
+            }
+            n
+        })
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         self.write_inner(&mut out, NS_CONTENT);
@@ -268,6 +287,17 @@ mod tests {
             "<message to='a@b.test' id='x&apos;&lt;&amp;'><body>1 &lt; 2 &amp; 'q'</body>\
              <x xmlns='urn:x'><y/></x></message>"
         );
+    }
+
+    #[test]
+    fn wire_len_is_the_serialized_length() {
+        let small = Element::new("presence", NS_CONTENT).with_attr("to", "a@b.test");
+        let big = Element::new("message", NS_CONTENT)
+            .with_attr("to", "x&y")
+            .with_child(Element::new("body", NS_CONTENT).with_text(&"<é>".repeat(40_000)));
+        for el in [&small, &big, &small] {
+            assert_eq!(el.wire_len(), el.to_bytes().len());
+        }
     }
 
     #[test]

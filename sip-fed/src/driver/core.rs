@@ -289,7 +289,7 @@ impl Core {
                     Out::Sip { dest, msg } => self.send(dest, msg, &mut work),
                     Out::Xmpp { el, local, remote } => {
                         routed = true;
-                        let size = el.to_bytes().len();
+                        let size = el.wire_len();
                         self.shared
                             .metrics
                             .translated
