@@ -15,7 +15,7 @@
 //! - `<route hops><rcpt to/>…<stanza/></route>`: a routed stanza, for one recipient (its own
 //!   `to`) or several (`rcpt` elements: presence broadcast carried once per link).
 
-use fedgate_s2s::element::{Element, NS_CONTENT, NS_STREAM};
+use fedgate_s2s::element::{Element, NS_CONTENT};
 
 use crate::directory::{Change, Digest};
 
@@ -162,13 +162,15 @@ fn el(name: &str) -> Element {
 
 /// The opening of a link stream.
 pub fn stream_header(from: &str, to: &str) -> Vec<u8> {
-    use fedgate_s2s::element::escape;
-    format!(
-        "<?xml version='1.0'?><stream:stream xmlns='{NS_INTERCLUSTER}' xmlns:stream='{NS_STREAM}' from='{}' to='{}' version='1.0'>",
-        escape(from),
-        escape(to)
-    )
-    .into_bytes()
+    fedgate_s2s::wire::Header {
+        content_ns: NS_INTERCLUSTER,
+        from: Some(from),
+        to: Some(to),
+        id: None,
+        version: true,
+        dialback: false,
+    }
+    .to_bytes()
 }
 
 /// The end of a link stream.
