@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fedgate_certs::CertFailureKind;
+use fedgate_certs::{CertFailureKind, unix_now};
 use fedgate_s2s::xml::{StreamEvent, StreamHeader, StreamParser};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::{Intercluster, Peer, lock, unix_now, with_default_port};
+use super::{Intercluster, Peer, lock, with_default_port};
 use crate::failure::{FailureKind, LinkFailure};
 use crate::routing::pack;
 use crate::session::{Action, Note, Session};

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use fedgate_certs::{Identity, IdentityStore, PeerVerifier};
 use fedgate_s2s::driver::{Origin, Stanza};
@@ -115,19 +115,13 @@ pub fn consistency_digest(domains: &[String], scheme: &str, policy_revision: &st
     format!("{h:016x}")
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Link state of a peer, for `/status`.
 #[derive(Debug, Clone, Default)]
 struct LinkStatus {
     up: bool,
-    since: Option<u64>,
-    last_error: Option<(u64, LinkFailure)>,
-    last_reconcile: Option<u64>,
+    since: Option<i64>,
+    last_error: Option<(i64, LinkFailure)>,
+    last_reconcile: Option<i64>,
     flagged: Option<String>,
     lag: Duration,
     incarnation_changes: u64,
