@@ -55,6 +55,13 @@ fn cert_failure(f: &fedgate_certs::CertFailure) -> LinkFailure {
     fail(kind, f.to_string())
 }
 
+/// The certificate chain the peer presented in the handshake.
+fn peer_chain(conn: &rustls::CommonState) -> Vec<CertificateDer<'static>> {
+    conn.peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default()
+}
+
 async fn read_header<S: AsyncRead + Unpin>(
     io: &mut S,
     parser: &mut StreamParser,
@@ -165,12 +172,7 @@ async fn dial_once(
             )
         })?
         .map_err(|e| fail(FailureKind::Tls, format!("{sa}: {e}")))?;
-    let chain: Vec<CertificateDer<'static>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
+    let chain = peer_chain(tls.get_ref().1);
     ic.verifier
         .verify(&chain, &peer.name, false, UnixTime::now())
         .map_err(|f| cert_failure(&f))?;
@@ -225,12 +227,7 @@ async fn accept_one(
         .await
         .map_err(|_| (None, fail(FailureKind::Timeout, "TLS handshake timed out")))?
         .map_err(|e| (None, fail(FailureKind::Tls, e.to_string())))?;
-    let chain: Vec<CertificateDer<'static>> = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-        .unwrap_or_default();
+    let chain = peer_chain(tls.get_ref().1);
     let mut parser = StreamParser::new(ic.settings.limits);
     let h = read_header(&mut tls, &mut parser, timeout)
         .await
