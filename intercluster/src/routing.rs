@@ -2,6 +2,8 @@
 //! stanzas that arrive over a link, and presence coalescing (one `<route>` per link for a
 //! presence broadcast to several users of the same peer).
 
+use std::borrow::Cow;
+
 use fedgate_s2s::element::{Element, NS_CONTENT};
 
 use crate::directory::Directory;
@@ -11,14 +13,19 @@ use crate::wire::{MAX_ROUTE_EXPANDED_BYTES, MAX_ROUTE_RECIPIENTS, Routed};
 /// a stanza for a user it no longer hosts forwards it once; a second miss bounces.
 pub const MAX_HOPS: u8 = 1;
 
-/// The lowercase bare JID of a `to`/`from` address, if it has a local part.
-pub fn bare_user(jid: &str) -> Option<String> {
+/// The lowercase bare JID of a `to`/`from` address, if it has a local part (borrowed when it
+/// is lowercase already: no allocation per stanza in the common case).
+pub fn bare_user(jid: &str) -> Option<Cow<'_, str>> {
     let bare = jid.split('/').next().unwrap_or(jid);
     let (local, domain) = bare.split_once('@')?;
     if local.is_empty() || domain.is_empty() {
         return None;
     }
-    Some(bare.to_ascii_lowercase())
+    Some(if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(bare.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(bare)
+    })
 }
 
 /// Where a stanza for a user goes.
@@ -81,8 +88,9 @@ fn without_to(el: &Element) -> Element {
 /// presences that differ only in `to` (and have the same hop count) become one route listing
 /// the recipients, within the bounds a peer accepts ([`MAX_ROUTE_RECIPIENTS`],
 /// [`MAX_ROUTE_EXPANDED_BYTES`]); everything else travels alone.
-pub fn pack(items: Vec<(Element, u8)>) -> Vec<Routed> {
-    let mut out: Vec<Routed> = Vec::with_capacity(items.len());
+pub fn pack(items: impl IntoIterator<Item = (Element, u8)>) -> Vec<Routed> {
+    let items = items.into_iter();
+    let mut out: Vec<Routed> = Vec::with_capacity(items.size_hint().0);
     // The shared stanza of the current run and its size.
     let mut run_key: Option<(Element, usize)> = None;
     for (el, hops) in items {

@@ -464,7 +464,7 @@ where
             _ = peer.wake.notified(), if session.is_up() => {
                 let items = lock(&peer.queue).drain();
                 ic.metrics.routed.with_label_values(&[&peer.name, "out"]).inc_by(items.len() as u64);
-                let routes = pack(items.into_iter().map(|(st, h)| (st.el, h)).collect());
+                let routes = pack(items.into_iter().map(|(st, h)| (st.el, h)));
                 Ok(routes.into_iter().map(|r| Action::Send(Msg::Route(r))).collect())
             }
             _ = stop.changed() => break,

@@ -413,17 +413,25 @@ impl Intercluster {
         let Some(to) = st.el.attr("to") else {
             return Err(st);
         };
-        let decision = {
-            let peers = lock(&self.peers);
-            decide(&self.dir(), |p| peers.contains_key(p), to, None)
-        };
-        match decision {
-            Decision::Peer { peer, hops } => {
+        match self.decide(to, None) {
+            (Decision::Peer { hops, .. }, Some(peer)) => {
                 self.enqueue(&peer, st, hops);
                 Ok(())
             }
             _ => Err(st),
         }
+    }
+
+    /// Where a stanza for `to` goes and, when to a peer, that peer: one look at the peer set
+    /// per stanza.
+    fn decide(&self, to: &str, arrived_hops: Option<u8>) -> (Decision, Option<Arc<Peer>>) {
+        let peers = lock(&self.peers);
+        let decision = decide(&self.dir(), |p| peers.contains_key(p), to, arrived_hops);
+        let peer = match &decision {
+            Decision::Peer { peer, .. } => peers.get(peer).cloned(),
+            _ => None,
+        };
+        (decision, peer)
     }
 
     fn bounce(
@@ -442,11 +450,8 @@ impl Intercluster {
         self.host.bounce(st, etype, cond, reason, text);
     }
 
-    fn enqueue(&self, peer_name: &str, st: Stanza, hops: u8) {
-        let Some(peer) = self.peer(peer_name) else {
-            self.host.deliver(st);
-            return;
-        };
+    fn enqueue(&self, peer: &Peer, st: Stanza, hops: u8) {
+        let peer_name = peer.name.as_str();
         let size = st.size.max(64);
         let r = lock(&peer.queue).push((st, hops), size, Instant::now());
         match r {
@@ -465,6 +470,7 @@ impl Intercluster {
     /// A route that arrived over the link from `from`.
     fn on_routed(&self, from: &str, r: Routed) {
         let hops = r.hops;
+        let routed_in = self.metrics.routed.with_label_values(&[from, "in"]);
         for el in r.expand() {
             let size = el.to_bytes().len();
             let st = Stanza {
@@ -474,19 +480,15 @@ impl Intercluster {
                     peer: from.to_owned(),
                 },
             };
-            self.metrics.routed.with_label_values(&[from, "in"]).inc();
+            routed_in.inc();
             let to = st.el.attr("to").unwrap_or_default().to_owned();
-            let decision = {
-                let peers = lock(&self.peers);
-                decide(&self.dir(), |p| peers.contains_key(p), &to, Some(hops))
-            };
-            match decision {
-                Decision::Local => self.host.deliver(st),
-                Decision::Peer { peer, hops } => {
-                    tracing::debug!(%to, from, via = %peer, "forwarding once to the user's home");
+            match self.decide(&to, Some(hops)) {
+                (Decision::Peer { hops, .. }, Some(peer)) => {
+                    tracing::debug!(%to, from, via = %peer.name, "forwarding once to the user's home");
                     self.enqueue(&peer, st, hops)
                 }
-                Decision::LoopGuard { home } => self.bounce(
+                (Decision::Local | Decision::Peer { .. }, _) => self.host.deliver(st),
+                (Decision::LoopGuard { home }, _) => self.bounce(
                     from,
                     &st,
                     ErrorType::Cancel,
