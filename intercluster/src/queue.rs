@@ -70,12 +70,6 @@ impl<T> BoundedQueue<T> {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
-
-    /// New limits (config reload); items already queued stay.
-    pub fn set_limits(&mut self, max_bytes: usize, max_age: Duration) {
-        self.max_bytes = max_bytes;
-        self.max_age = max_age;
-    }
 }
 
 #[cfg(test)]
