@@ -648,35 +648,56 @@ mod tests {
                 if to_b.is_empty() && to_a.is_empty() {
                     return;
                 }
-                let mut next_a = Vec::new();
-                for act in std::mem::take(&mut to_b) {
-                    match act {
-                        Action::Send(m) => {
-                            let m = Msg::parse(&m.to_element()).unwrap();
-                            next_a.extend(self.sb.on_msg(m, &mut self.b, now));
-                        }
-                        Action::Note(n) => self.notes_a.push(n),
-                        Action::Close(f) => self.closed.push(f),
-                        Action::Deliver(_) => panic!("a delivered"),
-                    }
-                }
-                let mut next_b = Vec::new();
-                for act in std::mem::take(&mut to_a) {
-                    match act {
-                        Action::Send(m) => {
-                            let m = Msg::parse(&m.to_element()).unwrap();
-                            next_b.extend(self.sa.on_msg(m, &mut self.a, now));
-                        }
-                        Action::Note(n) => self.notes_b.push(n),
-                        Action::Close(f) => self.closed.push(f),
-                        Action::Deliver(r) => self.delivered_b.push(r),
-                    }
-                }
+                // a's actions (sent to b) first, then b's (sent to a).
+                let next_a = Self::carry(
+                    std::mem::take(&mut to_b),
+                    (&mut self.sb, &mut self.b),
+                    &mut self.notes_a,
+                    &mut self.closed,
+                    None,
+                    now,
+                );
+                let next_b = Self::carry(
+                    std::mem::take(&mut to_a),
+                    (&mut self.sa, &mut self.a),
+                    &mut self.notes_b,
+                    &mut self.closed,
+                    Some(&mut self.delivered_b),
+                    now,
+                );
                 // Actions produced by b's session are for a, and the other way round.
                 to_a = next_a;
                 to_b = next_b;
             }
             panic!("no quiescence");
+        }
+
+        /// Carries one side's actions: what it sends goes through the wire to the other
+        /// session (whose reply actions are returned); deliveries are only expected at b.
+        fn carry(
+            acts: Vec<Action>,
+            (to, dir): (&mut Session, &mut Directory),
+            notes: &mut Vec<Note>,
+            closed: &mut Vec<LinkFailure>,
+            mut delivered: Option<&mut Vec<Routed>>,
+            now: Instant,
+        ) -> Vec<Action> {
+            let mut next = Vec::new();
+            for act in acts {
+                match act {
+                    Action::Send(m) => {
+                        let m = Msg::parse(&m.to_element()).unwrap();
+                        next.extend(to.on_msg(m, dir, now));
+                    }
+                    Action::Note(n) => notes.push(n),
+                    Action::Close(f) => closed.push(f),
+                    Action::Deliver(r) => match delivered.as_deref_mut() {
+                        Some(d) => d.push(r),
+                        None => panic!("a delivered"),
+                    },
+                }
+            }
+            next
         }
 
         fn start(&mut self, now: Instant) {
