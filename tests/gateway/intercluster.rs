@@ -75,6 +75,18 @@ impl Cluster {
     }
 }
 
+/// Every cluster lists every other one as a peer.
+fn mesh(clusters: &[&Cluster]) {
+    for c in clusters {
+        let others: Vec<&Cluster> = clusters
+            .iter()
+            .copied()
+            .filter(|o| o.name != c.name)
+            .collect();
+        c.set_peers(&others);
+    }
+}
+
 async fn status(gw: &Gateway) -> serde_json::Value {
     serde_json::from_str(&http_get(gw, "/status").await).unwrap()
 }
@@ -164,9 +176,7 @@ async fn every_entry_point_reaches_every_cluster_and_replies_flow_back() {
     let mut b = GwSpec::new(&pki, "b.test");
     b.static_targets
         .insert(DOMAIN.into(), format!("tcp://{}:5269", london.spec.ip));
-    tokyo.set_peers(&[&newyork, &london]);
-    newyork.set_peers(&[&tokyo, &london]);
-    london.set_peers(&[&tokyo, &newyork]);
+    mesh(&[&tokyo, &newyork, &london]);
     for c in [&mut tokyo, &mut newyork, &mut london] {
         c.spec
             .static_targets
@@ -345,9 +355,7 @@ async fn a_user_moves_while_traffic_flows() {
     let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
     let newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
     let london = Cluster::new(&pki, "london", &["carol@example.test"]);
-    tokyo.set_peers(&[&newyork, &london]);
-    newyork.set_peers(&[&tokyo, &london]);
-    london.set_peers(&[&tokyo, &newyork]);
+    mesh(&[&tokyo, &newyork, &london]);
     let (gt, gn, gl) = (
         tokyo.spec.start().await,
         newyork.spec.start().await,
@@ -442,8 +450,7 @@ async fn a_cluster_killed_and_restarted() {
     let pki = Pki::new();
     let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
     let newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
-    tokyo.set_peers(&[&newyork]);
-    newyork.set_peers(&[&tokyo]);
+    mesh(&[&tokyo, &newyork]);
     let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
     until_synced(&gt, &[("newyork", 1)]).await;
     let first_inc = status(&gt).await["intercluster"]["peers"]["newyork"]["incarnation"].clone();
@@ -520,9 +527,7 @@ async fn a_conflict_is_reported_and_routed_to_one_cluster() {
     let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test", "dave@example.test"]);
     let newyork = Cluster::new(&pki, "newyork", &["bob@example.test", "dave@example.test"]);
     let london = Cluster::new(&pki, "london", &["carol@example.test"]);
-    tokyo.set_peers(&[&newyork, &london]);
-    newyork.set_peers(&[&tokyo, &london]);
-    london.set_peers(&[&tokyo, &newyork]);
+    mesh(&[&tokyo, &newyork, &london]);
     let (gt, gn, gl) = (
         tokyo.spec.start().await,
         newyork.spec.start().await,
@@ -708,8 +713,7 @@ async fn users_from_ldap_are_synced_and_routed() {
             dn = directory.admin_dn(),
             pw = pw.display().to_string(),
         );
-    tokyo.set_peers(&[&newyork]);
-    newyork.set_peers(&[&tokyo]);
+    mesh(&[&tokyo, &newyork]);
     let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
     until_synced(&gt, &[("newyork", 2)]).await;
     let mut ct = tokyo.spec.component(&gt).await;
