@@ -111,7 +111,7 @@ pub fn pack(items: impl IntoIterator<Item = (Element, u8)>) -> Vec<Routed> {
                 last.recipients.push(to);
                 continue;
             }
-            let size = key.to_bytes().len();
+            let size = key.wire_len();
             run_key = Some((key, size));
         } else {
             run_key = None;

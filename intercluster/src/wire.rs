@@ -385,12 +385,11 @@ impl Msg {
                             stanza.name
                         )));
                     }
-                    let expanded = stanza.to_bytes().len().saturating_mul(recipients.len());
-                    if expanded > MAX_ROUTE_EXPANDED_BYTES {
+                    let size = stanza.wire_len();
+                    if size.saturating_mul(recipients.len()) > MAX_ROUTE_EXPANDED_BYTES {
                         return Err(WireError::BadRoute(format!(
-                            "{} recipients of a {}-byte stanza expand beyond {MAX_ROUTE_EXPANDED_BYTES} bytes",
+                            "{} recipients of a {size}-byte stanza expand beyond {MAX_ROUTE_EXPANDED_BYTES} bytes",
                             recipients.len(),
-                            stanza.to_bytes().len()
                         )));
                     }
                 }

@@ -472,7 +472,7 @@ impl Intercluster {
         let hops = r.hops;
         let routed_in = self.metrics.routed.with_label_values(&[from, "in"]);
         for el in r.expand() {
-            let size = el.to_bytes().len();
+            let size = el.wire_len();
             let st = Stanza {
                 el,
                 size,
