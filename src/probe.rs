@@ -258,12 +258,9 @@ impl From<fedgate_s2s::wire::Failure> for ProbeError {
     }
 }
 
-/// The CLI entry: runs the probe, prints text or JSON, and returns the exit status
-/// (0 federation works, 1 it does not, 2 bad arguments).
+/// The CLI entry: runs the probe (XMPP, or SIP with `--sip`), prints text or JSON, and returns
+/// the exit status (0 federation works, 1 it does not, 2 bad arguments).
 pub fn cli(args: ProbeArgs) -> u8 {
-    if args.sip {
-        return crate::probe_sip::cli(args);
-    }
     let json = args.json;
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -272,14 +269,29 @@ pub fn cli(args: ProbeArgs) -> u8 {
             return 2;
         }
     };
-    match rt.block_on(run(args)) {
-        Ok(report) => {
-            if json {
-                println!("{}", render_json(&report));
+    let outcome = if args.sip {
+        rt.block_on(crate::probe_sip::run(args)).map(|r| {
+            let text = if json {
+                format!("{}\n", serde_json::to_string_pretty(&r).unwrap_or_default())
             } else {
-                print!("{}", render_text(&report));
-            }
-            if report.works { 0 } else { 1 }
+                crate::probe_sip::render_text(&r)
+            };
+            (r.works, text)
+        })
+    } else {
+        rt.block_on(run(args)).map(|r| {
+            let text = if json {
+                format!("{}\n", render_json(&r))
+            } else {
+                render_text(&r)
+            };
+            (r.works, text)
+        })
+    };
+    match outcome {
+        Ok((works, text)) => {
+            print!("{text}");
+            if works { 0 } else { 1 }
         }
         Err(e) => {
             eprintln!("fedgate: probe: {e:#}");

@@ -71,31 +71,6 @@ impl SipTargetReport {
     }
 }
 
-pub fn cli(args: ProbeArgs) -> u8 {
-    let json = args.json;
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("fedgate: probe: tokio runtime: {e}");
-            return 2;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-            } else {
-                print!("{}", render_text(&r));
-            }
-            if r.works { 0 } else { 1 }
-        }
-        Err(e) => {
-            eprintln!("fedgate: probe: {e:#}");
-            2
-        }
-    }
-}
-
 pub async fn run(args: ProbeArgs) -> anyhow::Result<SipProbeReport> {
     let timeout = Duration::from_secs(args.timeout_secs.max(1));
     let ProbeSetup {
