@@ -17,9 +17,10 @@ use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 use crate::config::{Config, DomainConfig};
 
 /// Size and modification time of a file (None when it cannot be read).
-type FileStamp = Option<(SystemTime, u64)>;
+pub(crate) type FileStamp = Option<(SystemTime, u64)>;
 
-fn stamp(p: &Path) -> FileStamp {
+/// What the pollers of watched files compare to see a change.
+pub(crate) fn stamp(p: &Path) -> FileStamp {
     let m = std::fs::metadata(p).ok()?;
     Some((m.modified().ok()?, m.len()))
 }

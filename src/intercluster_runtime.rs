@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use fedgate_certs::Identity;
@@ -18,6 +18,7 @@ use fedgate_s2s::driver::{S2sContext, Stanza};
 use fedgate_s2s::wire::ErrorType;
 use serde::Deserialize;
 
+use crate::cert_reload::stamp;
 use crate::config::Config;
 
 fn default_listen() -> Option<String> {
@@ -283,11 +284,6 @@ pub async fn prepare(
         static_peers: ic_cfg.peers.clone(),
         cfg: ic_cfg.clone(),
     })))
-}
-
-fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 impl IcRuntime {
