@@ -134,14 +134,20 @@ impl Metrics {
 
     /// The label to use for a remote domain (capped).
     pub fn domain_label(&self, domain: &str) -> String {
-        let mut d = self.domains.lock().expect("metrics lock");
-        if d.contains(domain) {
-            return domain.to_owned();
-        }
-        if d.len() < MAX_DOMAIN_LABELS {
-            d.insert(domain.to_owned());
-            return domain.to_owned();
-        }
-        "other".to_owned()
+        capped_label(&self.domains, domain, MAX_DOMAIN_LABELS)
     }
+}
+
+/// `value` as a metric label while fewer than `max` distinct values have been seen in `seen`,
+/// else `other`: label sets per remote party stay bounded.
+pub fn capped_label(seen: &Mutex<HashSet<String>>, value: &str, max: usize) -> String {
+    let mut d = seen.lock().expect("metrics lock");
+    if d.contains(value) {
+        return value.to_owned();
+    }
+    if d.len() < max {
+        d.insert(value.to_owned());
+        return value.to_owned();
+    }
+    "other".to_owned()
 }

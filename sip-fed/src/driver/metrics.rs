@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use fedgate_s2s::driver::metrics::capped_label;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::FailureKind;
@@ -78,15 +79,7 @@ impl SipMetrics {
 
     /// The label for a partner domain (capped).
     pub fn partner_label(&self, partner: &str) -> String {
-        let mut seen = self.partners.lock().expect("metrics lock");
-        if seen.contains(partner) {
-            return partner.to_owned();
-        }
-        if seen.len() < MAX_PARTNER_LABELS {
-            seen.insert(partner.to_owned());
-            return partner.to_owned();
-        }
-        "other".to_owned()
+        capped_label(&self.partners, partner, MAX_PARTNER_LABELS)
     }
 
     pub fn failure(&self, partner: &str, kind: FailureKind) {
