@@ -202,9 +202,14 @@ impl Bridge {
             .unwrap_or(self.cfg.default_flavor)
     }
 
+    /// The partner's status entry (made on first use; no allocation per request after).
     fn partner(&mut self, partner: &str) -> &mut PartnerStatus {
         let flavor = self.flavor(partner).as_str();
-        let p = self.partners.entry(partner.to_owned()).or_default();
+        if !self.partners.contains_key(partner) {
+            self.partners
+                .insert(partner.to_owned(), PartnerStatus::default());
+        }
+        let p = self.partners.get_mut(partner).expect("inserted just above");
         p.flavor = flavor;
         p
     }
@@ -393,12 +398,15 @@ impl Bridge {
                 return out;
             }
         };
-        if req.headers("ms-text-format").next().is_some()
-            || req.headers.iter().any(|h| h.name.starts_with("ms-"))
+        // A partner whose traffic carries Microsoft `ms-*` headers does session-mode IM.
+        if !self.learned.contains_key(partner)
+            && req.headers.iter().any(|h| {
+                h.name
+                    .get(..3)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("ms-"))
+            })
         {
-            self.learned
-                .entry(partner.to_owned())
-                .or_insert(Flavor::Microsoft);
+            self.learned.insert(partner.to_owned(), Flavor::Microsoft);
         }
         self.partner(partner);
         let to_tag = req
