@@ -2,7 +2,7 @@
 # Install the real-peer interop test dependencies (idempotent, quiet).
 #
 #   * Debian bookworm packages: prosody, lua-unbound, ejabberd (XMPP peers);
-#     sip-tester (sipp), socat, kamailio + kamailio-tls-modules (SIP peers);
+#     sip-tester (sipp), socat, openssl (s_client), kamailio + kamailio-tls-modules (SIP peers);
 #     slapd + ldap-utils (the LDAP user source) (+ their deps),
 #     python3-venv when the python3 in PATH cannot create a venv.
 #     Services are never started: /usr/sbin/policy-rc.d (exit 101) is created
@@ -52,7 +52,7 @@ daemon_pids() {
 
 # ---------------------------------------------------------------- apt packages
 missing=()
-peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat kamailio kamailio-tls-modules slapd ldap-utils)
+peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils)
 for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
@@ -144,7 +144,7 @@ for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || problems+=("package $pkg is not installed")
 done
 find_bin() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" 2>/dev/null; }
-for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat kamailio slapd slapadd ldapsearch; do
+for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat openssl kamailio slapd slapadd ldapsearch; do
     find_bin "$bin" >/dev/null || problems+=("$bin not found")
 done
 if find_bin lua5.4 >/dev/null && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1; then
