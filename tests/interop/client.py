@@ -15,9 +15,11 @@ Protocol: one JSON object per line.
     {"connected": true, "jid": FULL_JID}                       session started (presence sent)
     {"message": {"from": BARE, "from_full": FULL, "body": TEXT, "type": T, "id": ID}}
     {"message_error": {"from": BARE, "from_full": FULL, "condition": C, "text": TEXT}}
-    {"presence": {"from": BARE, "from_full": FULL, "type": T}}  T = available|unavailable|
+    {"presence": {"from": BARE, "from_full": FULL, "type": T, "status": S}}
+                                                               T = available|unavailable|
                                                                subscribe|subscribed|unsubscribe|
-                                                               unsubscribed|error
+                                                               unsubscribed|error; S = the
+                                                               <status/> text ("" if none)
     {"iq_result": {"to": JID, "from": JID, "rtt": SECONDS}}   ping answered (type=result)
     {"error": {"kind": K, "to"?: JID, "condition"?: C, "text": TEXT}}
         K = auth|connection|iq_ping|command|internal
@@ -104,7 +106,7 @@ class Client(slixmpp.ClientXMPP):
 
     def on_presence(self, pres):
         emit({"presence": {"from": str(pres["from"].bare), "from_full": str(pres["from"]),
-                           "type": pres["type"]}})
+                           "type": pres["type"], "status": pres["status"]}})
 
     def on_failed_auth(self, _event):
         emit({"error": {"kind": "auth", "text": "authentication failed"}})

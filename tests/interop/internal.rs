@@ -311,22 +311,29 @@ async fn chat_and_presence(t: &mut Edge) {
         .unwrap_or_else(|e| fail(e, &diag));
 
     // Live presence both ways: each goes unavailable (broadcast to the contact through fedgate).
-    bob.send_presence(None, Some("unavailable")).await.unwrap();
+    // Each live change carries its own status text: the servers' answers to the probes above
+    // are presences of the same types, may still be queued at the client, and must not stand
+    // in for the live change (they once let alice go offline before bob was back).
+    bob.send_presence_status(None, Some("unavailable"), Some("bob away"))
+        .await
+        .unwrap();
     alice
-        .expect_presence(&format!("{BOB}/"), "unavailable", W)
+        .expect_presence_status(&format!("{BOB}/"), "unavailable", "bob away", W)
         .await
         .unwrap_or_else(|e| fail(e, &diag));
     // bob comes back first: a server delivers presence only to available resources.
-    bob.send_presence(None, None).await.unwrap();
+    bob.send_presence_status(None, None, Some("bob back"))
+        .await
+        .unwrap();
     alice
-        .expect_presence(&format!("{BOB}/"), "available", W)
+        .expect_presence_status(&format!("{BOB}/"), "available", "bob back", W)
         .await
         .unwrap_or_else(|e| fail(e, &diag));
     alice
-        .send_presence(None, Some("unavailable"))
+        .send_presence_status(None, Some("unavailable"), Some("alice away"))
         .await
         .unwrap();
-    bob.expect_presence(&format!("{ALICE}/"), "unavailable", W)
+    bob.expect_presence_status(&format!("{ALICE}/"), "unavailable", "alice away", W)
         .await
         .unwrap_or_else(|e| fail(e, &diag));
 }

@@ -1059,12 +1059,26 @@ impl XmppClient {
 
     /// Sends a presence (`to`/`ptype` optional; ptype e.g. "unavailable", "subscribed").
     pub async fn send_presence(&mut self, to: Option<&str>, ptype: Option<&str>) -> Result<()> {
+        self.send_presence_status(to, ptype, None).await
+    }
+
+    /// [`Self::send_presence`] with a `<status/>` text, so that the receiver can tell this
+    /// presence from earlier ones of the same type (e.g. a server's answer to a probe).
+    pub async fn send_presence_status(
+        &mut self,
+        to: Option<&str>,
+        ptype: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<()> {
         let mut fields = Vec::new();
         if let Some(to) = to {
             fields.push(format!(r#""to":{}"#, json_str(to)));
         }
         if let Some(t) = ptype {
             fields.push(format!(r#""type":{}"#, json_str(t)));
+        }
+        if let Some(st) = status {
+            fields.push(format!(r#""status":{}"#, json_str(st)));
         }
         self.send_command(&format!(r#"{{"presence":{{{}}}}}"#, fields.join(",")))
     }
@@ -1082,13 +1096,41 @@ impl XmppClient {
         ptype: &str,
         timeout: Duration,
     ) -> Result<()> {
-        let what = format!("presence type={ptype} from {from_prefix}*");
+        self.expect_presence_where(from_prefix, ptype, None, timeout)
+            .await
+    }
+
+    /// [`Self::expect_presence`] that also requires the `<status/>` text: an earlier
+    /// presence of the same type still queued (say a probe answer) does not match.
+    pub async fn expect_presence_status(
+        &mut self,
+        from_prefix: &str,
+        ptype: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.expect_presence_where(from_prefix, ptype, Some(status), timeout)
+            .await
+    }
+
+    async fn expect_presence_where(
+        &mut self,
+        from_prefix: &str,
+        ptype: &str,
+        status: Option<&str>,
+        timeout: Duration,
+    ) -> Result<()> {
+        let what = match status {
+            Some(st) => format!("presence type={ptype} status={st:?} from {from_prefix}*"),
+            None => format!("presence type={ptype} from {from_prefix}*"),
+        };
         self.expect_event(timeout, &what, |ev| {
             ev.get("presence").is_some_and(|p| {
                 p.get("type").and_then(Json::as_str) == Some(ptype)
                     && p.get("from_full")
                         .and_then(Json::as_str)
                         .is_some_and(|f| f.starts_with(from_prefix))
+                    && status.is_none_or(|st| p.get("status").and_then(Json::as_str) == Some(st))
             })
         })
         .await
