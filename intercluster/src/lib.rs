@@ -7,9 +7,11 @@
 //!
 //! Sans-IO cores: [`directory`] (origin logs, replicas, resolution, conflicts), [`session`]
 //! (the sync machine of one link), [`wire`] (the XML elements), [`routing`] (home lookup,
-//! loop guard, presence packing), [`queue`] (bounded per-peer queue), [`sources`] (user
-//! sources merged into the own origin). The tokio side is [`driver`].
+//! loop guard, presence packing), [`queue`] (bounded per-peer queue), [`delivery`] (numbered
+//! routes, acknowledgements and their hand-over to a new link), [`sources`] (user sources
+//! merged into the own origin). The tokio side is [`driver`].
 
+pub mod delivery;
 pub mod directory;
 pub mod driver;
 pub mod failure;

@@ -54,6 +54,23 @@ impl<T> BoundedQueue<T> {
         self.items.drain(..).map(|(_, _, i)| i).collect()
     }
 
+    /// Removes and returns the oldest items up to `max_bytes` in all (at least one, when
+    /// any waits): the rest stays for later.
+    pub fn drain_up_to(&mut self, max_bytes: usize) -> Vec<T> {
+        let mut taken = 0;
+        let mut out = Vec::new();
+        while let Some((_, size, _)) = self.items.front() {
+            if !out.is_empty() && taken + size > max_bytes {
+                break;
+            }
+            let (_, size, item) = self.items.pop_front().expect("front exists");
+            taken += size;
+            self.bytes -= size;
+            out.push(item);
+        }
+        out
+    }
+
     /// When the oldest item expires.
     pub fn next_expiry(&self) -> Option<Instant> {
         self.items.front().map(|(t, _, _)| *t + self.max_age)
@@ -89,7 +106,12 @@ mod tests {
         assert_eq!(q.expire(t0 + Duration::from_secs(5)), vec!["a"]);
         assert_eq!(q.bytes(), 40);
         q.push("d", 10, t0 + Duration::from_secs(6)).unwrap();
-        assert_eq!(q.drain(), vec!["c", "d"]);
+        q.push("e", 30, t0 + Duration::from_secs(6)).unwrap();
+        assert_eq!(q.drain_up_to(45), vec!["c"]);
+        assert_eq!(q.drain_up_to(0), vec!["d"], "one item even over the budget");
+        assert_eq!(q.bytes(), 30);
+        q.push("f", 10, t0 + Duration::from_secs(6)).unwrap();
+        assert_eq!(q.drain(), vec!["e", "f"]);
         assert!(q.is_empty());
         assert_eq!(q.bytes(), 0);
     }

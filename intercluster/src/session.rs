@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::delivery::Received;
 use crate::directory::{Catchup, Change, Directory, SyncError};
 use crate::failure::{FailureKind, LinkFailure};
 use crate::wire::{Msg, Routed};
@@ -78,6 +79,15 @@ pub enum Action {
     Send(Msg),
     Deliver(Routed),
     Note(Note),
+    /// The peer's `<hello>`: hand routes over to this link (see [`crate::delivery`]).
+    /// `incarnation` is the peer's; `peer_has` how many of our routes it has taken (`None`:
+    /// its record is of another incarnation of ours, or it has none).
+    Resume {
+        incarnation: u64,
+        peer_has: Option<u64>,
+    },
+    /// `<ack h/>`: the peer has taken `h` of our routes.
+    Acked(u64),
     /// Close the link (after sending what precedes).
     Close(LinkFailure),
 }
@@ -174,13 +184,14 @@ impl Session {
         )))
     }
 
-    /// The first message.
-    pub fn start(&mut self, dir: &Directory) -> Vec<Action> {
+    /// The first message; `received`: what this side has taken of the peer's routes.
+    pub fn start(&mut self, dir: &Directory, received: Received) -> Vec<Action> {
         vec![Action::Send(Msg::Hello {
             cluster: dir.me().to_owned(),
             incarnation: dir.incarnation(),
             seq: dir.seq(),
             consistency: self.consistency.clone(),
+            received,
         })]
     }
 
@@ -277,6 +288,7 @@ impl Session {
                 incarnation,
                 seq,
                 consistency,
+                received,
             } = msg
             else {
                 self.state = State::Closed;
@@ -317,6 +329,10 @@ impl Session {
             }
             self.state = State::Up;
             self.peer_head = seq;
+            out.push(Action::Resume {
+                incarnation,
+                peer_has: (received.incarnation == dir.incarnation()).then_some(received.count),
+            });
             out.push(Action::Note(Note::Up {
                 flagged: self.flagged.clone(),
             }));
@@ -521,6 +537,7 @@ impl Session {
             }
             Msg::Pong => {}
             Msg::Route(r) => out.push(Action::Deliver(r)),
+            Msg::Ack { h } => out.push(Action::Acked(h)),
         }
         self.update_behind(dir, now);
         out
@@ -695,14 +712,16 @@ mod tests {
                         Some(d) => d.push(r),
                         None => panic!("a delivered"),
                     },
+                    // Route hand-over is the driver's (`delivery`), tested there.
+                    Action::Resume { .. } | Action::Acked(_) => {}
                 }
             }
             next
         }
 
         fn start(&mut self, now: Instant) {
-            let x = self.sa.start(&self.a);
-            let y = self.sb.start(&self.b);
+            let x = self.sa.start(&self.a, Received::default());
+            let y = self.sb.start(&self.b, Received::default());
             self.pump(x, y, now);
         }
     }
@@ -864,6 +883,7 @@ mod tests {
                 incarnation: 1,
                 seq: 0,
                 consistency: "c".into(),
+                received: Received::default(),
             },
             &mut d,
             now,
@@ -872,6 +892,52 @@ mod tests {
         let mut s = Session::new("london", "c", settings(), now);
         let acts = s.on_msg(Msg::Pong, &mut d, now);
         assert!(matches!(&acts[..], [Action::Close(f)] if f.kind == FailureKind::Protocol));
+    }
+
+    #[test]
+    fn the_hello_says_what_was_taken_of_the_peer_and_acks_pass_through() {
+        let now = Instant::now();
+        let (mut a, mut b) = (
+            Directory::new("tokyo", 0xa, 10),
+            Directory::new("london", 0xb, 10),
+        );
+        let mut sa = Session::new("london", "c", settings(), now);
+        let mut sb = Session::new("tokyo", "c", settings(), now);
+        // tokyo took 5 routes of london's incarnation 0xb; london's record of tokyo is stale.
+        let took = Received {
+            incarnation: 0xb,
+            count: 5,
+        };
+        let stale = Received {
+            incarnation: 0x99,
+            count: 7,
+        };
+        let hello = |acts: Vec<Action>| match &acts[..] {
+            [Action::Send(m)] => Msg::parse(&m.to_element()).unwrap(),
+            other => panic!("{other:?}"),
+        };
+        let ha = hello(sa.start(&a, took));
+        let hb = hello(sb.start(&b, stale));
+        let at_b = sb.on_msg(ha, &mut b, now);
+        assert_eq!(
+            at_b[0],
+            Action::Resume {
+                incarnation: 0xa,
+                peer_has: Some(5)
+            }
+        );
+        let at_a = sa.on_msg(hb, &mut a, now);
+        assert_eq!(
+            at_a[0],
+            Action::Resume {
+                incarnation: 0xb,
+                peer_has: None
+            }
+        );
+        assert_eq!(
+            sa.on_msg(Msg::Ack { h: 3 }, &mut a, now),
+            vec![Action::Acked(3)]
+        );
     }
 
     #[test]
@@ -929,6 +995,7 @@ mod tests {
                 incarnation: 4,
                 seq: 3,
                 consistency: "c".into(),
+                received: Received::default(),
             },
             &mut d,
             now,
@@ -1088,6 +1155,7 @@ mod tests {
                 incarnation: 4,
                 seq: 0,
                 consistency: "c".into(),
+                received: Received::default(),
             },
             &mut d,
             now,

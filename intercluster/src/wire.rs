@@ -4,7 +4,8 @@
 //! they carry are both in `NS_CONTENT` once parsed).
 //!
 //! Elements (all top level):
-//! - `<hello cluster incarnation seq consistency version/>`: first element each side sends;
+//! - `<hello cluster incarnation seq consistency version rcvd-inc rcvd/>`: first element each
+//!   side sends (`rcvd`: how many routes of the peer's incarnation `rcvd-inc` it has taken);
 //! - `<refuse reason>text</refuse>`: the sender closes the link after it;
 //! - `<subscribe origin incarnation? since/>`: "send me `origin`'s log after `since`";
 //! - `<deltas origin incarnation first><put u e/><del u/>…</deltas>`: consecutive changes;
@@ -13,10 +14,13 @@
 //! - `<digest origin incarnation seq digest/>`: anti-entropy check;
 //! - `<ping seq/>`, `<pong/>`: heartbeats (the ping carries the sender's log head);
 //! - `<route hops><rcpt to/>…<stanza/></route>`: a routed stanza, for one recipient (its own
-//!   `to`) or several (`rcpt` elements: presence broadcast carried once per link).
+//!   `to`) or several (`rcpt` elements: presence broadcast carried once per link);
+//! - `<ack h/>`: the receiver has taken `h` routes of the sender's incarnation in all
+//!   (see [`crate::delivery`]).
 
 use fedgate_s2s::element::{Element, NS_CONTENT};
 
+use crate::delivery::Received;
 use crate::directory::{Change, Digest};
 
 /// The stream's default namespace.
@@ -41,6 +45,15 @@ pub struct Routed {
 }
 
 impl Routed {
+    /// Its `<route>` element.
+    pub fn to_element(&self) -> Element {
+        let mut e = el("route").with_attr("hops", &self.hops.to_string());
+        for to in &self.recipients {
+            e = e.with_child(el("rcpt").with_attr("to", to));
+        }
+        e.with_child(self.stanza.clone())
+    }
+
     /// One stanza per recipient, each addressed to it.
     pub fn expand(self) -> Vec<Element> {
         if self.recipients.is_empty() {
@@ -65,6 +78,8 @@ pub enum Msg {
         incarnation: u64,
         seq: u64,
         consistency: String,
+        /// What the sender has taken of the receiver's routes.
+        received: Received,
     },
     Refuse {
         reason: String,
@@ -108,6 +123,9 @@ pub enum Msg {
     },
     Pong,
     Route(Routed),
+    Ack {
+        h: u64,
+    },
 }
 
 /// A malformed protocol element.
@@ -184,12 +202,15 @@ impl Msg {
                 incarnation,
                 seq,
                 consistency,
+                received,
             } => el("hello")
                 .with_attr("cluster", cluster)
                 .with_attr("incarnation", &hex(*incarnation))
                 .with_attr("seq", &seq.to_string())
                 .with_attr("consistency", consistency)
-                .with_attr("version", VERSION),
+                .with_attr("version", VERSION)
+                .with_attr("rcvd-inc", &hex(received.incarnation))
+                .with_attr("rcvd", &received.count.to_string()),
             Msg::Refuse { reason, text } => {
                 el("refuse").with_attr("reason", reason).with_text(text)
             }
@@ -266,13 +287,8 @@ impl Msg {
                 .with_attr("digest", &digest.render()),
             Msg::Ping { seq } => el("ping").with_attr("seq", &seq.to_string()),
             Msg::Pong => el("pong"),
-            Msg::Route(r) => {
-                let mut e = el("route").with_attr("hops", &r.hops.to_string());
-                for to in &r.recipients {
-                    e = e.with_child(el("rcpt").with_attr("to", to));
-                }
-                e.with_child(r.stanza.clone())
-            }
+            Msg::Ack { h } => el("ack").with_attr("h", &h.to_string()),
+            Msg::Route(r) => r.to_element(),
         }
     }
 
@@ -292,6 +308,10 @@ impl Msg {
                 incarnation: hexnum(e, "incarnation")?,
                 seq: num(e, "seq")?,
                 consistency: get(e, "consistency")?.to_owned(),
+                received: Received {
+                    incarnation: hexnum(e, "rcvd-inc")?,
+                    count: num(e, "rcvd")?,
+                },
             },
             "refuse" => Msg::Refuse {
                 reason: get(e, "reason")?.to_owned(),
@@ -358,6 +378,7 @@ impl Msg {
                 seq: num(e, "seq")?,
             },
             "pong" => Msg::Pong,
+            "ack" => Msg::Ack { h: num(e, "h")? },
             "route" => {
                 let hops = get(e, "hops")?.parse().map_err(|_| WireError::BadAttr {
                     element: "route".into(),
@@ -443,6 +464,10 @@ mod tests {
                 incarnation: u64::MAX - 3,
                 seq: 12,
                 consistency: "abc".into(),
+                received: Received {
+                    incarnation: 7,
+                    count: 42,
+                },
             },
             Msg::Refuse {
                 reason: "consistency".into(),
@@ -496,6 +521,7 @@ mod tests {
             },
             Msg::Ping { seq: 11 },
             Msg::Pong,
+            Msg::Ack { h: 1 << 40 },
             Msg::Route(Routed {
                 hops: 0,
                 recipients: vec![],

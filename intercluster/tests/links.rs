@@ -252,6 +252,112 @@ async fn stanzas_wait_while_the_peer_is_down_then_bounce_and_a_restart_is_detect
     b2.ic.shutdown();
 }
 
+/// A TCP relay on `ip`:7400 to `to` whose connections the test can cut at once.
+struct CuttableRelay {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableRelay {
+    async fn start(ip: Ipv4Addr, to: SocketAddr) -> Self {
+        let l = tokio::net::TcpListener::bind((ip, 7400)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let c = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                c.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every relayed connection (both sockets close with data still in flight).
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+/// A link that breaks while stanzas are on their way: what the peer had not taken is sent
+/// again on the next link, what it took is not. Every stanza is delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_broken_mid_traffic_hands_unacknowledged_stanzas_to_the_next_link() {
+    let ca = TestCa::new("ic test CA").unwrap();
+    // Unacknowledged stanzas may wait long for the next link (a loaded CI machine).
+    let long = |s: &mut Settings| s.queue_max_age = Duration::from_secs(60);
+    let a = node_with(&ca, "alpha", &["alpha"], next_ip(), "c1", long).await;
+    let b = node_with(&ca, "beta", &["beta"], next_ip(), "c1", long).await;
+    let relay = CuttableRelay::start(next_ip(), b.addr).await;
+    b.ic.set_source("file", users(&["bob@example.test"]));
+    // alpha dials beta (its name sorts first) through the relay.
+    a.ic.set_peers(&[PeerConfig {
+        name: "beta".into(),
+        address: Some(relay.addr.to_string()),
+    }]);
+    b.ic.set_peers(&[peer("alpha", &a)]);
+    until("sync", || a.ic.replica("beta").1 == 1).await;
+    let delivered = |b: &Node| b.host.delivered.lock().unwrap().len();
+    let (bursts, per_burst) = (4, 3000);
+    for burst in 0..bursts {
+        let before = delivered(&b);
+        for i in 0..per_burst {
+            let id = format!("m{}", burst * per_burst + i);
+            assert!(a.ic.route(message("bob@example.test/r", &id)).is_ok());
+        }
+        // Cut as soon as the burst starts arriving: the rest of it is in flight.
+        until("the burst arriving", || delivered(&b) > before).await;
+        relay.cut();
+    }
+    let total = bursts * per_burst;
+    for _ in 0..1200 {
+        if delivered(&b) >= total || !a.host.bounced.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids: Vec<String> = b
+        .host
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|st| st.el.attr("id").unwrap().to_owned())
+        .collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a stanza was delivered twice");
+    assert!(
+        a.host.bounced.lock().unwrap().is_empty(),
+        "bounced: {:?}",
+        a.host.bounced.lock().unwrap().len()
+    );
+    assert_eq!(ids.len(), total, "stanzas lost");
+    // In order, too: resent stanzas go before newer ones.
+    let order: Vec<usize> = ids.iter().map(|i| i[1..].parse().unwrap()).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "out of order");
+    let resent = a.ic.metrics.resent.with_label_values(&["beta"]).get();
+    assert!(resent > 0, "no cut caught a stanza in flight");
+    let failures: u64 = ["closed", "protocol", "tls", "timeout"]
+        .iter()
+        .map(|k| a.ic.metrics.failures.with_label_values(&["beta", k]).get())
+        .sum();
+    assert!(failures >= 1, "the links did break");
+    relay.accept.abort();
+    a.ic.shutdown();
+    b.ic.shutdown();
+}
+
 /// A hand-driven peer cluster: a TLS listener presenting `name`'s certificate, through which
 /// the test reads and writes raw protocol bytes.
 async fn fake_peer(
@@ -317,6 +423,7 @@ async fn a_peer_removed_while_its_link_is_being_set_up_gets_no_link() {
             incarnation: 7,
             seq: 1,
             consistency: "c1".into(),
+            received: Default::default(),
         },
         Msg::SnapshotBegin {
             origin: "beta".into(),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fedgate_certs::{CertFailureKind, unix_now};
+use fedgate_s2s::wire::ErrorType;
 use fedgate_s2s::xml::{StreamEvent, StreamHeader, StreamParser};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -280,22 +281,122 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let _ = wr.shutdown().await;
 }
 
+/// The writing side of one link and its generation.
+struct LinkIo {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    unwritten: Arc<AtomicUsize>,
+    generation: u64,
+}
+
+impl LinkIo {
+    /// Hands `out` to the writer; `Err` when the peer does not read.
+    fn send(&self, out: Vec<u8>) -> Result<(), LinkFailure> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let waiting = self.unwritten.fetch_add(out.len(), Ordering::Relaxed) + out.len();
+        let _ = self.tx.send(out);
+        if waiting > MAX_UNWRITTEN {
+            return Err(fail(
+                FailureKind::Timeout,
+                format!("the peer does not read: {waiting} bytes wait to be written"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Sends queued stanzas, numbered (see [`crate::delivery`]), as far as the budget of
+/// unacknowledged bytes allows; the rest waits for acknowledgements.
+fn send_queued(ic: &Intercluster, peer: &Peer, io: &LinkIo) -> Result<(), LinkFailure> {
+    let mut d = lock(&peer.delivery);
+    let room = ic
+        .settings
+        .queue_max_bytes
+        .saturating_sub(d.unacked_bytes());
+    if !d.owns(io.generation) || room == 0 {
+        return Ok(());
+    }
+    let items = lock(&peer.queue).drain_up_to(room);
+    ic.metrics
+        .routed
+        .with_label_values(&[&peer.name, "out"])
+        .inc_by(items.len() as u64);
+    let now = Instant::now();
+    let mut out = Vec::new();
+    for r in pack(items.into_iter().map(|(st, h)| (st.el, h))) {
+        let before = out.len();
+        r.to_element().write_to(&mut out);
+        d.push(io.generation, r, out.len() - before, now);
+    }
+    drop(d);
+    io.send(out)
+}
+
 /// Carries out session actions; `Err` when the link must close.
 fn execute(
     ic: &Intercluster,
     peer: &Peer,
     session: &Session,
     acts: Vec<Action>,
-    (tx, unwritten): (&mpsc::UnboundedSender<Vec<u8>>, &AtomicUsize),
+    io: &LinkIo,
     went_up: &mut bool,
 ) -> Result<(), LinkFailure> {
     let mut out = Vec::new();
     let mut closing = None;
+    let mut took = false;
     let name = peer.name.as_str();
     for a in acts {
         match a {
             Action::Send(m) => m.to_element().write_to(&mut out),
-            Action::Deliver(r) => ic.on_routed(name, r),
+            // A replaced link does not take routes: the peer sends them again on the new one.
+            Action::Deliver(r) => {
+                if lock(&peer.delivery).take(io.generation) {
+                    took = true;
+                    ic.on_routed(name, r);
+                }
+            }
+            Action::Resume {
+                incarnation,
+                peer_has,
+            } => {
+                let r = lock(&peer.delivery).resume(io.generation, incarnation, peer_has);
+                if !r.resend.is_empty() {
+                    tracing::info!(peer = %name, routes = r.resend.len(), "sending again the stanzas the peer had not taken when the last link broke");
+                    ic.metrics
+                        .resent
+                        .with_label_values(&[name])
+                        .inc_by(r.resend.len() as u64);
+                    for route in &r.resend {
+                        route.to_element().write_to(&mut out);
+                    }
+                }
+                if !r.lost.is_empty() {
+                    tracing::warn!(peer = %name, routes = r.lost.len(), "the peer restarted before confirming stanzas sent to it: bouncing them");
+                    ic.bounce_routes(
+                        name,
+                        r.lost,
+                        ErrorType::Wait,
+                        "remote-server-timeout",
+                        "peer-restarted",
+                        &format!(
+                            "fedgate: intercluster: cluster {name} (the recipient's home) restarted before it confirmed this stanza; it may not have been delivered"
+                        ),
+                    );
+                }
+            }
+            Action::Acked(h) => {
+                let mut d = lock(&peer.delivery);
+                if let Err(e) = d.ack(io.generation, h) {
+                    closing = Some(fail(FailureKind::Protocol, e.to_string()));
+                    break;
+                }
+                let room = d.unacked_bytes() < ic.settings.queue_max_bytes;
+                drop(d);
+                if room && !lock(&peer.queue).is_empty() {
+                    peer.wake.notify_one();
+                }
+            }
             Action::Close(f) => {
                 closing = Some(f);
                 break;
@@ -348,18 +449,13 @@ fn execute(
             }
         }
     }
-    if !out.is_empty() {
-        let waiting = unwritten.fetch_add(out.len(), Ordering::Relaxed) + out.len();
-        let _ = tx.send(out);
-        if waiting > MAX_UNWRITTEN && closing.is_none() {
-            closing = Some(fail(
-                FailureKind::Timeout,
-                format!("the peer does not read: {waiting} bytes wait to be written"),
-            ));
-        }
+    if took {
+        let h = lock(&peer.delivery).received().count;
+        Msg::Ack { h }.to_element().write_to(&mut out);
     }
+    let sent = io.send(out);
     lock(&peer.status).lag = session.lag(Instant::now());
-    closing.map_or(Ok(()), Err)
+    closing.map_or(sent, Err)
 }
 
 /// The session loop of an established stream; returns why it ended (`Ok` for removal,
@@ -395,14 +491,22 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     let unwritten = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn(write_loop(wr, rx, unwritten.clone()));
+    let io = LinkIo {
+        tx,
+        unwritten,
+        generation,
+    };
+    // From here an older link of this peer neither takes nor sends routes; what we took of
+    // the peer's goes into our hello.
+    let received = lock(&peer.delivery).take_over(generation);
     let mut session = Session::new(
         &peer.name,
         &ic.settings.consistency,
         ic.settings.session.clone(),
         Instant::now(),
     );
-    let acts = session.start(&ic.dir());
-    let mut result = execute(ic, peer, &session, acts, (&tx, &unwritten), went_up);
+    let acts = session.start(&ic.dir(), received);
+    let mut result = execute(ic, peer, &session, acts, &io, went_up);
     while result.is_ok() && !ended(&stop, &shutdown) {
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
         let acts = tokio::select! {
@@ -448,7 +552,7 @@ where
                     // Act on what was read before the problem (e.g. a <refuse> before the close).
                     match bad {
                         Some(f) => {
-                            let r = execute(ic, peer, &session, acts, (&tx, &unwritten), went_up);
+                            let r = execute(ic, peer, &session, acts, &io, went_up);
                             Err(r.err().unwrap_or(f))
                         }
                         None => Ok(acts),
@@ -462,10 +566,7 @@ where
                 Err(_) => break,
             },
             _ = peer.wake.notified(), if session.is_up() => {
-                let items = lock(&peer.queue).drain();
-                ic.metrics.routed.with_label_values(&[&peer.name, "out"]).inc_by(items.len() as u64);
-                let routes = pack(items.into_iter().map(|(st, h)| (st.el, h)));
-                Ok(routes.into_iter().map(|r| Action::Send(Msg::Route(r))).collect())
+                send_queued(ic, peer, &io).map(|()| Vec::new())
             }
             _ = stop.changed() => break,
             _ = shutdown.changed() => break,
@@ -477,7 +578,7 @@ where
                 Ok(Vec::new())
             }
         };
-        result = acts.and_then(|a| execute(ic, peer, &session, a, (&tx, &unwritten), went_up));
+        result = acts.and_then(|a| execute(ic, peer, &session, a, &io, went_up));
     }
     if *peer.generation.borrow() == generation {
         let mut st = lock(&peer.status);
@@ -485,7 +586,7 @@ where
         st.lag = Duration::ZERO;
         ic.metrics.link_up.with_label_values(&[&peer.name]).set(0);
     }
-    drop(tx);
+    drop(io);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     result
 }

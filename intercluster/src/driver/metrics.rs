@@ -13,6 +13,8 @@ pub struct Metrics {
     pub digest_mismatches: IntCounterVec,
     pub incarnation_changes: IntCounterVec,
     pub queue_depth: IntGaugeVec,
+    pub unacked: IntGaugeVec,
+    pub resent: IntCounterVec,
     pub bounces: IntCounterVec,
     pub failures: IntCounterVec,
     pub routed: IntCounterVec,
@@ -93,6 +95,18 @@ impl Metrics {
                 r,
                 "fedgate_intercluster_queue_depth",
                 "Stanzas waiting for the link to the peer",
+                &["peer"],
+            ),
+            unacked: gauge_vec(
+                r,
+                "fedgate_intercluster_unacked",
+                "Stanza routes sent to the peer and not yet acknowledged",
+                &["peer"],
+            ),
+            resent: counter_vec(
+                r,
+                "fedgate_intercluster_resent_total",
+                "Stanza routes sent again on a new link because the peer had not taken them",
                 &["peer"],
             ),
             bounces: counter_vec(

@@ -1,6 +1,7 @@
 //! The tokio side: one mutually authenticated TLS link per peer cluster, the directory behind
-//! a lock, per-peer bounded queues, reconnects with backoff and jitter, housekeeping (queue
-//! expiry, gauges, conflict reports), peers added and removed at runtime.
+//! a lock, per-peer bounded queues, acknowledged routes handed over to the next link
+//! ([`crate::delivery`]), reconnects with backoff and jitter, housekeeping (queue expiry,
+//! gauges, conflict reports), peers added and removed at runtime.
 //!
 //! Who dials: of two clusters, the one whose name sorts first connects (when it knows the
 //! other's address); the other only accepts. Both must list each other as peers: a link from
@@ -25,6 +26,7 @@ use fedgate_s2s::xml::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+use crate::delivery::Delivery;
 use crate::directory::{Conflict, Directory, Home};
 use crate::failure::LinkFailure;
 use crate::queue::BoundedQueue;
@@ -131,6 +133,9 @@ struct Peer {
     name: String,
     address: Mutex<Option<String>>,
     queue: Mutex<BoundedQueue<(Stanza, u8)>>,
+    /// Routes sent and not yet acknowledged, and what was taken from the peer: they outlive
+    /// links. Lock order: `delivery` before `queue`.
+    delivery: Mutex<Delivery>,
     wake: Notify,
     status: Mutex<LinkStatus>,
     /// Removal of the peer (or shutdown) stops its tasks.
@@ -347,6 +352,7 @@ impl Intercluster {
                         self.settings.queue_max_bytes,
                         self.settings.queue_max_age,
                     )),
+                    delivery: Mutex::new(Delivery::default()),
                     wake: Notify::new(),
                     status: Mutex::new(LinkStatus::default()),
                     stop: watch::channel(false).0,
@@ -363,6 +369,19 @@ impl Intercluster {
         for p in removed {
             tracing::info!(peer = %p.name, "intercluster peer removed");
             let _ = p.stop.send(true);
+            let text = format!(
+                "fedgate: intercluster: cluster {} is no longer a peer",
+                p.name
+            );
+            let unacked = lock(&p.delivery).drain();
+            self.bounce_routes(
+                &p.name,
+                unacked,
+                ErrorType::Cancel,
+                "service-unavailable",
+                "peer-removed",
+                &format!("{text}; it may or may not have received this stanza"),
+            );
             let items = lock(&p.queue).drain();
             for (st, _) in items {
                 self.bounce(
@@ -371,10 +390,7 @@ impl Intercluster {
                     ErrorType::Cancel,
                     "service-unavailable",
                     "peer-removed",
-                    &format!(
-                        "fedgate: intercluster: cluster {} is no longer a peer",
-                        p.name
-                    ),
+                    &text,
                 );
             }
             self.dir().forget(&p.name);
@@ -448,6 +464,26 @@ impl Intercluster {
             .with_label_values(&[peer, reason])
             .inc();
         self.host.bounce(st, etype, cond, reason, text);
+    }
+
+    /// Bounces each stanza of `routes` (their recipients expanded).
+    fn bounce_routes(
+        &self,
+        peer: &str,
+        routes: Vec<Routed>,
+        etype: ErrorType,
+        cond: &str,
+        reason: &str,
+        text: &str,
+    ) {
+        for el in routes.into_iter().flat_map(Routed::expand) {
+            let st = Stanza {
+                size: el.wire_len(),
+                el,
+                origin: Origin::Gateway,
+            };
+            self.bounce(peer, &st, etype, cond, reason, text);
+        }
     }
 
     fn enqueue(&self, peer: &Peer, st: Stanza, hops: u8) {
@@ -532,6 +568,7 @@ impl Intercluster {
                         "consistency": st.flagged.as_deref().map_or("ok", |_| "mismatch"),
                         "consistency_detail": st.flagged,
                         "queue_depth": lock(&p.queue).len(),
+                        "unacked": lock(&p.delivery).unacked_len(),
                         "last_error": st.last_error.as_ref().map(|(at, f)| serde_json::json!({
                             "at": at, "kind": f.kind.as_str(), "detail": f.detail,
                         })),
@@ -567,6 +604,10 @@ impl Intercluster {
                 .queue_depth
                 .with_label_values(&[&p.name])
                 .set(lock(&p.queue).len() as i64);
+            self.metrics
+                .unacked
+                .with_label_values(&[&p.name])
+                .set(lock(&p.delivery).unacked_len() as i64);
         }
     }
 }
@@ -588,6 +629,22 @@ async fn housekeeping(ic: std::sync::Weak<Intercluster>, mut shutdown: watch::Re
         let now = Instant::now();
         let peers: Vec<Arc<Peer>> = lock(&ic.peers).values().cloned().collect();
         for p in peers {
+            // Routes sent on a link that broke before the peer acknowledged them wait for
+            // the next link as long as queued stanzas do.
+            if !lock(&p.status).up {
+                let lost = lock(&p.delivery).expire(now, ic.settings.queue_max_age);
+                ic.bounce_routes(
+                    &p.name,
+                    lost,
+                    ErrorType::Wait,
+                    "remote-server-timeout",
+                    "link-down",
+                    &format!(
+                        "fedgate: intercluster: the link to cluster {} (the recipient's home) broke before it confirmed this stanza, and it has not come back",
+                        p.name
+                    ),
+                );
+            }
             let expired = lock(&p.queue).expire(now);
             for (st, _) in expired {
                 ic.bounce(

@@ -1,0 +1,329 @@
+//! Hand-over of routed stanzas across link breaks (sans-IO): each side numbers the `<route>`
+//! elements it sends to a peer, the receiver counts what it took and acknowledges
+//! (`<ack h/>`), and a new link starts with each side saying how many routes of the other's
+//! incarnation it has taken (in `<hello>`). What the peer had not taken is sent again on the
+//! new link, in order; what it took is never sent twice.
+//!
+//! Both records outlive links and live as long as the process (the peer's record of us is
+//! keyed by our incarnation). When the peer lost its record (it restarted), the fate of the
+//! routes it had not acknowledged is unknown: they are handed back to be bounced, never sent
+//! twice. Routes that wait unacknowledged while no link is up expire like queued stanzas.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::wire::Routed;
+
+/// What a side has taken from its peer: `count` routes of the peer's `incarnation`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    pub incarnation: u64,
+    pub count: u64,
+}
+
+/// A route the peer has not acknowledged yet.
+#[derive(Debug)]
+struct Unacked {
+    sent: Instant,
+    size: usize,
+    route: Routed,
+}
+
+/// Both directions of one peer, owned by the current link.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// The link generation allowed to send and take routes: a replaced link that still runs
+    /// must neither number new routes nor count what it reads (the new link's `<hello>`
+    /// already told the peer how many were taken).
+    owner: u64,
+    received: Received,
+    /// Routes numbered so far (the last one's number).
+    sent: u64,
+    unacked: VecDeque<Unacked>,
+    bytes: usize,
+}
+
+/// How a new link goes on: routes to send again first, and routes whose fate is unknown.
+#[derive(Debug, Default)]
+pub struct Resume {
+    pub resend: Vec<Routed>,
+    pub lost: Vec<Routed>,
+}
+
+/// A peer acknowledged more routes than were sent to it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the peer acknowledged {h} routed stanzas, only {sent} were sent")]
+pub struct AckError {
+    pub h: u64,
+    pub sent: u64,
+}
+
+impl Delivery {
+    /// Link `generation` takes over; returns what to announce in its `<hello>`.
+    pub fn take_over(&mut self, generation: u64) -> Received {
+        self.owner = generation;
+        self.received
+    }
+
+    pub fn owns(&self, generation: u64) -> bool {
+        self.owner == generation
+    }
+
+    /// The peer's `<hello>` on link `generation`: `incarnation` is the peer's, `peer_has` how
+    /// many of our routes it took (`None`: its record is not of our incarnation).
+    pub fn resume(&mut self, generation: u64, incarnation: u64, peer_has: Option<u64>) -> Resume {
+        if !self.owns(generation) {
+            return Resume::default();
+        }
+        if self.received.incarnation != incarnation {
+            self.received = Received {
+                incarnation,
+                count: 0,
+            };
+        }
+        let acked = self.sent - self.unacked.len() as u64;
+        match peer_has {
+            Some(n) if (acked..=self.sent).contains(&n) => {
+                self.release(n);
+                Resume {
+                    resend: self.unacked.iter().map(|u| u.route.clone()).collect(),
+                    lost: Vec::new(),
+                }
+            }
+            other => {
+                self.sent = other.unwrap_or(0);
+                self.bytes = 0;
+                Resume {
+                    resend: Vec::new(),
+                    lost: self.unacked.drain(..).map(|u| u.route).collect(),
+                }
+            }
+        }
+    }
+
+    /// A route from the peer on link `generation`: `true` when it is taken (counted, to be
+    /// delivered), `false` when a newer link owns the peer (the peer sends it again there).
+    pub fn take(&mut self, generation: u64) -> bool {
+        if !self.owns(generation) {
+            return false;
+        }
+        self.received.count += 1;
+        true
+    }
+
+    /// What to acknowledge.
+    pub fn received(&self) -> Received {
+        self.received
+    }
+
+    /// Numbers `route` (to be sent on link `generation`); `false` when a newer link owns
+    /// the peer (nothing is numbered).
+    pub fn push(&mut self, generation: u64, route: Routed, size: usize, now: Instant) -> bool {
+        if !self.owns(generation) {
+            return false;
+        }
+        self.sent += 1;
+        self.bytes += size;
+        self.unacked.push_back(Unacked {
+            sent: now,
+            size,
+            route,
+        });
+        true
+    }
+
+    /// `<ack h/>` from the peer: routes up to `h` are taken.
+    pub fn ack(&mut self, generation: u64, h: u64) -> Result<(), AckError> {
+        if !self.owns(generation) {
+            return Ok(());
+        }
+        if h > self.sent {
+            return Err(AckError { h, sent: self.sent });
+        }
+        self.release(h);
+        Ok(())
+    }
+
+    fn release(&mut self, h: u64) {
+        let acked = self.sent - self.unacked.len() as u64;
+        for _ in acked..h {
+            if let Some(u) = self.unacked.pop_front() {
+                self.bytes -= u.size;
+            }
+        }
+    }
+
+    /// While no link is up: routes unacknowledged for `max_age` (their fate unknown: bounced,
+    /// never sent again). Their numbers stay used: the peer may have taken them.
+    pub fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<Routed> {
+        let mut out = Vec::new();
+        while let Some(u) = self.unacked.front() {
+            if now.saturating_duration_since(u.sent) < max_age {
+                break;
+            }
+            // Forget them as if acknowledged; a later `<hello>` with a smaller count than
+            // `sent - unacked` falls back to "lost", which has nothing left to bounce.
+            let u = self.unacked.pop_front().expect("front exists");
+            self.bytes -= u.size;
+            out.push(u.route);
+        }
+        out
+    }
+
+    /// Everything unacknowledged (the peer was removed).
+    pub fn drain(&mut self) -> Vec<Routed> {
+        self.bytes = 0;
+        self.unacked.drain(..).map(|u| u.route).collect()
+    }
+
+    /// Bytes of routes waiting for an acknowledgement.
+    pub fn unacked_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn unacked_len(&self) -> usize {
+        self.unacked.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fedgate_s2s::element::{Element, NS_CONTENT};
+
+    use super::*;
+
+    fn route(i: u32) -> Routed {
+        Routed {
+            hops: 0,
+            recipients: Vec::new(),
+            stanza: Element::new("message", NS_CONTENT)
+                .with_attr("to", &format!("u{i}@example.test"))
+                .with_attr("id", &i.to_string()),
+        }
+    }
+
+    fn ids(rs: &[Routed]) -> Vec<String> {
+        rs.iter()
+            .map(|r| r.stanza.attr("id").unwrap().to_owned())
+            .collect()
+    }
+
+    /// One side's sender and the other side's receiver, each with its own `Delivery`.
+    fn pair(now: Instant) -> (Delivery, Delivery) {
+        let (mut a, mut b) = (Delivery::default(), Delivery::default());
+        a.take_over(1);
+        b.take_over(1);
+        // Link 1 is up: both took nothing of the other yet.
+        assert!(a.resume(1, 0xb, None).lost.is_empty());
+        assert!(b.resume(1, 0xa, None).lost.is_empty());
+        for i in 0..5 {
+            assert!(a.push(1, route(i), 100, now));
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn what_the_peer_took_is_released_and_the_rest_sent_again_in_order() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        // b took 3 of the 5 before the link broke, and acknowledged 2.
+        for _ in 0..3 {
+            assert!(b.take(1));
+        }
+        a.ack(1, 2).unwrap();
+        assert_eq!((a.unacked_len(), a.unacked_bytes()), (3, 300));
+        // Link 2: b's hello says 3 of a's incarnation.
+        let said = b.take_over(2);
+        assert_eq!(
+            said,
+            Received {
+                incarnation: 0xa,
+                count: 3
+            }
+        );
+        a.take_over(2);
+        let r = a.resume(2, 0xb, Some(said.count));
+        assert_eq!(ids(&r.resend), ["3", "4"]);
+        assert!(r.lost.is_empty());
+        // Resent and new routes keep their numbers: b's count and a's acks agree.
+        assert!(a.push(2, route(5), 100, now));
+        b.resume(2, 0xa, Some(0));
+        for _ in 0..3 {
+            assert!(b.take(2));
+        }
+        a.ack(2, b.received().count).unwrap();
+        assert_eq!(a.unacked_len(), 0);
+    }
+
+    #[test]
+    fn a_replaced_link_neither_takes_nor_numbers() {
+        let now = Instant::now();
+        let (mut a, mut b) = pair(now);
+        assert!(b.take(1));
+        let said = b.take_over(2);
+        // The old link still reads a route: not counted, so a sends it again on link 2.
+        assert!(!b.take(1));
+        assert_eq!(b.received().count, 1);
+        a.take_over(2);
+        assert!(!a.push(1, route(9), 100, now));
+        assert_eq!(a.ack(1, 5), Ok(()), "acks of a replaced link are ignored");
+        let r = a.resume(2, 0xb, Some(said.count));
+        assert_eq!(ids(&r.resend), ["1", "2", "3", "4"]);
+    }
+
+    #[test]
+    fn a_restarted_peer_makes_the_unacknowledged_routes_lost_not_resent() {
+        let now = Instant::now();
+        let (mut a, _) = pair(now);
+        a.ack(1, 1).unwrap();
+        a.take_over(2);
+        // The peer's record is of another incarnation of ours (or none): fate unknown.
+        let r = a.resume(2, 0xbb, None);
+        assert_eq!(ids(&r.lost), ["1", "2", "3", "4"]);
+        assert!(r.resend.is_empty());
+        assert_eq!((a.unacked_len(), a.unacked_bytes()), (0, 0));
+        // Numbering restarts with the peer's count (0).
+        assert!(a.push(2, route(7), 10, now));
+        assert_eq!(a.ack(2, 2), Err(AckError { h: 2, sent: 1 }));
+        a.ack(2, 1).unwrap();
+        // And the new incarnation of the peer is counted from zero on our side.
+        assert_eq!(
+            a.received(),
+            Received {
+                incarnation: 0xbb,
+                count: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_count_outside_what_is_unacknowledged_is_treated_as_lost() {
+        let now = Instant::now();
+        let (mut a, _) = pair(now);
+        a.ack(1, 3).unwrap();
+        a.take_over(2);
+        // Fewer than already acknowledged: the peer's record is not ours to trust.
+        let r = a.resume(2, 0xb, Some(1));
+        assert_eq!(ids(&r.lost), ["3", "4"]);
+        assert!(a.push(2, route(8), 10, now));
+        a.ack(2, 2).unwrap();
+        assert_eq!(a.unacked_len(), 0);
+    }
+
+    #[test]
+    fn unacknowledged_routes_expire_while_no_link_is_up() {
+        let t0 = Instant::now();
+        let (mut a, _) = pair(t0);
+        assert!(a.push(1, route(5), 100, t0 + Duration::from_secs(10)));
+        a.ack(1, 1).unwrap();
+        let gone = a.expire(t0 + Duration::from_secs(30), Duration::from_secs(30));
+        assert_eq!(ids(&gone), ["1", "2", "3", "4"]);
+        assert_eq!((a.unacked_len(), a.unacked_bytes()), (1, 100));
+        // The peer took two of them after all: its count is below what we forgot, so the
+        // one left is lost too (never sent twice).
+        a.take_over(2);
+        let r = a.resume(2, 0xb, Some(2));
+        assert_eq!(ids(&r.lost), ["5"]);
+        assert_eq!(ids(&a.drain()), Vec::<String>::new());
+    }
+}
