@@ -30,9 +30,6 @@ fn default_scheme() -> String {
 fn default_on_mismatch() -> OnMismatch {
     OnMismatch::Refuse
 }
-const fn secs(n: u64) -> u64 {
-    n
-}
 
 /// `[intercluster]`: this cluster's name, its link listener and identity, its peers, where its
 /// own users come from, and the link timers and queue limits.
@@ -92,25 +89,25 @@ pub struct InterclusterConfig {
 }
 
 fn ldap_poll() -> u64 {
-    secs(300)
+    300
 }
 fn queue_bytes() -> usize {
     4 * 1024 * 1024
 }
 fn queue_secs() -> u64 {
-    secs(30)
+    30
 }
 fn heartbeat() -> u64 {
-    secs(5)
+    5
 }
 fn timeout() -> u64 {
-    secs(20)
+    20
 }
 fn digest() -> u64 {
-    secs(30)
+    30
 }
 fn connect_timeout() -> u64 {
-    secs(5)
+    5
 }
 fn backoff_min() -> u64 {
     500
@@ -452,7 +449,9 @@ impl IcRuntime {
                 let Some(user) = param("user") else {
                     return bad("unassign needs ?user=");
                 };
-                json(serde_json::json!({"user": user, "removed": self.ic.unassign(&user)}))
+                json(
+                    serde_json::json!({"user": user.to_ascii_lowercase(), "removed": self.ic.unassign(&user)}),
+                )
             }
             (_, "/intercluster/assign" | "/intercluster/unassign") => {
                 ("405 Method Not Allowed", "text/plain", "POST only\n".into())

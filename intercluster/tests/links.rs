@@ -481,6 +481,13 @@ async fn an_assignment_over_a_claim_at_the_highest_epoch_is_a_conflict_not_a_pan
     assert!(home.conflict);
     assert_eq!(home.cluster, "alpha");
     assert_eq!(a.ic.conflicts().len(), 1);
+    // The admin's assignment is undone whatever the case of the address typed.
+    assert!(a.ic.unassign("Alice@Example.TEST"));
+    until("back at beta", || {
+        a.ic.lookup("alice@example.test").0.map(|h| h.cluster) == Some("beta".into())
+    })
+    .await;
+    assert!(a.ic.conflicts().is_empty());
     a.ic.shutdown();
     b.ic.shutdown();
 }

@@ -283,9 +283,10 @@ impl Intercluster {
 
     /// Removes an admin assignment; whether there was one.
     pub fn unassign(&self, user: &str) -> bool {
+        let user = user.to_ascii_lowercase();
         let (had, merged) = {
             let mut s = lock(&self.sources);
-            (s.remove("admin", user), s.merged())
+            (s.remove("admin", &user), s.merged())
         };
         self.publish(&merged);
         had
