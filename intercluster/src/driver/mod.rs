@@ -548,6 +548,9 @@ impl Intercluster {
             .values()
             .map(|p| {
                 let st = lock(&p.status).clone();
+                // One lock at a time (the link task takes `delivery` then `queue`).
+                let queue_depth = lock(&p.queue).len();
+                let unacked = lock(&p.delivery).unacked_len();
                 let (pos, users) = self.replica(&p.name);
                 let n_conf = conflicts
                     .iter()
@@ -568,8 +571,8 @@ impl Intercluster {
                         "conflicts": n_conf,
                         "consistency": st.flagged.as_deref().map_or("ok", |_| "mismatch"),
                         "consistency_detail": st.flagged,
-                        "queue_depth": lock(&p.queue).len(),
-                        "unacked": lock(&p.delivery).unacked_len(),
+                        "queue_depth": queue_depth,
+                        "unacked": unacked,
                         "last_error": st.last_error.as_ref().map(|(at, f)| serde_json::json!({
                             "at": at, "kind": f.kind.as_str(), "detail": f.detail,
                         })),
@@ -592,7 +595,7 @@ impl Intercluster {
     fn refresh_gauges(&self) {
         for p in lock(&self.peers).values() {
             let (_, users) = self.replica(&p.name);
-            let st = lock(&p.status);
+            let lag = lock(&p.status).lag;
             self.metrics
                 .entries
                 .with_label_values(&[&p.name])
@@ -600,7 +603,7 @@ impl Intercluster {
             self.metrics
                 .lag_seconds
                 .with_label_values(&[&p.name])
-                .set(st.lag.as_secs() as i64);
+                .set(lag.as_secs() as i64);
             self.metrics
                 .queue_depth
                 .with_label_values(&[&p.name])
