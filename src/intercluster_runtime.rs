@@ -63,10 +63,12 @@ pub struct InterclusterConfig {
     /// The IM address scheme, part of the consistency digest (all clusters must agree).
     #[serde(default = "default_scheme")]
     pub address_scheme: String,
-    /// Bytes of stanzas queued per peer while its link is down.
+    /// Bytes of stanzas queued per peer while its link is down; also the most bytes sent and
+    /// not yet acknowledged by the peer.
     #[serde(default = "queue_bytes")]
     pub queue_max_bytes: usize,
-    /// Longest wait of a queued stanza before it bounces with remote-server-timeout.
+    /// Longest wait of a queued (or sent and unacknowledged) stanza for a link before it
+    /// bounces with remote-server-timeout.
     #[serde(default = "queue_secs")]
     pub queue_max_secs: u64,
     #[serde(default = "heartbeat")]
