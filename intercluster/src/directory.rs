@@ -21,6 +21,15 @@ pub enum Change {
     Del { user: String },
 }
 
+impl Change {
+    /// The user the change is about.
+    pub fn user(&self) -> &str {
+        match self {
+            Change::Put { user, .. } | Change::Del { user } => user,
+        }
+    }
+}
+
 /// Entry count and XOR of per-entry hashes: compared per origin to find drift.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Digest {
@@ -194,6 +203,10 @@ pub struct Directory {
     log: VecDeque<Change>,
     log_cap: usize,
     replicas: BTreeMap<String, Replica>,
+    /// Users claimed by two or more clusters at their highest epoch, kept up to date by every
+    /// change (only users claimed more than once are looked at), so that listing conflicts
+    /// never scans the whole directory under its lock.
+    contested: BTreeMap<String, Conflict>,
 }
 
 impl Directory {
@@ -208,6 +221,7 @@ impl Directory {
             log: VecDeque::new(),
             log_cap: log_cap.max(1),
             replicas: BTreeMap::new(),
+            contested: BTreeMap::new(),
         }
     }
 
@@ -268,6 +282,7 @@ impl Directory {
         let n = changes.len();
         for c in changes {
             self.own.apply(&c);
+            self.touch(c.user());
             self.push(c);
         }
         n
@@ -354,11 +369,16 @@ impl Directory {
             });
         }
         // Changes at or below the replica's seq were applied already (a resent batch).
+        let mut applied = Vec::new();
         for (s, c) in (first..).zip(changes) {
             if s > r.seq {
                 r.entries.apply(c);
                 r.seq = s;
+                applied.push(c.user());
             }
+        }
+        for user in applied {
+            self.touch(user);
         }
         Ok(())
     }
@@ -391,7 +411,7 @@ impl Directory {
             });
         }
         e.users.shrink_to_fit();
-        self.replicas.insert(
+        let old = self.replicas.insert(
             origin.to_owned(),
             Replica {
                 incarnation,
@@ -399,6 +419,18 @@ impl Directory {
                 entries: e,
             },
         );
+        // Users the snapshot lists or the old replica listed: a claim appeared, changed or
+        // went away (say one with a higher epoch, leaving a tie between others).
+        let new_users = self.replicas[origin].entries.users.keys();
+        let old_users = old.iter().flat_map(|r| r.entries.users.keys());
+        let check: Vec<String> = new_users
+            .chain(old_users)
+            .filter(|u| self.contested.contains_key(*u) || self.claimants(u) > 1)
+            .cloned()
+            .collect();
+        for user in check {
+            self.recheck(&user);
+        }
         Ok(())
     }
 
@@ -411,7 +443,55 @@ impl Directory {
 
     /// Forgets the replica of `origin` (a removed peer).
     pub fn forget(&mut self, origin: &str) {
-        self.replicas.remove(origin);
+        let Some(old) = self.replicas.remove(origin) else {
+            return;
+        };
+        for user in old.entries.users.keys() {
+            self.touch(user);
+        }
+    }
+
+    /// How many clusters claim `user` (no allocation).
+    fn claimants(&self, user: &str) -> usize {
+        usize::from(self.own.users.contains_key(user))
+            + self
+                .replicas
+                .values()
+                .filter(|r| r.entries.users.contains_key(user))
+                .count()
+    }
+
+    /// After a change of `user`'s claims: only a user claimed twice, or in conflict until
+    /// now, can be (or stop being) a conflict.
+    fn touch(&mut self, user: &str) {
+        if self.contested.contains_key(user) || self.claimants(user) > 1 {
+            self.recheck(user);
+        }
+    }
+
+    fn recheck(&mut self, user: &str) {
+        match self.resolve(user) {
+            Some(h) if h.conflict => {
+                let mut clusters: Vec<String> = self
+                    .claims(user)
+                    .into_iter()
+                    .filter(|(_, e)| *e == h.epoch)
+                    .map(|(c, _)| c)
+                    .collect();
+                clusters.sort();
+                self.contested.insert(
+                    user.to_owned(),
+                    Conflict {
+                        user: user.to_owned(),
+                        epoch: h.epoch,
+                        clusters,
+                    },
+                );
+            }
+            _ => {
+                self.contested.remove(user);
+            }
+        }
     }
 
     /// Every (cluster, epoch) claiming `user`, the own cluster included.
@@ -470,42 +550,15 @@ impl Directory {
     }
 
     /// Every conflict (sorted by user).
+    /// Every conflict, sorted by user.
     pub fn conflicts(&self) -> Vec<Conflict> {
-        let mut seen: HashMap<&str, ()> = HashMap::new();
-        let mut out = Vec::new();
-        let sets = std::iter::once(&self.own.users)
-            .chain(self.replicas.values().map(|r| &r.entries.users));
-        for users in sets {
-            for user in users.keys() {
-                if seen.insert(user.as_str(), ()).is_some() {
-                    continue;
-                }
-                if let Some(h) = self.resolve(user)
-                    && h.conflict
-                {
-                    let mut clusters: Vec<String> = self
-                        .claims(user)
-                        .into_iter()
-                        .filter(|(_, e)| *e == h.epoch)
-                        .map(|(c, _)| c)
-                        .collect();
-                    clusters.sort();
-                    out.push(Conflict {
-                        user: user.clone(),
-                        epoch: h.epoch,
-                        clusters,
-                    });
-                }
-            }
-        }
-        out.sort_by(|a, b| a.user.cmp(&b.user));
-        out
+        self.contested.values().cloned().collect()
     }
 
     /// Conflicts that involve `cluster`.
     pub fn conflicts_with(&self, cluster: &str) -> usize {
-        self.conflicts()
-            .iter()
+        self.contested
+            .values()
             .filter(|c| c.clusters.iter().any(|n| n == cluster))
             .count()
     }
@@ -659,5 +712,107 @@ mod tests {
         london.forget("newyork");
         assert_eq!(london.resolve("alice@x").unwrap().cluster, "tokyo");
         assert!(london.conflicts().is_empty());
+    }
+    /// Every user's conflict status by resolving each one: what the kept index must equal.
+    fn conflicts_by_scan(d: &Directory) -> Vec<Conflict> {
+        let mut all: Vec<String> = d.own.users.keys().cloned().collect();
+        for r in d.replicas.values() {
+            all.extend(r.entries.users.keys().cloned());
+        }
+        all.sort();
+        all.dedup();
+        all.into_iter()
+            .filter_map(|u| {
+                let h = d.resolve(&u)?;
+                h.conflict.then(|| {
+                    let mut clusters: Vec<String> = d
+                        .claims(&u)
+                        .into_iter()
+                        .filter(|(_, e)| *e == h.epoch)
+                        .map(|(c, _)| c)
+                        .collect();
+                    clusters.sort();
+                    Conflict {
+                        user: u,
+                        epoch: h.epoch,
+                        clusters,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_conflict_index_follows_every_kind_of_change() {
+        // A small xorshift so the sequence is the same on every run.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let names = ["london", "newyork", "paris", "tokyo"];
+        let mut peers: Vec<Directory> = names[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Directory::new(n, i as u64 + 2, 4))
+            .collect();
+        let mut me = Directory::new("london", 1, 4);
+        let mut own: HashMap<String, u64> = HashMap::new();
+        let mut peer_users: Vec<HashMap<String, u64>> = vec![HashMap::new(); 3];
+        for step in 0..3000 {
+            let user = format!("u{}@x", next(40));
+            let epoch = 1 + next(3);
+            let op = next(6);
+            match op {
+                0 => {
+                    own.insert(user, epoch);
+                    me.set_own(&own);
+                }
+                1 => {
+                    own.remove(&user);
+                    me.set_own(&own);
+                }
+                2 | 3 => {
+                    // A peer changes and london gets its deltas (or a snapshot when the
+                    // short log no longer reaches back).
+                    let p = next(3) as usize;
+                    if next(2) == 0 {
+                        peer_users[p].insert(user, epoch);
+                    } else {
+                        peer_users[p].remove(&user);
+                    }
+                    peers[p].set_own(&peer_users[p]);
+                    let (name, inc) = (peers[p].me().to_owned(), peers[p].incarnation());
+                    let since = me.replica_position(&name).map(|(_, s)| s);
+                    match since.map(|s| peers[p].catchup(Some(inc), s)) {
+                        Some(Catchup::Deltas(ch)) => me
+                            .apply_deltas(&name, inc, since.unwrap() + 1, &ch)
+                            .unwrap(),
+                        _ => {
+                            let (seq, entries, digest) = peers[p].own_snapshot();
+                            me.apply_snapshot(&name, inc, seq, entries, digest).unwrap();
+                        }
+                    }
+                }
+                4 => {
+                    let p = next(3) as usize;
+                    let (seq, entries, digest) = peers[p].own_snapshot();
+                    let name = peers[p].me().to_owned();
+                    me.apply_snapshot(&name, peers[p].incarnation(), seq, entries, digest)
+                        .unwrap();
+                }
+                _ => {
+                    let p = next(3) as usize;
+                    me.forget(peers[p].me());
+                }
+            }
+            assert_eq!(me.conflicts(), conflicts_by_scan(&me), "step {step}");
+        }
+        assert!(
+            !me.conflicts().is_empty(),
+            "the sequence made no conflict at all"
+        );
     }
 }

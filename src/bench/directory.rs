@@ -6,7 +6,10 @@
 //! - delta propagation: single-user changes at the origin, time until the peer resolves the
 //!   user (p50/p99);
 //! - memory: resident memory added by a directory holding the replicas of P peers of N users
-//!   each (the sans-IO directory, as every gateway keeps it).
+//!   each (the sans-IO directory, as every gateway keeps it);
+//! - conflicts: in that directory, the time a snapshot repair of one peer holds the directory
+//!   (with 1 % of its users also claimed by another peer at the same epoch), and the time to
+//!   list the conflicts (what `/status` and the housekeeping do).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,7 +45,12 @@ fn users(prefix: &str, n: usize) -> HashMap<String, u64> {
         .collect()
 }
 
-fn memory(o: &DirectoryOpts) -> Option<(u64, u64)> {
+/// RSS before and after (KiB).
+type Rss = (u64, u64);
+/// Snapshot repair time, conflict listing time, conflicts found.
+type ConflictFigures = (Duration, Duration, usize);
+
+fn memory(o: &DirectoryOpts) -> Option<(Rss, ConflictFigures)> {
     let pid = std::process::id();
     let before = rss_kib(pid)?;
     let mut dir = Directory::new("bench", 1, 1000);
@@ -59,8 +67,22 @@ fn memory(o: &DirectoryOpts) -> Option<(u64, u64)> {
         .map(|p| dir.users_of(&format!("peer{p}")))
         .sum::<usize>();
     assert_eq!(total, o.peers * o.users);
+    // A repair snapshot of peer0 that also lists 1 % of peer1's users, at the same epoch.
+    let mut entries: Vec<(String, u64)> = (0..o.users)
+        .map(|i| (format!("user0x{i:06}@example.test"), 1))
+        .collect();
+    if o.peers > 1 {
+        entries.extend((0..o.users / 100).map(|i| (format!("user1x{i:06}@example.test"), 1)));
+    }
+    let digest = Digest::of(entries.iter().map(|(u, e)| (u.as_str(), *e)));
+    let t = Instant::now();
+    dir.apply_snapshot("peer0", 1, 2, entries, digest).ok()?;
+    let repair = t.elapsed();
+    let t = Instant::now();
+    let found = dir.conflicts().len();
+    let listing = t.elapsed();
     drop(dir);
-    Some((before, after))
+    Some(((before, after), (repair, listing, found)))
 }
 
 async fn node(
@@ -97,14 +119,23 @@ pub async fn run(o: DirectoryOpts) -> anyhow::Result<()> {
         o.deltas
     );
     match memory(&o) {
-        Some((before, after)) => println!(
-            "memory: {} peers x {} users = {} entries: RSS +{} KiB ({:.0} bytes per entry)",
-            o.peers,
-            thousands(o.users as u64),
-            thousands((o.peers * o.users) as u64),
-            thousands(after.saturating_sub(before)),
-            after.saturating_sub(before) as f64 * 1024.0 / (o.peers * o.users) as f64
-        ),
+        Some(((before, after), conflicts)) => {
+            println!(
+                "memory: {} peers x {} users = {} entries: RSS +{} KiB ({:.0} bytes per entry)",
+                o.peers,
+                thousands(o.users as u64),
+                thousands((o.peers * o.users) as u64),
+                thousands(after.saturating_sub(before)),
+                after.saturating_sub(before) as f64 * 1024.0 / (o.peers * o.users) as f64
+            );
+            let (repair, listing, found) = conflicts;
+            println!(
+                "conflicts: a snapshot repair of one peer holds the directory {:.1} ms; listing the {} conflicts takes {:.3} ms",
+                repair.as_secs_f64() * 1e3,
+                thousands(found as u64),
+                listing.as_secs_f64() * 1e3
+            );
+        }
         None => println!("memory: /proc/self/status not readable"),
     }
 

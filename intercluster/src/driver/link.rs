@@ -423,7 +423,6 @@ fn execute(
                         m.entries
                             .with_label_values(&[name])
                             .set(ic.replica(name).1 as i64);
-                        ic.bump();
                     }
                     Note::DeltasOut(k) => {
                         m.deltas.with_label_values(&[name, "out"]).inc_by(k as u64)
@@ -432,7 +431,6 @@ fn execute(
                         m.snapshots.with_label_values(&[name, "in"]).inc();
                         tracing::info!(peer = %name, users = k, "directory snapshot received");
                         m.entries.with_label_values(&[name]).set(k as i64);
-                        ic.bump();
                     }
                     Note::SnapshotOut(_) => m.snapshots.with_label_values(&[name, "out"]).inc(),
                     Note::DigestMismatch => {

@@ -15,7 +15,6 @@ pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -162,8 +161,6 @@ pub struct Intercluster {
     server_tls: tokio_rustls::TlsAcceptor,
     client_tls: tokio_rustls::TlsConnector,
     verifier: Arc<PeerVerifier>,
-    dir_version: AtomicU64,
-    conflicts: Mutex<(u64, Vec<Conflict>)>,
 }
 
 impl Intercluster {
@@ -202,8 +199,6 @@ impl Intercluster {
             server_tls,
             client_tls,
             verifier,
-            dir_version: AtomicU64::new(0),
-            conflicts: Mutex::new((u64::MAX, Vec::new())),
             settings,
         });
         tokio::spawn(housekeeping(Arc::downgrade(&ic), ic.shutdown.subscribe()));
@@ -235,10 +230,6 @@ impl Intercluster {
         lock(&self.dir)
     }
 
-    fn bump(&self) {
-        self.dir_version.fetch_add(1, Ordering::Relaxed);
-    }
-
     // ---- users ---------------------------------------------------------------------------
 
     /// Replaces the users `source` provides ("file", "ldap", "admin", …) and publishes the
@@ -260,7 +251,6 @@ impl Intercluster {
         };
         self.metrics.own_entries.set(own as i64);
         if n > 0 {
-            self.bump();
             let _ = self.changed.send(seq);
         }
         n
@@ -300,12 +290,7 @@ impl Intercluster {
     }
 
     pub fn conflicts(&self) -> Vec<Conflict> {
-        let v = self.dir_version.load(Ordering::Relaxed);
-        let mut c = lock(&self.conflicts);
-        if c.0 != v {
-            *c = (v, self.dir().conflicts());
-        }
-        c.1.clone()
+        self.dir().conflicts()
     }
 
     /// (incarnation, seq) of the replica of `peer`, and its entry count.
@@ -395,7 +380,6 @@ impl Intercluster {
                 );
             }
             self.dir().forget(&p.name);
-            self.bump();
             self.metrics.link_up.with_label_values(&[&p.name]).set(0);
             self.metrics
                 .queue_depth
@@ -616,8 +600,8 @@ impl Intercluster {
     }
 }
 
-/// Every 200 ms: expire queued stanzas (bounce), refresh gauges; when the directory changed,
-/// look for new conflicts and log them.
+/// Every 200 ms: expire queued and unacknowledged stanzas (bounce), refresh gauges, log the
+/// conflicts that are new (the directory keeps them up to date).
 async fn housekeeping(ic: std::sync::Weak<Intercluster>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
