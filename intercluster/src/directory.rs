@@ -88,14 +88,36 @@ pub fn entry_hash(user: &str, epoch: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The entries of one origin, with their digest.
+/// The entries of one origin, with their digest. A snapshot is built into one of these as its
+/// `<entries>` arrive (see [`Directory::apply_snapshot_entries`]).
 #[derive(Debug, Clone, Default)]
-struct Entries {
+pub struct Entries {
     users: HashMap<String, u64>,
     digest: Digest,
 }
 
 impl Entries {
+    /// Adds a received entry (a user listed twice keeps the last epoch).
+    pub fn insert(&mut self, user: String, epoch: u64) {
+        match self.users.get(&user) {
+            Some(_) => {
+                self.put(&user, epoch);
+            }
+            None => {
+                self.digest.toggle(&user, epoch, true);
+                self.users.insert(user, epoch);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
     fn put(&mut self, user: &str, epoch: u64) -> bool {
         match self.users.get_mut(user) {
             Some(e) if *e == epoch => false,
@@ -393,15 +415,27 @@ impl Directory {
         entries: Vec<(String, u64)>,
         digest: Digest,
     ) -> Result<(), SyncError> {
+        let mut e = Entries::default();
+        e.users.reserve(entries.len());
+        for (u, ep) in entries {
+            e.insert(u, ep);
+        }
+        self.apply_snapshot_entries(origin, incarnation, seq, e, digest)
+    }
+
+    /// [`Self::apply_snapshot`] with the entries already built (outside the directory's lock).
+    pub fn apply_snapshot_entries(
+        &mut self,
+        origin: &str,
+        incarnation: u64,
+        seq: u64,
+        mut e: Entries,
+        digest: Digest,
+    ) -> Result<(), SyncError> {
         if origin == self.me {
             return Err(SyncError::OwnOrigin {
                 origin: origin.to_owned(),
             });
-        }
-        let mut e = Entries::default();
-        e.users.reserve(entries.len());
-        for (u, ep) in entries {
-            e.put(&u, ep);
         }
         if e.digest != digest {
             return Err(SyncError::SnapshotDigest {
@@ -419,12 +453,17 @@ impl Directory {
                 entries: e,
             },
         );
-        // Users the snapshot lists or the old replica listed: a claim appeared, changed or
-        // went away (say one with a higher epoch, leaving a tie between others).
-        let new_users = self.replicas[origin].entries.users.keys();
-        let old_users = old.iter().flat_map(|r| r.entries.users.keys());
-        let check: Vec<String> = new_users
-            .chain(old_users)
+        // Users whose claim by `origin` appeared, changed or went away (say one with a higher
+        // epoch, leaving a tie between others); a repair snapshot changes few.
+        let empty = HashMap::new();
+        let old_users = old.as_ref().map_or(&empty, |r| &r.entries.users);
+        let new_users = &self.replicas[origin].entries.users;
+        let changed = new_users
+            .iter()
+            .filter(|(u, e)| old_users.get(*u) != Some(e))
+            .map(|(u, _)| u)
+            .chain(old_users.keys().filter(|u| !new_users.contains_key(*u)));
+        let check: Vec<String> = changed
             .filter(|u| self.contested.contains_key(*u) || self.claimants(u) > 1)
             .cloned()
             .collect();

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::delivery::Received;
-use crate::directory::{Catchup, Change, Directory, SyncError};
+use crate::directory::{Catchup, Change, Directory, Entries, SyncError};
 use crate::failure::{FailureKind, LinkFailure};
 use crate::wire::{Msg, Routed};
 
@@ -104,7 +104,10 @@ struct Staging {
     incarnation: u64,
     seq: u64,
     count: u64,
-    entries: Vec<(String, u64)>,
+    /// Entries received so far (a user listed twice counts twice).
+    received: u64,
+    /// Built chunk by chunk, so that the end of a snapshot only swaps it in.
+    entries: Entries,
 }
 
 /// One link's session.
@@ -438,7 +441,8 @@ impl Session {
                     incarnation,
                     seq,
                     count,
-                    entries: Vec::with_capacity(count.min(1 << 16) as usize),
+                    received: 0,
+                    entries: Entries::default(),
                 });
             }
             Msg::Entries { origin, entries } => {
@@ -451,7 +455,8 @@ impl Session {
                     out.push(protocol("<entries> outside a snapshot"));
                     return out;
                 };
-                if s.entries.len() + entries.len() > s.count as usize {
+                s.received += entries.len() as u64;
+                if s.received > s.count {
                     self.state = State::Closed;
                     out.push(protocol(format!(
                         "snapshot larger than its count {}",
@@ -459,7 +464,9 @@ impl Session {
                     )));
                     return out;
                 }
-                s.entries.extend(entries);
+                for (user, epoch) in entries {
+                    s.entries.insert(user, epoch);
+                }
             }
             Msg::SnapshotEnd {
                 origin,
@@ -482,7 +489,7 @@ impl Session {
                     return out;
                 }
                 let n = s.entries.len();
-                match dir.apply_snapshot(&origin, incarnation, seq, s.entries, digest) {
+                match dir.apply_snapshot_entries(&origin, incarnation, seq, s.entries, digest) {
                     Ok(()) => {
                         self.resync_pending = false;
                         self.peer_head = self.peer_head.max(seq);

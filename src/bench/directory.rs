@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use fedgate_certs::dev::LeafSpec;
 use fedgate_certs::{Identity, PeerVerifier, TrustAnchors};
-use fedgate_intercluster::directory::{Digest, Directory};
+use fedgate_intercluster::directory::{Digest, Directory, Entries};
 use fedgate_intercluster::driver::{Host, Intercluster, PeerConfig, Settings};
 use fedgate_s2s::driver::Stanza;
 use fedgate_s2s::wire::ErrorType;
@@ -75,8 +75,14 @@ fn memory(o: &DirectoryOpts) -> Option<(Rss, ConflictFigures)> {
         entries.extend((0..o.users / 100).map(|i| (format!("user1x{i:06}@example.test"), 1)));
     }
     let digest = Digest::of(entries.iter().map(|(u, e)| (u.as_str(), *e)));
+    // The link builds the map as the entries arrive; the directory is held for the swap.
+    let mut built = Entries::default();
+    for (u, e) in entries {
+        built.insert(u, e);
+    }
     let t = Instant::now();
-    dir.apply_snapshot("peer0", 1, 2, entries, digest).ok()?;
+    dir.apply_snapshot_entries("peer0", 1, 2, built, digest)
+        .ok()?;
     let repair = t.elapsed();
     let t = Instant::now();
     let found = dir.conflicts().len();
