@@ -55,7 +55,9 @@ pub fn request(addr: &str, method: &str, target: &str) -> Result<(u16, String), 
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     s.write_all(
-        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")
+        format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
             .as_bytes(),
     )
     .map_err(|e| e.to_string())?;
@@ -89,6 +91,9 @@ pub fn render_peers(doc: &serde_json::Value) -> String {
             let mut notes = Vec::new();
             if p["consistency"] == "mismatch" {
                 notes.push("consistency mismatch".to_owned());
+            }
+            if let Some(n) = p["unacked"].as_u64().filter(|n| *n > 0) {
+                notes.push(format!("{n} sent, not yet acknowledged"));
             }
             if let Some(k) = p["last_error"]["kind"].as_str() {
                 notes.push(format!("last error: {k}"));
@@ -175,5 +180,39 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
             eprintln!("fedgate directory: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peers_table_shows_each_peer_with_its_notes() {
+        let doc = serde_json::json!({
+            "cluster": "tokyo", "incarnation": "00000000000000ab", "seq": 7, "users": 3,
+            "conflicts": 1,
+            "peers": {
+                "london": {"link": "up", "users": 2, "sync_lag_seconds": 0.0,
+                           "last_reconcile": null, "conflicts": 1, "queue_depth": 0,
+                           "unacked": 3, "consistency": "ok", "last_error": null},
+                "paris": {"link": "down", "users": 0, "sync_lag_seconds": 1.5,
+                          "last_reconcile": null, "conflicts": 0, "queue_depth": 4,
+                          "unacked": 0, "consistency": "mismatch",
+                          "last_error": {"kind": "connect"}}
+            }
+        });
+        let t = render_peers(&doc);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("cluster tokyo"), "{t}");
+        let london = lines.iter().find(|l| l.starts_with("london")).unwrap();
+        assert!(london.contains(" up "), "{london}");
+        assert!(london.ends_with("3 sent, not yet acknowledged"), "{london}");
+        let paris = lines.iter().find(|l| l.starts_with("paris")).unwrap();
+        assert!(
+            paris.ends_with("consistency mismatch; last error: connect"),
+            "{paris}"
+        );
+        assert!(!paris.contains("acknowledged"), "{paris}");
     }
 }
