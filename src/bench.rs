@@ -78,7 +78,8 @@ pub enum BenchMode {
         concurrency: usize,
     },
     /// Intercluster directory: full sync of N users to a new peer over a real TLS link,
-    /// delta propagation latency, memory of P peers x N users.
+    /// delta propagation latency, memory of P peers x N users, conflict index, and stanzas/s
+    /// routed over the link (numbered, acknowledged, delivered).
     Directory {
         #[arg(long, default_value_t = 75_000)]
         users: usize,
@@ -86,6 +87,9 @@ pub enum BenchMode {
         peers: usize,
         #[arg(long, default_value_t = 300)]
         deltas: usize,
+        /// Messages routed over the link for the throughput figure.
+        #[arg(long, default_value_t = 200_000)]
+        routed: usize,
     },
     /// SIP MESSAGE ⇄ XMPP message translations per second through one gateway: a partner edge
     /// (lync.bench.test) over mutual TLS, a component for the local users.
@@ -144,11 +148,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             users,
             peers,
             deltas,
+            routed,
         } => {
             directory::run(directory::DirectoryOpts {
                 users,
                 peers,
                 deltas,
+                routed,
             })
             .await
         }

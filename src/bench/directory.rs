@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -20,7 +21,8 @@ use fedgate_certs::dev::LeafSpec;
 use fedgate_certs::{Identity, PeerVerifier, TrustAnchors};
 use fedgate_intercluster::directory::{Digest, Directory, Entries};
 use fedgate_intercluster::driver::{Host, Intercluster, PeerConfig, Settings};
-use fedgate_s2s::driver::Stanza;
+use fedgate_s2s::driver::{Origin, Stanza};
+use fedgate_s2s::element::{Element, NS_CONTENT};
 use fedgate_s2s::wire::ErrorType;
 
 use super::{quantile, rss_kib, thousands};
@@ -29,14 +31,71 @@ pub struct DirectoryOpts {
     pub users: usize,
     pub peers: usize,
     pub deltas: usize,
+    /// Stanzas routed over the link for the throughput figure.
+    pub routed: usize,
 }
 
-/// The bench delivers nothing.
-struct Nowhere;
+/// Routes `n` messages from `from` to a user homed at the other cluster, at most 4,000 in
+/// flight, and reports stanzas/s until the other side has delivered them all.
+async fn route(from: &Intercluster, at: &Counting, n: usize) -> anyhow::Result<()> {
+    let to = "u000001@example.test/desk";
+    let body = "x".repeat(120);
+    let stanza = |i: usize| {
+        let el = Element::new("message", NS_CONTENT)
+            .with_attr("from", "bench@b.bench.test/r")
+            .with_attr("to", to)
+            .with_attr("id", &format!("r{i}"))
+            .with_child(Element::new("body", NS_CONTENT).with_text(&body));
+        Stanza {
+            size: el.wire_len(),
+            el,
+            origin: Origin::Gateway,
+        }
+    };
+    let base = at.delivered.load(Ordering::Relaxed);
+    let done = || at.delivered.load(Ordering::Relaxed) - base;
+    let t = Instant::now();
+    let deadline = t + Duration::from_secs(120);
+    let mut sent = 0;
+    while done() < n as u64 {
+        anyhow::ensure!(Instant::now() < deadline, "routing did not finish in 120 s");
+        anyhow::ensure!(
+            at.bounced.load(Ordering::Relaxed) == 0,
+            "a routed stanza bounced"
+        );
+        while sent < n && sent as u64 - done() < 4000 {
+            anyhow::ensure!(
+                from.route(stanza(sent)).is_ok(),
+                "the user is not routed to the peer"
+            );
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "routing: {} messages over the link, acknowledged and delivered, in {:.0} ms: {} stanzas/s",
+        thousands(n as u64),
+        secs * 1e3,
+        thousands((n as f64 / secs) as u64)
+    );
+    Ok(())
+}
 
-impl Host for Nowhere {
-    fn deliver(&self, _: Stanza) {}
-    fn bounce(&self, _: &Stanza, _: ErrorType, _: &str, _: &str, _: &str) {}
+/// Counts what the links deliver and bounce (and delivers nowhere).
+#[derive(Default)]
+struct Counting {
+    delivered: AtomicU64,
+    bounced: AtomicU64,
+}
+
+impl Host for Counting {
+    fn deliver(&self, _: Stanza) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    fn bounce(&self, _: &Stanza, _: ErrorType, _: &str, _: &str, _: &str) {
+        self.bounced.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn users(prefix: &str, n: usize) -> HashMap<String, u64> {
@@ -95,6 +154,7 @@ async fn node(
     pki: &crate::labpki::LabPki,
     name: &str,
     ip: &str,
+    host: Arc<Counting>,
 ) -> anyhow::Result<(Arc<Intercluster>, String)> {
     let (c, k) = pki.issue(name, &LeafSpec::dns(&[name]))?;
     let id = Identity::load(name, &c, &k)?;
@@ -106,7 +166,7 @@ async fn node(
         s,
         id,
         Arc::new(PeerVerifier::new(anchors)),
-        Arc::new(Nowhere),
+        host,
         &prometheus::Registry::new(),
     );
     let l = tokio::net::TcpListener::bind(format!("{ip}:0"))
@@ -146,8 +206,9 @@ pub async fn run(o: DirectoryOpts) -> anyhow::Result<()> {
     }
 
     let pki = crate::labpki::LabPki::new("fedgate directory bench CA")?;
-    let (origin, origin_addr) = node(&pki, "a-origin", "127.0.6.1").await?;
-    let (fresh, fresh_addr) = node(&pki, "b-fresh", "127.0.6.2").await?;
+    let at_origin = Arc::new(Counting::default());
+    let (origin, origin_addr) = node(&pki, "a-origin", "127.0.6.1", at_origin.clone()).await?;
+    let (fresh, fresh_addr) = node(&pki, "b-fresh", "127.0.6.2", Arc::default()).await?;
     let t = Instant::now();
     origin.set_source("file", users("u", o.users));
     println!(
@@ -203,6 +264,7 @@ pub async fn run(o: DirectoryOpts) -> anyhow::Result<()> {
         f64::from(quantile(&lat_us, 0.99)) / 1e3,
         f64::from(lat_us.last().copied().unwrap_or(0)) / 1e3
     );
+    route(&fresh, &at_origin, o.routed).await?;
     origin.shutdown();
     fresh.shutdown();
     Ok(())
