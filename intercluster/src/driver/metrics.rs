@@ -1,13 +1,13 @@
 //! Prometheus metrics of the intercluster links, labelled per peer cluster (the label set is
 //! the configured peers, so it stays small).
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
     pub link_up: IntGaugeVec,
     pub entries: IntGaugeVec,
-    pub lag_seconds: IntGaugeVec,
+    pub lag_seconds: GaugeVec,
     pub deltas: IntCounterVec,
     pub snapshots: IntCounterVec,
     pub digest_mismatches: IntCounterVec,
@@ -24,6 +24,12 @@ pub struct Metrics {
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    let _ = r.register(Box::new(g.clone()));
+    g
+}
+
+fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     let _ = r.register(Box::new(g.clone()));
     g
 }
@@ -61,7 +67,7 @@ impl Metrics {
                 "Directory entries (users) the peer hosts, as replicated here",
                 &["peer"],
             ),
-            lag_seconds: gauge_vec(
+            lag_seconds: float_gauge_vec(
                 r,
                 "fedgate_intercluster_lag_seconds",
                 "How long the replica of the peer has been behind the peer's log (0: up to date)",

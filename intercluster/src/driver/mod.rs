@@ -587,7 +587,7 @@ impl Intercluster {
             self.metrics
                 .lag_seconds
                 .with_label_values(&[&p.name])
-                .set(lag.as_secs() as i64);
+                .set(lag.as_secs_f64());
             self.metrics
                 .queue_depth
                 .with_label_values(&[&p.name])
