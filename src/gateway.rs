@@ -271,8 +271,7 @@ impl Gateway {
             None
         };
         let intercluster =
-            crate::intercluster_runtime::prepare(cfg, &ctx, policy.active().revision(), &registry)
-                .await?;
+            crate::intercluster_runtime::prepare(cfg, &ctx, &policy, &registry).await?;
         if let Some(ic) = &intercluster {
             router.set_intercluster(ic.ic.clone());
             ic.run(ctx.shutdown_signal());

@@ -1,7 +1,8 @@
 //! Intercluster peering in the gateway: the `[intercluster]` config section, starting the
 //! links (`fedgate_intercluster::driver`), the user sources (directory file, LDAP, admin
-//! assignments), the peers file watched for runtime changes, the router's host side (local
-//! delivery, bounces) and the `/intercluster/…` admin endpoints that `fedgate directory` uses.
+//! assignments), the peers file watched for runtime changes, the consistency digest renewed
+//! when the policy is reloaded, the router's host side (local delivery, bounces) and the
+//! `/intercluster/…` admin endpoints that `fedgate directory` uses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -222,13 +223,17 @@ pub struct IcRuntime {
     pub addr: Option<SocketAddr>,
     cfg: InterclusterConfig,
     static_peers: Vec<PeerConfig>,
+    /// The hosted domains and the policy, for the consistency digest (the policy's revision
+    /// changes with a hot reload).
+    domains: Vec<String>,
+    policy: Arc<crate::policy_runtime::PolicyRuntime>,
 }
 
 /// Builds the runtime (no links yet: call [`IcRuntime::run`] once the router is in place).
 pub async fn prepare(
     cfg: &Config,
     ctx: &Arc<S2sContext>,
-    policy_revision: &str,
+    policy: &Arc<crate::policy_runtime::PolicyRuntime>,
     registry: &prometheus::Registry,
 ) -> anyhow::Result<Option<Arc<IcRuntime>>> {
     let Some(ic_cfg) = &cfg.intercluster else {
@@ -257,7 +262,8 @@ pub async fn prepare(
         );
     }
     let domains: Vec<String> = cfg.domains.iter().map(|d| d.name.clone()).collect();
-    let consistency = consistency_digest(&domains, &ic_cfg.address_scheme, policy_revision);
+    let consistency =
+        consistency_digest(&domains, &ic_cfg.address_scheme, policy.active().revision());
     let host = Arc::new(GatewayHost(ctx.clone()));
     let ic = Intercluster::new(
         ic_cfg.settings(consistency),
@@ -282,6 +288,8 @@ pub async fn prepare(
         addr,
         static_peers: ic_cfg.peers.clone(),
         cfg: ic_cfg.clone(),
+        domains,
+        policy: policy.clone(),
     })))
 }
 
@@ -303,10 +311,21 @@ impl IcRuntime {
             let mut stamps: Vec<_> = files.iter().map(|f| stamp(f)).collect();
             let mut tick =
                 tokio::time::interval(Duration::from_millis(watcher.cfg.watch_ms.max(50)));
+            let mut revision = watcher.policy.active().revision().to_owned();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = sd.changed() => return,
+                }
+                // A reloaded policy is part of what clusters must agree on.
+                let active = watcher.policy.active();
+                if active.revision() != revision {
+                    revision = active.revision().to_owned();
+                    watcher.ic.set_consistency(&consistency_digest(
+                        &watcher.domains,
+                        &watcher.cfg.address_scheme,
+                        &revision,
+                    ));
                 }
                 for (i, f) in files.iter().enumerate() {
                     let s = stamp(f);

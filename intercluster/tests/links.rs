@@ -200,6 +200,28 @@ async fn a_consistency_mismatch_refuses_the_link() {
         a.ic.status_json()["peers"]["beta"]["last_error"]["kind"] == "consistency"
     })
     .await;
+    // alpha's policy is reloaded to what beta runs: the next attempt gets through.
+    assert!(a.ic.set_consistency("c2"));
+    assert!(!a.ic.set_consistency("c2"), "no change the second time");
+    until("link up once the digests agree", || {
+        a.ic.status_json()["peers"]["beta"]["link"] == "up"
+    })
+    .await;
+    // beta changes again while the link is up: the link is set up again and refused.
+    let failures = || {
+        a.ic.metrics
+            .failures
+            .with_label_values(&["beta", "consistency"])
+            .get()
+    };
+    let before = failures();
+    assert!(b.ic.set_consistency("c3"));
+    assert_eq!(b.ic.status_json()["consistency"], "c3");
+    until("refused after the change", || failures() > before).await;
+    until("down", || {
+        a.ic.status_json()["peers"]["beta"]["link"] == "down"
+    })
+    .await;
     a.ic.shutdown();
     b.ic.shutdown();
 }

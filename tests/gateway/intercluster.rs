@@ -769,3 +769,50 @@ async fn a_peer_cannot_use_a_cluster_as_a_relay() {
     );
     assert_eq!(gw.pool.len(), 0, "no outbound stream was opened");
 }
+
+/// The policy is part of what clusters must agree on: a hot reload on one cluster sets its
+/// links up again with the new digest, refused while the clusters differ, and back up once
+/// the other cluster reloads the same policy.
+#[tokio::test]
+async fn a_policy_reload_is_checked_again_between_clusters() {
+    let pki = Pki::new();
+    let mut tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let mut london = Cluster::new(&pki, "london", &["bob@example.test"]);
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = "default = \"allow\"\n";
+    let v2 =
+        "default = \"allow\"\n[[rule]]\nid = \"no-c\"\ndomains = [\"c.test\"]\naction = \"deny\"\n";
+    let mut files = Vec::new();
+    for c in [&mut tokyo, &mut london] {
+        let f = dir.path().join(format!("{}-policy.toml", c.name));
+        std::fs::write(&f, v1).unwrap();
+        c.spec.extra.push_str(&format!(
+            "\n[policy]\nfile = {:?}\n",
+            f.display().to_string()
+        ));
+        files.push(f);
+    }
+    mesh(&[&tokyo, &london]);
+    let (gt, gl) = (tokyo.spec.start().await, london.spec.start().await);
+    until_synced(&gt, &[("london", 1)]).await;
+    let before = status(&gt).await["intercluster"]["consistency"].clone();
+    std::fs::write(&files[1], v2).unwrap();
+    until_status(&gl, "london's new digest", |ic| ic["consistency"] != before).await;
+    until_status(&gt, "the link refused as inconsistent", |ic| {
+        ic["peers"]["london"]["link"] == "down"
+            && ic["peers"]["london"]["last_error"]["kind"] == "consistency"
+    })
+    .await;
+    std::fs::write(&files[0], v2).unwrap();
+    until_synced(&gt, &[("london", 1)]).await;
+    until_synced(&gl, &[("tokyo", 1)]).await;
+    let after = status(&gt).await["intercluster"].clone();
+    assert_eq!(
+        after["consistency"],
+        status(&gl).await["intercluster"]["consistency"]
+    );
+    assert_eq!(after["peers"]["london"]["consistency"], "ok", "{after}");
+    for g in [gt, gl] {
+        g.shutdown().await;
+    }
+}

@@ -477,6 +477,8 @@ where
     let mut stop = peer.stop.subscribe();
     let mut shutdown = ic.shutdown.subscribe();
     let mut changed = ic.changed.subscribe();
+    let mut consistency = ic.consistency.subscribe();
+    let digest = consistency.borrow_and_update().clone();
     // A removal (or shutdown) during the handshake is already "seen" by these receivers and
     // would never wake `changed()`: the link would live on for a peer that is gone.
     let ended = |stop: &watch::Receiver<bool>, shutdown: &watch::Receiver<bool>| {
@@ -499,7 +501,7 @@ where
     let received = lock(&peer.delivery).take_over(generation);
     let mut session = Session::new(
         &peer.name,
-        &ic.settings.consistency,
+        &digest,
         ic.settings.session.clone(),
         Instant::now(),
     );
@@ -568,6 +570,10 @@ where
             }
             _ = stop.changed() => break,
             _ = shutdown.changed() => break,
+            _ = consistency.changed() => {
+                tracing::info!(peer = %peer.name, "the consistency digest changed: setting the link up again");
+                break;
+            }
             _ = gen_rx.changed() => {
                 if *gen_rx.borrow() != generation {
                     tracing::info!(peer = %peer.name, "a newer link replaces this one");

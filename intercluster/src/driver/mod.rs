@@ -157,6 +157,9 @@ pub struct Intercluster {
     pub metrics: Metrics,
     /// Own log head, for the links to push changes.
     changed: watch::Sender<u64>,
+    /// The consistency digest links are set up with (starts as `settings.consistency`); a
+    /// change sets every link up again, so that peers compare the new one.
+    consistency: watch::Sender<String>,
     shutdown: watch::Sender<bool>,
     server_tls: tokio_rustls::TlsAcceptor,
     client_tls: tokio_rustls::TlsConnector,
@@ -195,6 +198,7 @@ impl Intercluster {
             host,
             metrics: Metrics::new(registry),
             changed: watch::channel(0).0,
+            consistency: watch::channel(settings.consistency.clone()).0,
             shutdown: watch::channel(false).0,
             server_tls,
             client_tls,
@@ -207,6 +211,25 @@ impl Intercluster {
 
     pub fn cluster(&self) -> &str {
         &self.settings.cluster
+    }
+
+    /// A new consistency digest (the policy was reloaded, say): every link is set up again
+    /// and the peers compare it (refused or flagged as configured). Whether it changed.
+    pub fn set_consistency(&self, digest: &str) -> bool {
+        let changed = self.consistency.send_if_modified(|c| {
+            let differs = c != digest;
+            if differs {
+                digest.clone_into(c);
+            }
+            differs
+        });
+        if changed {
+            tracing::info!(
+                consistency = digest,
+                "consistency digest changed: setting every intercluster link up again"
+            );
+        }
+        changed
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -570,7 +593,7 @@ impl Intercluster {
             "seq": seq,
             "users": own,
             "sources": lock(&self.sources).counts(),
-            "consistency": self.settings.consistency,
+            "consistency": *self.consistency.borrow(),
             "conflicts": conflicts.len(),
             "peers": peers,
         })
