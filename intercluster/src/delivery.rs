@@ -34,8 +34,12 @@ struct Unacked {
 pub struct Delivery {
     /// The link generation allowed to send and take routes: a replaced link that still runs
     /// must neither number new routes nor count what it reads (the new link's `<hello>`
-    /// already told the peer how many were taken).
+    /// already told the peer how many were taken). Only grows; `u64::MAX` once the peer is
+    /// removed.
     owner: u64,
+    /// The owning link has resumed (its hand-over is done): unacknowledged routes are its
+    /// business now and do not expire.
+    resumed: bool,
     received: Received,
     /// Routes numbered so far (the last one's number).
     sent: u64,
@@ -59,10 +63,21 @@ pub struct AckError {
 }
 
 impl Delivery {
-    /// Link `generation` takes over; returns what to announce in its `<hello>`.
+    /// Link `generation` takes over (unless a newer one already did); returns what to
+    /// announce in its `<hello>`.
     pub fn take_over(&mut self, generation: u64) -> Received {
-        self.owner = generation;
+        if generation > self.owner {
+            self.owner = generation;
+            self.resumed = false;
+        }
         self.received
+    }
+
+    /// Link `generation` ended: what it had not handed over waits (and may expire).
+    pub fn link_ended(&mut self, generation: u64) {
+        if self.owns(generation) {
+            self.resumed = false;
+        }
     }
 
     pub fn owns(&self, generation: u64) -> bool {
@@ -81,6 +96,7 @@ impl Delivery {
                 count: 0,
             };
         }
+        self.resumed = true;
         let acked = self.sent - self.unacked.len() as u64;
         match peer_has {
             Some(n) if (acked..=self.sent).contains(&n) => {
@@ -153,10 +169,13 @@ impl Delivery {
         }
     }
 
-    /// While no link is up: routes unacknowledged for `max_age` (their fate unknown: bounced,
-    /// never sent again). Their numbers stay used: the peer may have taken them.
+    /// While no link has resumed: routes unacknowledged for `max_age` (their fate unknown:
+    /// bounced, never sent again). Their numbers stay used: the peer may have taken them.
     pub fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<Routed> {
         let mut out = Vec::new();
+        if self.resumed {
+            return out;
+        }
         while let Some(u) = self.unacked.front() {
             if now.saturating_duration_since(u.sent) < max_age {
                 break;
@@ -170,8 +189,10 @@ impl Delivery {
         out
     }
 
-    /// Everything unacknowledged (the peer was removed).
+    /// Everything unacknowledged (the peer was removed); no link owns the record any more.
     pub fn drain(&mut self) -> Vec<Routed> {
+        self.owner = u64::MAX;
+        self.resumed = false;
         self.bytes = 0;
         self.unacked.drain(..).map(|u| u.route).collect()
     }
@@ -316,7 +337,14 @@ mod tests {
         let (mut a, _) = pair(t0);
         assert!(a.push(1, route(5), 100, t0 + Duration::from_secs(10)));
         a.ack(1, 1).unwrap();
-        let gone = a.expire(t0 + Duration::from_secs(30), Duration::from_secs(30));
+        // Not while the link that resumed them runs.
+        let late = t0 + Duration::from_secs(30);
+        assert!(a.expire(late, Duration::from_secs(30)).is_empty());
+        // A replaced link ending changes nothing; the owner ending does.
+        a.link_ended(0);
+        assert!(a.expire(late, Duration::from_secs(30)).is_empty());
+        a.link_ended(1);
+        let gone = a.expire(late, Duration::from_secs(30));
         assert_eq!(ids(&gone), ["1", "2", "3", "4"]);
         assert_eq!((a.unacked_len(), a.unacked_bytes()), (1, 100));
         // The peer took two of them after all: its count is below what we forgot, so the
@@ -325,5 +353,28 @@ mod tests {
         let r = a.resume(2, 0xb, Some(2));
         assert_eq!(ids(&r.lost), ["5"]);
         assert_eq!(ids(&a.drain()), Vec::<String>::new());
+    }
+    #[test]
+    fn an_older_link_taking_over_late_does_not_win() {
+        let mut d = Delivery::default();
+        d.take_over(3);
+        // Generation 2 reaches its take-over after 3 (two threads): 3 keeps the record.
+        d.take_over(2);
+        assert!(d.owns(3) && !d.owns(2));
+        assert!(d.push(3, route(1), 10, Instant::now()));
+        assert!(!d.take(2));
+        assert!(d.take(3));
+    }
+
+    #[test]
+    fn a_removed_peer_record_takes_and_numbers_nothing_more() {
+        let now = Instant::now();
+        let (mut a, _) = pair(now);
+        assert_eq!(ids(&a.drain()), ["0", "1", "2", "3", "4"]);
+        // A link task woken before the removal finds the record closed.
+        assert!(!a.push(1, route(9), 10, now));
+        assert!(!a.take(1));
+        assert!(a.resume(1, 0xb, Some(0)).resend.is_empty());
+        assert_eq!(a.unacked_len(), 0);
     }
 }

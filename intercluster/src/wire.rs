@@ -25,8 +25,9 @@ use crate::directory::{Change, Digest};
 
 /// The stream's default namespace.
 pub const NS_INTERCLUSTER: &str = "urn:fedgate:intercluster:0";
-/// Protocol version in `hello`.
-pub const VERSION: &str = "0";
+/// Protocol version in `hello` ("1": numbered and acknowledged routes). Every cluster of a
+/// deployment must speak the same one.
+pub const VERSION: &str = "1";
 
 /// Most recipients one `<route>` may list.
 pub const MAX_ROUTE_RECIPIENTS: usize = 1000;
@@ -136,6 +137,10 @@ pub enum WireError {
     BadAttr { element: String, attr: &'static str },
     #[error("unknown element <{0}>")]
     Unknown(String),
+    #[error(
+        "<hello> of protocol version {0:?}, this cluster speaks {VERSION:?}: run the same fedgate version on every cluster"
+    )]
+    Version(String),
     #[error("<route> without a stanza")]
     EmptyRoute,
     #[error("<route>: {0}")]
@@ -303,6 +308,11 @@ impl Msg {
             return Err(WireError::Unknown(format!("{{{}}}{}", e.ns, e.name)));
         }
         Ok(match e.name.as_str() {
+            "hello" if e.attr("version") != Some(VERSION) => {
+                return Err(WireError::Version(
+                    e.attr("version").unwrap_or("none").to_owned(),
+                ));
+            }
             "hello" => Msg::Hello {
                 cluster: get(e, "cluster")?.to_owned(),
                 incarnation: hexnum(e, "incarnation")?,
@@ -561,6 +571,19 @@ mod tests {
             Err(WireError::Unknown("bogus".into()))
         );
         assert!(Msg::parse(&Element::new("hello", "urn:other")).is_err());
+        // A cluster running another protocol version is told so, not "bad attribute".
+        let mut old = Msg::Hello {
+            cluster: "tokyo".into(),
+            incarnation: 1,
+            seq: 0,
+            consistency: "c".into(),
+            received: Received::default(),
+        }
+        .to_element();
+        old.set_attr("version", "0");
+        let e = Msg::parse(&old).unwrap_err();
+        assert_eq!(e, WireError::Version("0".into()));
+        assert!(e.to_string().contains("same fedgate version"), "{e}");
     }
 
     #[test]

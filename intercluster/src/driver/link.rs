@@ -404,6 +404,8 @@ fn execute(
             Action::Note(n) => {
                 let m = &ic.metrics;
                 match n {
+                    // A link replaced meanwhile does not claim the status.
+                    Note::Up { .. } if !lock(&peer.delivery).owns(io.generation) => {}
                     Note::Up { flagged } => {
                         *went_up = true;
                         if let Some(why) = &flagged {
@@ -590,6 +592,7 @@ where
         st.lag = Duration::ZERO;
         ic.metrics.link_up.with_label_values(&[&peer.name]).set(0);
     }
+    lock(&peer.delivery).link_ended(generation);
     drop(io);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     result

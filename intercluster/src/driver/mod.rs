@@ -408,6 +408,7 @@ impl Intercluster {
                 .queue_depth
                 .with_label_values(&[&p.name])
                 .set(0);
+            self.metrics.unacked.with_label_values(&[&p.name]).set(0);
             self.metrics.entries.with_label_values(&[&p.name]).set(0);
         }
     }
@@ -497,7 +498,36 @@ impl Intercluster {
     fn enqueue(&self, peer: &Peer, st: Stanza, hops: u8) {
         let peer_name = peer.name.as_str();
         let size = st.size.max(64);
-        let r = lock(&peer.queue).push((st, hops), size, Instant::now());
+        let mut q = lock(&peer.queue);
+        // Removed after the routing decision: the removal drained the queue already, and
+        // nothing would send or bounce what waited in it.
+        if *peer.stop.borrow() {
+            drop(q);
+            let (etype, reason, text) = if *self.shutdown.borrow() {
+                (
+                    ErrorType::Wait,
+                    "shutdown",
+                    "fedgate is shutting down".to_owned(),
+                )
+            } else {
+                (
+                    ErrorType::Cancel,
+                    "peer-removed",
+                    format!("cluster {peer_name} is no longer a peer"),
+                )
+            };
+            self.bounce(
+                peer_name,
+                &st,
+                etype,
+                "service-unavailable",
+                reason,
+                &format!("fedgate: intercluster: {text}"),
+            );
+            return;
+        }
+        let r = q.push((st, hops), size, Instant::now());
+        drop(q);
         match r {
             Ok(()) => peer.wake.notify_one(),
             Err((st, _)) => self.bounce(
@@ -641,8 +671,9 @@ async fn housekeeping(ic: std::sync::Weak<Intercluster>, mut shutdown: watch::Re
         let peers: Vec<Arc<Peer>> = lock(&ic.peers).values().cloned().collect();
         for p in peers {
             // Routes sent on a link that broke before the peer acknowledged them wait for
-            // the next link as long as queued stanzas do.
-            if !lock(&p.status).up {
+            // the next link as long as queued stanzas do (not once a link has resumed: the
+            // check is made under the same lock as the hand-over).
+            {
                 let lost = lock(&p.delivery).expire(now, ic.settings.queue_max_age);
                 ic.bounce_routes(
                     &p.name,
