@@ -7,7 +7,8 @@
 //! Both records outlive links and live as long as the process (the peer's record of us is
 //! keyed by our incarnation). When the peer lost its record (it restarted), the fate of the
 //! routes it had not acknowledged is unknown: they are handed back to be bounced, never sent
-//! twice. Routes that wait unacknowledged while no link is up expire like queued stanzas.
+//! twice. Routes that wait unacknowledged while no link is up expire like queued stanzas;
+//! when the peer then turns out to have taken fewer, the rest go again under new numbers.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -101,6 +102,16 @@ impl Delivery {
         match peer_has {
             Some(n) if (acked..=self.sent).contains(&n) => {
                 self.release(n);
+                Resume {
+                    resend: self.unacked.iter().map(|u| u.route.clone()).collect(),
+                    lost: Vec::new(),
+                }
+            }
+            // Fewer than we stopped waiting for (some expired and were bounced): the peer
+            // counts in order, so it took none after `n`, and what is left goes again under
+            // the numbers that follow `n`.
+            Some(n) if n < acked => {
+                self.sent = n + self.unacked.len() as u64;
                 Resume {
                     resend: self.unacked.iter().map(|u| u.route.clone()).collect(),
                     lost: Vec::new(),
@@ -318,16 +329,26 @@ mod tests {
     }
 
     #[test]
-    fn a_count_outside_what_is_unacknowledged_is_treated_as_lost() {
+    fn a_count_below_the_acknowledged_ones_renumbers_and_one_above_what_was_sent_loses() {
         let now = Instant::now();
         let (mut a, _) = pair(now);
         a.ack(1, 3).unwrap();
         a.take_over(2);
-        // Fewer than already acknowledged: the peer's record is not ours to trust.
+        // Fewer than already acknowledged: nothing after 1 was taken; 3 and 4 go again as
+        // the peer's 2 and 3.
         let r = a.resume(2, 0xb, Some(1));
-        assert_eq!(ids(&r.lost), ["3", "4"]);
+        assert_eq!(ids(&r.resend), ["3", "4"]);
+        assert!(r.lost.is_empty());
         assert!(a.push(2, route(8), 10, now));
-        a.ack(2, 2).unwrap();
+        assert_eq!(a.ack(2, 5), Err(AckError { h: 5, sent: 4 }));
+        a.ack(2, 3).unwrap();
+        assert_eq!(a.unacked_len(), 1);
+        // More than was ever sent: the record is not ours; what is unacknowledged is lost.
+        a.take_over(3);
+        let r = a.resume(3, 0xb, Some(99));
+        assert_eq!(ids(&r.lost), ["8"]);
+        assert!(a.push(3, route(9), 10, now));
+        a.ack(3, 100).unwrap();
         assert_eq!(a.unacked_len(), 0);
     }
 
@@ -347,11 +368,13 @@ mod tests {
         let gone = a.expire(late, Duration::from_secs(30));
         assert_eq!(ids(&gone), ["1", "2", "3", "4"]);
         assert_eq!((a.unacked_len(), a.unacked_bytes()), (1, 100));
-        // The peer took two of them after all: its count is below what we forgot, so the
-        // one left is lost too (never sent twice).
+        // The peer took two of them after all: its count is below what we forgot, and the
+        // one left goes again (the peer never took it).
         a.take_over(2);
         let r = a.resume(2, 0xb, Some(2));
-        assert_eq!(ids(&r.lost), ["5"]);
+        assert_eq!(ids(&r.resend), ["5"]);
+        assert!(r.lost.is_empty());
+        a.ack(2, 3).unwrap();
         assert_eq!(ids(&a.drain()), Vec::<String>::new());
     }
     #[test]
