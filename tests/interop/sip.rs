@@ -80,6 +80,28 @@ fn uac(scenario: &str, remote: SocketAddr, args: &[&str]) -> Sipp {
     Sipp::uac(scenario, remote, peer_ip(), args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
+/// sipp as `from`@lync.test sending a page-mode MESSAGE with `body` to alice@example.test
+/// (`scenario`: uac_message.xml, or uac_message_error.xml with `-key expect_code N` in
+/// `extra`), with `extra` sipp arguments.
+fn page_to_alice(
+    scenario: &str,
+    remote: SocketAddr,
+    from: &str,
+    body: &str,
+    extra: &[&str],
+) -> Sipp {
+    let mut args = vec!["-s", from, "-key", "to_user", "alice", "-key", "body", body];
+    args.extend_from_slice(extra);
+    uac(scenario, remote, &args)
+}
+
+/// The component's `<message>` from carol@lync.test to alice@example.test with `body`.
+fn assert_page_from_carol(m: &Element, body: &str) {
+    assert_eq!(text(m).as_deref(), Some(body), "{m:?}");
+    assert_eq!(m.attr("to"), Some("alice@example.test"), "{m:?}");
+    assert_eq!(bare(m.attr("from").unwrap()), "carol@lync.test", "{m:?}");
+}
+
 /// Sum of the samples of `name` whose labels include every `labels` pair (`k="v"`).
 fn sample(text: &str, name: &str, labels: &[&str]) -> u64 {
     text.lines()
@@ -215,46 +237,27 @@ async fn sip_sipp_message_reaches_component_or_gets_mapped_error() {
     let wrapper = lab.client_wrapper(&lab.lync);
 
     // No component connected: the router bounces service-unavailable → 480.
-    let s = uac(
+    let s = page_to_alice(
         "uac_message_error.xml",
         wrapper.listen,
-        &[
-            "-s",
-            "carol",
-            "-key",
-            "to_user",
-            "alice",
-            "-key",
-            "body",
-            "anyone home?",
-            "-key",
-            "expect_code",
-            "480",
-        ],
+        "carol",
+        "anyone home?",
+        &["-key", "expect_code", "480"],
     );
     let out = sipp_passes(s).await;
     assert!(out.messages.contains("SIP/2.0 480"), "{}", out.messages);
     assert!(!out.messages.contains("SIP/2.0 503"), "{}", out.messages);
 
     let mut comp = lab.component().await;
-    let s = uac(
+    let s = page_to_alice(
         "uac_message.xml",
         wrapper.listen,
-        &[
-            "-s",
-            "carol",
-            "-key",
-            "to_user",
-            "alice",
-            "-key",
-            "body",
-            "hello from lync",
-        ],
+        "carol",
+        "hello from lync",
+        &[],
     );
     let m = next_message(&mut comp, &|| wrapper.log()).await;
-    assert_eq!(text(&m).as_deref(), Some("hello from lync"), "{m:?}");
-    assert_eq!(m.attr("to"), Some("alice@example.test"), "{m:?}");
-    assert_eq!(bare(m.attr("from").unwrap()), "carol@lync.test", "{m:?}");
+    assert_page_from_carol(&m, "hello from lync");
     sipp_passes(s).await;
     assert!(
         wrapper.log().contains("commonName matches"),
@@ -622,24 +625,15 @@ async fn sip_kamailio_edge_relays_messages_both_ways() {
     let mut comp = lab.component().await;
 
     // lync.test → example.test: sipp -tcp-> Kamailio -mutual TLS-> fedgate.
-    let s = uac(
+    let s = page_to_alice(
         "uac_message.xml",
         kam.tcp_addr,
-        &[
-            "-s",
-            "carol",
-            "-key",
-            "to_user",
-            "alice",
-            "-key",
-            "body",
-            "via the lync.test edge",
-        ],
+        "carol",
+        "via the lync.test edge",
+        &[],
     );
     let m = next_message(&mut comp, &|| kam.log()).await;
-    assert_eq!(text(&m).as_deref(), Some("via the lync.test edge"), "{m:?}");
-    assert_eq!(bare(m.attr("from").unwrap()), "carol@lync.test", "{m:?}");
-    assert_eq!(m.attr("to"), Some("alice@example.test"), "{m:?}");
+    assert_page_from_carol(&m, "via the lync.test edge");
     sipp_passes(s).await;
 
     // example.test → lync.test: fedgate -mutual TLS-> Kamailio -tcp-> sipp UAS.
@@ -751,22 +745,12 @@ async fn sip_untrusted_partner_is_refused_with_typed_error() {
 
     // Inbound, certificate from another CA.
     let wrapper = lab.client_wrapper(&rogue);
-    let s = uac(
+    let s = page_to_alice(
         "uac_message.xml",
         wrapper.listen,
-        &[
-            "-s",
-            "mallory",
-            "-key",
-            "to_user",
-            "alice",
-            "-key",
-            "body",
-            "let me in",
-            "-timeout",
-            "8s",
-            "-timeout_error",
-        ],
+        "mallory",
+        "let me in",
+        &["-timeout", "8s", "-timeout_error"],
     );
     let out = sipp_ends(s, SIPP_WAIT).await;
     assert!(!out.success(), "{out:?}");
