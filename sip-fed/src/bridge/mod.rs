@@ -424,17 +424,17 @@ impl Bridge {
                 // Every INVITE is answered at once, so there is nothing left to cancel.
                 respond(&mut out, conn, &req, 481, "Call/Transaction Does Not Exist");
             }
-            ("OPTIONS", _) => {
-                let mut resp = SipMessage::response_to(&req, 200, "OK");
-                add_to_tag_if_missing(&mut resp);
-                resp.push_header("Allow", ALLOW);
-                resp.push_header("Accept", "text/plain, text/html, application/pidf+xml");
-                resp.push_header("Supported", SUPPORTED.join(", "));
-                out.push(Out::Sip {
-                    dest: Dest::Conn(conn),
-                    msg: resp,
-                });
-            }
+            ("OPTIONS", _) => respond_with(
+                &mut out,
+                conn,
+                &req,
+                (200, "OK"),
+                &[
+                    ("Allow", ALLOW),
+                    ("Accept", "text/plain, text/html, application/pidf+xml"),
+                    ("Supported", &SUPPORTED.join(", ")),
+                ],
+            ),
             ("MESSAGE", false) => session::on_page_message(self, &ctx, req, &mut out),
             ("INVITE", false) => session::on_invite(self, &ctx, req, &mut out),
             ("SUBSCRIBE", false) => presence::on_subscribe(self, &ctx, req, &mut out),
@@ -442,15 +442,13 @@ impl Bridge {
             ("BYE" | "NOTIFY" | "INFO", false) => {
                 respond(&mut out, conn, &req, 481, "Call/Transaction Does Not Exist");
             }
-            _ => {
-                let mut resp = SipMessage::response_to(&req, 405, "Method Not Allowed");
-                add_to_tag_if_missing(&mut resp);
-                resp.push_header("Allow", ALLOW);
-                out.push(Out::Sip {
-                    dest: Dest::Conn(conn),
-                    msg: resp,
-                });
-            }
+            _ => respond_with(
+                &mut out,
+                conn,
+                &req,
+                (405, "Method Not Allowed"),
+                &[("Allow", ALLOW)],
+            ),
         }
         // Responses sent now end (or, for INVITE errors, complete) the server transaction.
         for o in &out {
@@ -637,8 +635,22 @@ fn add_to_tag_if_missing(resp: &mut SipMessage) {
 }
 
 fn respond(out: &mut Vec<Out>, conn: ConnId, req: &SipMessage, code: u16, reason: &str) {
+    respond_with(out, conn, req, (code, reason), &[]);
+}
+
+/// [`respond`] with extra headers (`Allow`, `Accept`, …).
+fn respond_with(
+    out: &mut Vec<Out>,
+    conn: ConnId,
+    req: &SipMessage,
+    (code, reason): (u16, &str),
+    headers: &[(&str, &str)],
+) {
     let mut resp = SipMessage::response_to(req, code, reason);
     add_to_tag_if_missing(&mut resp);
+    for (name, value) in headers {
+        resp.push_header(*name, *value);
+    }
     out.push(Out::Sip {
         dest: Dest::Conn(conn),
         msg: resp,

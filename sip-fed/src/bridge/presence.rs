@@ -27,8 +27,7 @@ use rand::Rng;
 
 use super::pending::{Ctx, SubscribeKind};
 use super::{
-    Bridge, ConnId, Dest, Out, ReqCtx, add_to_tag_if_missing, bounce_sip, header_jid, respond,
-    stanza,
+    Bridge, ConnId, Dest, Out, ReqCtx, bounce_sip, header_jid, respond, respond_with, stanza,
 };
 use crate::address::{Jid, jid_to_sip};
 use crate::authz_store::{Authz, AuthzStore, Subscription};
@@ -535,13 +534,13 @@ pub(super) fn on_subscribe(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &
         .next()
         .is_none_or(|e| e.trim() != "presence")
     {
-        let mut resp = SipMessage::response_to(&req, 489, "Bad Event");
-        add_to_tag_if_missing(&mut resp);
-        resp.push_header("Allow-Events", "presence");
-        out.push(Out::Sip {
-            dest: Dest::Conn(ctx.conn),
-            msg: resp,
-        });
+        respond_with(
+            out,
+            ctx.conn,
+            &req,
+            (489, "Bad Event"),
+            &[("Allow-Events", "presence")],
+        );
         return;
     }
     let accepts_pidf = req.headers("Accept").next().is_none()
@@ -549,13 +548,13 @@ pub(super) fn on_subscribe(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out: &
             .headers("Accept")
             .any(|a| a.trim().starts_with("application/pidf+xml"));
     if !accepts_pidf {
-        let mut resp = SipMessage::response_to(&req, 406, "Not Acceptable");
-        add_to_tag_if_missing(&mut resp);
-        resp.push_header("Accept", "application/pidf+xml");
-        out.push(Out::Sip {
-            dest: Dest::Conn(ctx.conn),
-            msg: resp,
-        });
+        respond_with(
+            out,
+            ctx.conn,
+            &req,
+            (406, "Not Acceptable"),
+            &[("Accept", "application/pidf+xml")],
+        );
         return;
     }
     let local = match header_jid(&req, "To") {

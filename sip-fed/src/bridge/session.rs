@@ -21,7 +21,7 @@ use fedgate_s2s::wire::ErrorType;
 use super::pending::Ctx;
 use super::{
     Awaiting, Bridge, BridgeConfig, ConnId, Dest, Flavor, Out, ReqCtx, add_to_tag_if_missing,
-    bounce, bounce_sip, header_jid, respond, set_lang, stanza, stanza_lang,
+    bounce, bounce_sip, header_jid, respond, respond_with, set_lang, stanza, stanza_lang,
 };
 use crate::address::{Jid, jid_to_sip};
 use crate::dialog::Dialog;
@@ -439,15 +439,12 @@ pub(super) fn on_page_message(b: &mut Bridge, ctx: &ReqCtx, req: SipMessage, out
 }
 
 fn unsupported(out: &mut Vec<Out>, conn: ConnId, req: &SipMessage, code: u16, reason: &str) {
-    let mut resp = SipMessage::response_to(req, code, reason);
-    add_to_tag_if_missing(&mut resp);
-    if code == 415 {
-        resp.push_header("Accept", "text/plain, text/html, multipart/alternative");
-    }
-    out.push(Out::Sip {
-        dest: Dest::Conn(conn),
-        msg: resp,
-    });
+    let accept: &[(&str, &str)] = if code == 415 {
+        &[("Accept", "text/plain, text/html, multipart/alternative")]
+    } else {
+        &[]
+    };
+    respond_with(out, conn, req, (code, reason), accept);
 }
 
 /// A new INVITE: a Microsoft IM session, possibly carrying its first message.

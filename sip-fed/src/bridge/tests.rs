@@ -901,3 +901,87 @@ mod chaos {
         }
     }
 }
+
+/// A request from bob@lync.test outside any dialog (`method`, branch `n`), plus `extra`.
+fn out_of_dialog(method: &str, n: u32, extra: &[(&str, &str)]) -> SipMessage {
+    let mut r = SipMessage::request(method, "sip:alice@example.test");
+    r.push_header(
+        "Via",
+        format!("SIP/2.0/TLS edge.lync.test;branch=z9hG4bKod{n}"),
+    );
+    r.push_header("Max-Forwards", "70");
+    r.push_header("From", "<sip:bob@lync.test>;tag=od");
+    r.push_header("To", "<sip:alice@example.test>");
+    r.push_header("Call-ID", format!("od-{n}"));
+    r.push_header("CSeq", format!("1 {method}"));
+    r.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
+    for (k, v) in extra {
+        r.push_header(*k, *v);
+    }
+    r
+}
+
+#[test]
+fn answers_that_name_what_is_supported_carry_the_right_headers() {
+    let mut b = bridge();
+    let t0 = Instant::now();
+    let answer = |b: &mut Bridge, req: SipMessage| {
+        let out = b.on_request(4, "lync.test", req, t0);
+        let msgs = sip(&out);
+        assert_eq!(msgs.len(), 1, "{msgs:?}");
+        let r = msgs[0].clone();
+        assert!(r.header("To").is_some_and(|t| t.contains("tag=")), "{r:?}");
+        r
+    };
+    let r = answer(&mut b, out_of_dialog("OPTIONS", 1, &[]));
+    assert_eq!(r.code(), Some(200));
+    assert!(
+        r.header("Allow").is_some_and(|a| a.contains("SUBSCRIBE")),
+        "{r:?}"
+    );
+    assert!(
+        r.header("Accept")
+            .is_some_and(|a| a.contains("application/pidf+xml")),
+        "{r:?}"
+    );
+    assert!(r.header("Supported").is_some(), "{r:?}");
+    let r = answer(&mut b, out_of_dialog("PUBLISH", 2, &[]));
+    assert_eq!(r.code(), Some(405));
+    assert!(
+        r.header("Allow").is_some_and(|a| a.contains("MESSAGE")),
+        "{r:?}"
+    );
+    let r = answer(
+        &mut b,
+        out_of_dialog("SUBSCRIBE", 3, &[("Event", "dialog")]),
+    );
+    assert_eq!(r.code(), Some(489));
+    assert_eq!(r.header("Allow-Events"), Some("presence"));
+    let r = answer(
+        &mut b,
+        out_of_dialog(
+            "SUBSCRIBE",
+            4,
+            &[
+                ("Event", "presence"),
+                ("Accept", "application/cpim-pidf+xml"),
+            ],
+        ),
+    );
+    assert_eq!(r.code(), Some(406));
+    assert_eq!(r.header("Accept"), Some("application/pidf+xml"));
+    let r = answer(
+        &mut b,
+        out_of_dialog(
+            "MESSAGE",
+            5,
+            &[("Content-Type", "application/octet-stream")],
+        ),
+    );
+    assert_eq!(r.code(), Some(415));
+    assert!(
+        r.header("Accept")
+            .is_some_and(|a| a.starts_with("text/plain")),
+        "{r:?}"
+    );
+}
