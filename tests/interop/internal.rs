@@ -375,28 +375,28 @@ impl Edge {
     }
 }
 
-/// (a) Internal Prosody for example.test, fedgate, remote ejabberd for partner.test.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn internal_prosody_federates_with_remote_ejabberd_through_fedgate() {
-    let mut t = edge(Opts::new(Kind::Prosody, Some(Kind::Ejabberd))).await;
+/// Chat and presence both ways between the internal server `internal` and the remote
+/// `remote`, with fedgate's routing metrics: the internal server's stanzas for partner.test
+/// leave through fedgate, and bob's for example.test are forwarded to the internal server.
+async fn federates_through_fedgate(internal: Kind, remote: Kind) {
+    let mut t = edge(Opts::new(internal, Some(remote))).await;
     chat_and_presence(&mut t).await;
     let m = metrics(&t.g).await;
-    // Out: the internal server's stanzas for partner.test leave through fedgate; in: bob's
-    // stanzas for example.test are forwarded to the internal server.
     assert!(routed(&m, "local-to-remote", "partner.test") >= 3, "{m}");
     assert!(routed(&m, "to-internal", "example.test") >= 3, "{m}");
     t.stop().await;
 }
 
+/// (a) Internal Prosody for example.test, fedgate, remote ejabberd for partner.test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_prosody_federates_with_remote_ejabberd_through_fedgate() {
+    federates_through_fedgate(Kind::Prosody, Kind::Ejabberd).await;
+}
+
 /// (b) The reverse roles: internal ejabberd for example.test, remote Prosody for partner.test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn internal_ejabberd_federates_with_remote_prosody_through_fedgate() {
-    let mut t = edge(Opts::new(Kind::Ejabberd, Some(Kind::Prosody))).await;
-    chat_and_presence(&mut t).await;
-    let m = metrics(&t.g).await;
-    assert!(routed(&m, "local-to-remote", "partner.test") >= 3, "{m}");
-    assert!(routed(&m, "to-internal", "example.test") >= 3, "{m}");
-    t.stop().await;
+    federates_through_fedgate(Kind::Ejabberd, Kind::Prosody).await;
 }
 
 /// (c) The edge policy denies a remote domain: alice (on the internal Prosody) gets
