@@ -36,7 +36,7 @@ const PROSODY_TEMPLATE: &str = include_str!("../interop/prosody.cfg.lua.in");
 const EJABBERD_TEMPLATE: &str = include_str!("../interop/ejabberd.yml.in");
 const CLIENT_PY: &str = include_str!("../interop/client.py");
 
-const INSTALL_HINT: &str = "run scripts/install-test-deps.sh";
+pub(crate) const INSTALL_HINT: &str = "run scripts/install-test-deps.sh";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------------------------------
@@ -99,18 +99,18 @@ fn check_dns(dns: SocketAddr) -> Result<Ipv4Addr> {
     }
 }
 
-fn keep_dirs() -> bool {
+pub(crate) fn keep_dirs() -> bool {
     std::env::var_os("FEDGATE_KEEP_PEER_DIRS").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-fn new_temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+pub(crate) fn new_temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir()
         .context("creating peer temp dir")
 }
 
-fn render(template: &str, vars: &[(&str, String)]) -> String {
+pub(crate) fn render(template: &str, vars: &[(&str, String)]) -> String {
     let mut out = template.to_owned();
     for (name, value) in vars {
         out = out.replace(&format!("@{name}@"), value);
@@ -200,7 +200,7 @@ async fn wait_tcp(addr: SocketAddr, deadline: Instant) -> bool {
     false
 }
 
-fn read_lossy(path: &Path) -> String {
+pub(crate) fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()

@@ -3,7 +3,8 @@
 //! TLS edge proxy of `lync.test`. Scenarios live in `tests/interop/sipp/` (see the README
 //! there for each scenario's keys); the Kamailio config is `tests/interop/kamailio.cfg.in`.
 //!
-//! Include from an integration test with `#[path = "../support/sip_peers.rs"] mod sip_peers;`.
+//! Include from an integration test with `#[path = "../support/sip_peers.rs"] mod sip_peers;`,
+//! beside `peers.rs` as `mod peers` (its binary, temp-dir and template helpers are shared).
 //! Dependencies: std, anyhow, tempfile. The API is blocking (std only): from async tests
 //! call [`Sipp::wait`] through `tokio::task::spawn_blocking` or `block_in_place`.
 //!
@@ -23,10 +24,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::peers::require_binary;
+use crate::peers::{INSTALL_HINT, keep_dirs, new_temp_dir, read_lossy, render};
+
 const KAMAILIO_TEMPLATE: &str = include_str!("../interop/kamailio.cfg.in");
 const KAMAILIO_TLS_TEMPLATE: &str = include_str!("../interop/tls.cfg.in");
 
-const INSTALL_HINT: &str = "run scripts/install-test-deps.sh";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// Global sipp `-timeout` (seconds) added unless the caller passes its own `-timeout`.
 pub const SIPP_DEFAULT_TIMEOUT_S: u64 = 120;
@@ -35,21 +38,6 @@ const LOG_TAIL_LINES: usize = 60;
 // ------------------------------------------------------------------------------------------
 // Environment helpers
 // ------------------------------------------------------------------------------------------
-
-/// Absolute path of an installed binary (PATH, then /usr/sbin, /usr/bin, /sbin, /bin).
-/// Panics with "`name` not installed: run scripts/install-test-deps.sh" if missing.
-pub fn require_binary(name: &str) -> PathBuf {
-    let path_var = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path_var).collect();
-    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin", "/bin"].map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("{name} not installed: {INSTALL_HINT}");
-}
 
 /// Directory holding the sipp scenarios (`tests/interop/sipp`).
 pub fn sipp_scenario_dir() -> PathBuf {
@@ -79,37 +67,12 @@ fn check_loopback(addr: IpAddr, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn keep_dirs() -> bool {
-    std::env::var_os("FEDGATE_KEEP_PEER_DIRS").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-fn new_temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .context("creating peer temp dir")
-}
-
 fn finish_dir(dir: &mut Option<tempfile::TempDir>) {
     if keep_dirs()
         && let Some(d) = dir.take()
     {
         eprintln!("keeping {}", d.keep().display());
     }
-}
-
-fn render(template: &str, vars: &[(&str, String)]) -> String {
-    let mut out = template.to_owned();
-    for (name, value) in vars {
-        out = out.replace(&format!("@{name}@"), value);
-    }
-    out
-}
-
-fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
 }
 
 fn tail(text: &str, lines: usize) -> String {
