@@ -193,16 +193,11 @@ fn the_watcher_sees_the_most_available_resource() {
         presence("alice@example.test", "bob@lync.test", Some("subscribed")),
         t0,
     );
-    let mut s = SipMessage::request("SUBSCRIBE", "sip:alice@example.test");
-    s.push_header("Via", "SIP/2.0/TLS edge.lync.test;branch=z9hG4bKs1");
-    s.push_header("Max-Forwards", "70");
-    s.push_header("From", "<sip:bob@lync.test>;tag=w1");
-    s.push_header("To", "<sip:alice@example.test>");
-    s.push_header("Call-ID", "watch-1");
-    s.push_header("CSeq", "1 SUBSCRIBE");
-    s.push_header("Contact", "<sip:bob@edge.lync.test;transport=tls>");
-    s.push_header("Event", "presence");
-    s.push_header("Expires", "3600");
+    let s = out_of_dialog(
+        "SUBSCRIBE",
+        1,
+        &[("Event", "presence"), ("Expires", "3600")],
+    );
     let out = b.on_request(3, "lync.test", s, t0);
     let msgs = sip(&out);
     assert_eq!(msgs[0].code(), Some(200));
@@ -249,15 +244,14 @@ fn the_watcher_sees_the_most_available_resource() {
 fn an_html_message_becomes_clean_text_with_xhtml_im_and_waits_for_the_router() {
     let mut b = bridge();
     let t0 = Instant::now();
-    let mut m = SipMessage::request("MESSAGE", "sip:alice@example.test");
-    m.push_header("Via", "SIP/2.0/TLS edge.lync.test;branch=z9hG4bKh1");
-    m.push_header("Max-Forwards", "70");
-    m.push_header("From", "<sip:bob@lync.test>;tag=h");
-    m.push_header("To", "<sip:alice@example.test>");
-    m.push_header("Call-ID", "html-1");
-    m.push_header("CSeq", "1 MESSAGE");
-    m.push_header("Content-Type", "text/html;charset=UTF-8");
-    m.push_header("Content-Language", "de");
+    let mut m = out_of_dialog(
+        "MESSAGE",
+        2,
+        &[
+            ("Content-Type", "text/html;charset=UTF-8"),
+            ("Content-Language", "de"),
+        ],
+    );
     m.body = b"<p>Hallo <b>Alice</b></p><script>x()</script>".to_vec();
     let out = b.on_request(1, "lync.test", m, t0);
     assert!(
