@@ -9,6 +9,13 @@ cd "$repo_root"
 
 bash scripts/install-test-deps.sh
 
+# A fresh build has no use for incremental caches, which double the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# If the build dies for want of disk, the log shows how much there was.
+target_dir="${CARGO_TARGET_DIR:-$repo_root/target}"
+mkdir -p "$target_dir"
+echo "test.sh: free disk at $target_dir: $(df -Ph "$target_dir" | awk 'NR == 2 { print $4 }')"
+
 export FEDGATE_INTEROP_PYTHON="$repo_root/.venv-interop/bin/python"
 # ejabberdctl lives in /usr/sbin, which is not on every non-root PATH.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin" ;; esac
