@@ -117,14 +117,12 @@ fn check(config: &Path) -> ExitCode {
     }
 }
 
+/// A key is created private (0600) from the start; a watcher reloading the files never reads
+/// half of one.
 fn write(path: &Path, text: &str, secret: bool) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    if secret {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
-    }
-    Ok(())
+    let mode = if secret { 0o600 } else { 0o644 };
+    fedgate_certs::durable::replace(path, text.as_bytes(), mode)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 /// Writes the files and returns what `certs generate` prints.

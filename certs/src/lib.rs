@@ -12,17 +12,19 @@
 //! - **rustls config builders** ([`server_config`], [`client_config`]) that defer peer
 //!   certificate decisions to the XMPP layer, and the one choice of crypto provider
 //!   ([`crypto_provider`], ring);
-//! - **dev/test certificate generation** ([`dev`]).
+//! - **dev/test certificate generation** ([`dev`]), and the atomic, durable file replacement
+//!   ([`durable`]) that writes generated keys and that the gateway's small state files reuse.
 //!
 //! What it may not touch: no sockets or other I/O besides reading certificate, key, anchor and
-//! CRL files; no async runtime; no other fedgate crate — it is a leaf that `fedgate-s2s`,
-//! `fedgate-sip`, `fedgate-intercluster` and the root crate use.
+//! CRL files and [`durable::replace`]; no async runtime; no other fedgate crate — it is a leaf
+//! that `fedgate-s2s`, `fedgate-sip`, `fedgate-intercluster` and the root crate use.
 
 pub mod check;
 mod clock;
 pub use clock::{fmt_unix, unix_now};
 pub mod crl;
 pub mod dev;
+pub mod durable;
 mod error;
 mod failure;
 mod identity;

@@ -20,7 +20,6 @@
 //! two processes must not share one file.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -118,7 +117,7 @@ impl AuthzStore {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let dir = parent_dir(&path);
+                let dir = fedgate_certs::durable::dir_of(&path);
                 if !dir.is_dir() {
                     return Err(io(std::io::Error::new(
                         std::io::ErrorKind::NotFound,
@@ -246,40 +245,7 @@ impl AuthzStore {
         let mut bytes =
             serde_json::to_vec_pretty(&doc).map_err(|e| io(std::io::Error::other(e)))?;
         bytes.push(b'\n');
-        let dir = parent_dir(&self.path);
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "authz".to_owned());
-        let tmp = dir.join(format!(".{name}.tmp"));
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let write = || -> std::io::Result<()> {
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &self.path)?;
-            // Make the rename itself durable.
-            std::fs::File::open(&dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
-        })
-    }
-}
-
-fn parent_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+        fedgate_certs::durable::replace(&self.path, &bytes, 0o600).map_err(io)
     }
 }
 
@@ -456,8 +422,11 @@ mod tests {
         let mut s = AuthzStore::open(&path).unwrap();
         s.set("a@x.test", "b@y.test", a(Subscription::To, false, false, 1))
             .unwrap();
-        // A directory where the temporary file must go makes every write fail (also as root).
-        let blocker = dir.path().join(".authz.json.tmp");
+        // A directory where the temporary file must go (`fedgate_certs::durable` names it
+        // after the file and the process) makes every write fail (also as root).
+        let blocker = dir
+            .path()
+            .join(format!(".authz.json.{}.tmp", std::process::id()));
         std::fs::create_dir(&blocker).unwrap();
         let r = s.set(
             "a@x.test",
