@@ -25,7 +25,7 @@ pub enum DirectoryCmd {
     /// Users claimed by two clusters with the same epoch (and where they are routed).
     Conflicts,
     /// This cluster hosts the user from now on: an explicit move with a higher epoch (default:
-    /// one more than the highest known).
+    /// one more than the highest known). Kept across restarts in `intercluster.assignments_file`.
     Assign {
         user: String,
         #[arg(long)]
@@ -161,7 +161,18 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
                         );
                     }
                 }
-                _ => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or(body)),
+                DirectoryCmd::Assign { .. } | DirectoryCmd::Unassign { .. } => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or(body));
+                    if doc["saved"] == false {
+                        eprintln!(
+                            "fedgate directory: note: this change is not kept across a restart \
+                             of the gateway (set intercluster.assignments_file)"
+                        );
+                    }
+                }
+                DirectoryCmd::Lookup { .. } => {
+                    println!("{}", serde_json::to_string_pretty(&doc).unwrap_or(body))
+                }
             }
             ExitCode::SUCCESS
         }

@@ -15,6 +15,7 @@ use fedgate_certs::Identity;
 use fedgate_intercluster::driver::{Host, Intercluster, PeerConfig, Settings, consistency_digest};
 use fedgate_intercluster::ldap_source::LdapSourceConfig;
 use fedgate_intercluster::session::OnMismatch;
+use fedgate_intercluster::sources::ADMIN;
 use fedgate_s2s::driver::{S2sContext, Stanza};
 use fedgate_s2s::wire::ErrorType;
 use serde::Deserialize;
@@ -54,6 +55,10 @@ pub struct InterclusterConfig {
     pub peers_file: Option<PathBuf>,
     /// This cluster's users, one bare JID per line (optionally an epoch), watched for changes.
     pub directory_file: Option<PathBuf>,
+    /// Where admin assignments (`fedgate directory assign`) are kept across restarts, in the
+    /// directory file format; the gateway rewrites it atomically on every change. Without it,
+    /// assignments last until the gateway stops.
+    pub assignments_file: Option<PathBuf>,
     /// LDAP source of this cluster's users, polled every `ldap_poll_secs`.
     pub ldap: Option<LdapSourceConfig>,
     #[serde(default = "ldap_poll")]
@@ -130,6 +135,7 @@ impl InterclusterConfig {
             &mut self.key,
             &mut self.peers_file,
             &mut self.directory_file,
+            &mut self.assignments_file,
         ]
         .into_iter()
         .flatten()
@@ -227,6 +233,26 @@ pub struct IcRuntime {
     /// changes with a hot reload).
     domains: Vec<String>,
     policy: Arc<crate::policy_runtime::PolicyRuntime>,
+    /// Serialises admin changes with their write to `assignments_file`.
+    admin: std::sync::Mutex<()>,
+}
+
+/// The admin assignments saved in `path` (none if the file does not exist yet); an error names
+/// the file and line.
+fn load_assignments(path: &Path) -> anyhow::Result<HashMap<String, u64>> {
+    let dir = fedgate_certs::durable::dir_of(path);
+    anyhow::ensure!(
+        dir.is_dir(),
+        "{}: directory {} does not exist",
+        path.display(),
+        dir.display()
+    );
+    match std::fs::read_to_string(path) {
+        Ok(text) => fedgate_intercluster::sources::parse_user_file(&text)
+            .with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    }
 }
 
 /// Builds the runtime (no links yet: call [`IcRuntime::run`] once the router is in place).
@@ -261,6 +287,15 @@ pub async fn prepare(
             ic_cfg.cluster
         );
     }
+    let assignments = match &ic_cfg.assignments_file {
+        Some(f) => {
+            let users = load_assignments(f)
+                .with_context(|| format!("{}: intercluster.assignments_file", cfg.source))?;
+            tracing::info!(file = %f.display(), users = users.len(), "admin assignments loaded");
+            Some(users)
+        }
+        None => None,
+    };
     let domains: Vec<String> = cfg.domains.iter().map(|d| d.name.clone()).collect();
     let consistency =
         consistency_digest(&domains, &ic_cfg.address_scheme, policy.active().revision());
@@ -272,6 +307,9 @@ pub async fn prepare(
         host,
         registry,
     );
+    if let Some(users) = assignments {
+        ic.set_source(ADMIN, users);
+    }
     let addr = match &ic_cfg.listen {
         Some(a) => {
             let l = tokio::net::TcpListener::bind(a)
@@ -290,6 +328,7 @@ pub async fn prepare(
         cfg: ic_cfg.clone(),
         domains,
         policy: policy.clone(),
+        admin: std::sync::Mutex::new(()),
     })))
 }
 
@@ -460,25 +499,76 @@ impl IcRuntime {
                     Some(Ok(e)) if e > 0 => Some(e),
                     Some(_) => return bad("epoch must be a positive integer"),
                 };
-                let used = self.ic.assign(&user, epoch);
-                tracing::info!(%user, epoch = used, cluster = %self.ic.cluster(), "user assigned to this cluster by the admin");
+                let user = user.to_ascii_lowercase();
+                let used = epoch.unwrap_or_else(|| self.ic.move_epoch(&user));
+                let saved = match self.change_admin(|a| {
+                    a.insert(user.clone(), used);
+                }) {
+                    Ok(((), saved)) => saved,
+                    Err(e) => return e,
+                };
+                tracing::info!(%user, epoch = used, saved, cluster = %self.ic.cluster(), "user assigned to this cluster by the admin");
                 json(
-                    serde_json::json!({"user": user.to_ascii_lowercase(), "cluster": self.ic.cluster(), "epoch": used}),
+                    serde_json::json!({"user": user, "cluster": self.ic.cluster(), "epoch": used, "saved": saved}),
                 )
             }
             ("POST", "/intercluster/unassign") => {
                 let Some(user) = param("user") else {
                     return bad("unassign needs ?user=");
                 };
-                json(
-                    serde_json::json!({"user": user.to_ascii_lowercase(), "removed": self.ic.unassign(&user)}),
-                )
+                let user = user.to_ascii_lowercase();
+                let (removed, saved) = match self.change_admin(|a| a.remove(&user).is_some()) {
+                    Ok(r) => r,
+                    Err(e) => return e,
+                };
+                tracing::info!(%user, removed, saved, cluster = %self.ic.cluster(), "admin assignment removed");
+                json(serde_json::json!({"user": user, "removed": removed, "saved": saved}))
             }
             (_, "/intercluster/assign" | "/intercluster/unassign") => {
                 ("405 Method Not Allowed", "text/plain", "POST only\n".into())
             }
             _ => ("404 Not Found", "text/plain", "not found\n".into()),
         }
+    }
+}
+
+impl IcRuntime {
+    /// Applies `change` to the admin assignments, saves them all to `assignments_file`, then
+    /// publishes them: (the change's result, whether it was saved). If the file cannot be
+    /// written nothing changes (peers never see it) and the answer is a 500 that says why.
+    fn change_admin<T>(
+        &self,
+        change: impl FnOnce(&mut HashMap<String, u64>) -> T,
+    ) -> Result<(T, bool), (&'static str, &'static str, String)> {
+        let _one_at_a_time = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let mut users = self.ic.source_users(ADMIN);
+        let out = change(&mut users);
+        let saved = match &self.cfg.assignments_file {
+            None => {
+                tracing::warn!(
+                    "admin assignments are not kept across a restart: no intercluster.assignments_file"
+                );
+                false
+            }
+            Some(path) => {
+                let text = fedgate_intercluster::sources::format_user_file(
+                    "Admin assignments of this cluster, written by fedgate (`fedgate directory assign`).\n\
+                     Edit only while the gateway is stopped.",
+                    &users,
+                );
+                if let Err(e) = fedgate_certs::durable::replace(path, text.as_bytes(), 0o644) {
+                    tracing::error!(file = %path.display(), error = %e, "cannot save admin assignments; nothing changed");
+                    return Err((
+                        "500 Internal Server Error",
+                        "text/plain",
+                        format!("not changed: cannot save {}: {e}\n", path.display()),
+                    ));
+                }
+                true
+            }
+        };
+        self.ic.set_source(ADMIN, users);
+        Ok((out, saved))
     }
 }
 

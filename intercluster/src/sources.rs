@@ -8,6 +8,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// The source name of admin assignments (`fedgate directory assign`).
+pub const ADMIN: &str = "admin";
+
 /// The epoch of a user listed without one.
 pub const DEFAULT_EPOCH: u64 = 1;
 
@@ -77,6 +80,18 @@ pub fn parse_user_file(text: &str) -> Result<HashMap<String, u64>, SourceError> 
     Ok(out)
 }
 
+/// Writes `users` in the directory file format (sorted, one `jid epoch` per line) after the
+/// comment lines of `header`; [`parse_user_file`] reads it back.
+pub fn format_user_file(header: &str, users: &HashMap<String, u64>) -> String {
+    let mut out: String = header.lines().map(|l| format!("# {l}\n")).collect();
+    let mut sorted: Vec<_> = users.iter().collect();
+    sorted.sort();
+    for (u, e) in sorted {
+        out.push_str(&format!("{u} {e}\n"));
+    }
+    out
+}
+
 /// The user sets of every source, by source name ("file", "ldap", "admin").
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
@@ -87,6 +102,11 @@ impl Sources {
     /// Replaces what `source` provides.
     pub fn set(&mut self, source: &str, users: HashMap<String, u64>) {
         self.by_source.insert(source.to_owned(), users);
+    }
+
+    /// What `source` provides (empty if nothing).
+    pub fn get(&self, source: &str) -> HashMap<String, u64> {
+        self.by_source.get(source).cloned().unwrap_or_default()
     }
 
     /// Adds or changes one user of `source`.
@@ -193,9 +213,29 @@ mod tests {
         let m = s.merged();
         assert_eq!(m.len(), 3);
         assert_eq!(m["a@x"], 5);
+        assert_eq!(s.get("admin"), HashMap::from([("a@x".to_owned(), 5)]));
         assert!(s.remove("admin", "a@x"));
         assert!(!s.remove("admin", "a@x"));
         assert_eq!(s.merged()["a@x"], 1);
         assert_eq!(s.counts()["ldap"], 2);
+    }
+
+    #[test]
+    fn a_written_user_file_reads_back_the_same() {
+        let users = HashMap::from([
+            ("zed@example.test".to_owned(), 7),
+            ("alice@example.test".to_owned(), 1),
+        ]);
+        let text = format_user_file("written by fedgate\nsecond line", &users);
+        assert_eq!(
+            text,
+            "# written by fedgate\n# second line\nalice@example.test 1\nzed@example.test 7\n"
+        );
+        assert_eq!(parse_user_file(&text).unwrap(), users);
+        assert!(
+            parse_user_file(&format_user_file("x", &HashMap::new()))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

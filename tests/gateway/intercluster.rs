@@ -21,6 +21,7 @@ struct Cluster {
     spec: GwSpec,
     users_file: PathBuf,
     peers_file: PathBuf,
+    assignments_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -35,23 +36,26 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let users_file = dir.path().join("users");
         let peers_file = dir.path().join("peers.toml");
+        let assignments_file = dir.path().join("assignments");
         std::fs::write(&users_file, users.join("\n")).unwrap();
         std::fs::write(&peers_file, "").unwrap();
         spec.extra = format!(
             "\n[intercluster]\ncluster = \"{name}\"\nlisten = \"{ip}:7400\"\ncert = {cc:?}\nkey = {ck:?}\n\
-             directory_file = {uf:?}\npeers_file = {pf:?}\nheartbeat_secs = 1\ntimeout_secs = 4\n\
+             directory_file = {uf:?}\npeers_file = {pf:?}\nassignments_file = {af:?}\nheartbeat_secs = 1\ntimeout_secs = 4\n\
              digest_secs = 2\nbackoff_min_ms = 50\nbackoff_max_ms = 400\nqueue_max_secs = 2\nwatch_ms = 100\n",
             ip = spec.ip,
             cc = cc.display().to_string(),
             ck = ck.display().to_string(),
             uf = users_file.display().to_string(),
             pf = peers_file.display().to_string(),
+            af = assignments_file.display().to_string(),
         );
         Self {
             name,
             spec,
             users_file,
             peers_file,
+            assignments_file,
             _dir: dir,
         }
     }
@@ -442,6 +446,142 @@ async fn a_user_moves_while_traffic_flows() {
     }
 }
 
+/// alice moves to newyork by admin assignment; newyork restarts (a new incarnation) and still
+/// hosts her, since the assignment was saved; withdrawing it is saved too. A hand-broken
+/// assignments file stops the gateway from starting, naming the file and line.
+#[tokio::test]
+async fn an_admin_move_survives_a_restart() {
+    let pki = Pki::new();
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test", "dave@example.test"]);
+    let newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
+    mesh(&[&tokyo, &newyork]);
+    let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
+    until_synced(&gt, &[("newyork", 1)]).await;
+    let (code, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gn),
+        "assign",
+        "Alice@Example.test",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("\"epoch\": 2") && out.contains("\"saved\": true"),
+        "{out}"
+    );
+    assert!(!out.contains("not kept"), "{out}");
+    let saved = std::fs::read_to_string(&newyork.assignments_file).unwrap();
+    assert!(
+        saved.lines().any(|l| l == "alice@example.test 2"),
+        "{saved}"
+    );
+    until_synced(&gt, &[("newyork", 2)]).await;
+
+    gn.shutdown().await;
+    until_status(&gt, "link down", |ic| {
+        ic["peers"]["newyork"]["link"] == "down"
+    })
+    .await;
+    let gn = newyork.spec.start().await;
+    until_status(&gt, "newyork back with alice", |ic| {
+        ic["peers"]["newyork"]["link"] == "up"
+            && ic["peers"]["newyork"]["users"] == 2
+            && ic["peers"]["newyork"]["incarnation_changes"] == 1
+    })
+    .await;
+    let (_, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gt),
+        "lookup",
+        "alice@example.test",
+    ])
+    .await;
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert_eq!(
+        (doc["home"].as_str(), doc["epoch"].as_u64()),
+        (Some("newyork"), Some(2)),
+        "{out}"
+    );
+    let mut ct = tokyo.spec.component(&gt).await;
+    let mut cn = newyork.spec.component(&gn).await;
+    deliver(
+        &mut ct,
+        &mut cn,
+        "dave@example.test/r",
+        "alice@example.test",
+        "moved for good",
+    )
+    .await;
+
+    // Withdrawn: saved, and alice is tokyo's again.
+    let (code, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gn),
+        "unassign",
+        "alice@example.test",
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("\"removed\": true") && out.contains("\"saved\": true"),
+        "{out}"
+    );
+    let saved = std::fs::read_to_string(&newyork.assignments_file).unwrap();
+    assert!(!saved.contains("alice"), "{saved}");
+    until_synced(&gt, &[("newyork", 1)]).await;
+
+    // The file cannot be written (a directory is in its place): the assignment is refused with
+    // the reason, and not made.
+    std::fs::remove_file(&newyork.assignments_file).unwrap();
+    std::fs::create_dir(&newyork.assignments_file).unwrap();
+    std::fs::write(newyork.assignments_file.join("x"), "").unwrap();
+    let (code, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gn),
+        "assign",
+        "alice@example.test",
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("HTTP 500: not changed: cannot save"), "{out}");
+    let (_, out) = cli(&[
+        "directory",
+        "--http",
+        &http_addr(&gn),
+        "lookup",
+        "alice@example.test",
+    ])
+    .await;
+    assert!(out.contains("\"home\": \"tokyo\""), "{out}");
+    std::fs::remove_dir_all(&newyork.assignments_file).unwrap();
+    gn.shutdown().await;
+
+    // Broken by hand: refused at start with the file and line.
+    std::fs::write(
+        &newyork.assignments_file,
+        "# moved\nalice@example.test two\n",
+    )
+    .unwrap();
+    let e = match newyork.spec.try_start().await {
+        Ok(g) => {
+            g.shutdown().await;
+            panic!("started with a broken assignments file");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("intercluster.assignments_file"), "{e}");
+    assert!(
+        e.contains(&newyork.assignments_file.display().to_string()),
+        "{e}"
+    );
+    assert!(e.contains("line 2: 'two' is not an epoch"), "{e}");
+    gt.shutdown().await;
+}
+
 /// newyork goes down: tokyo keeps its last-known directory and bounces stanzas for newyork's
 /// users with remote-server-timeout after the queue time; newyork comes back (a new
 /// incarnation), tokyo resyncs and delivers again.
@@ -673,6 +813,10 @@ fn the_cluster_example_config_loads() {
     let text = std::fs::read_to_string(users).unwrap();
     let u = fedgate_intercluster::sources::parse_user_file(&text).unwrap();
     assert_eq!(u.get("yuki@example.test"), Some(&2));
+    assert_eq!(
+        ic.assignments_file.as_deref(),
+        Some(std::path::Path::new("/var/lib/fedgate/assignments"))
+    );
 }
 
 /// A cluster whose users come from LDAP (a real slapd on loopback): its peers learn them, a

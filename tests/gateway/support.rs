@@ -123,6 +123,11 @@ impl GwSpec {
     }
 
     pub async fn start(&self) -> Gateway {
+        self.try_start().await.unwrap()
+    }
+
+    /// Starts the gateway, or the error it refuses to start with.
+    pub async fn try_start(&self) -> anyhow::Result<Gateway> {
         let cfg = Config::from_toml(
             &self.toml(),
             "test.toml",
@@ -130,7 +135,7 @@ impl GwSpec {
             &Env::new(),
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", self.toml()));
-        Gateway::start(&cfg).await.unwrap()
+        Gateway::start(&cfg).await
     }
 
     pub async fn component(&self, gw: &Gateway) -> ComponentClient {

@@ -284,14 +284,26 @@ impl Intercluster {
     /// epoch used.
     pub fn assign(&self, user: &str, epoch: Option<u64>) -> u64 {
         let user = user.to_ascii_lowercase();
-        let epoch = epoch.unwrap_or_else(|| self.dir().max_epoch(&user).saturating_add(1));
+        let epoch = epoch.unwrap_or_else(|| self.move_epoch(&user));
         let merged = {
             let mut s = lock(&self.sources);
-            s.put("admin", &user, epoch);
+            s.put(crate::sources::ADMIN, &user, epoch);
             s.merged()
         };
         self.publish(&merged);
         epoch
+    }
+
+    /// The epoch that moves `user` here: one more than the highest any cluster claims it with.
+    pub fn move_epoch(&self, user: &str) -> u64 {
+        self.dir()
+            .max_epoch(&user.to_ascii_lowercase())
+            .saturating_add(1)
+    }
+
+    /// The users `source` provides now.
+    pub fn source_users(&self, source: &str) -> HashMap<String, u64> {
+        lock(&self.sources).get(source)
     }
 
     /// Removes an admin assignment; whether there was one.
@@ -299,7 +311,7 @@ impl Intercluster {
         let user = user.to_ascii_lowercase();
         let (had, merged) = {
             let mut s = lock(&self.sources);
-            (s.remove("admin", &user), s.merged())
+            (s.remove(crate::sources::ADMIN, &user), s.merged())
         };
         self.publish(&merged);
         had
