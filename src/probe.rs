@@ -58,8 +58,8 @@ pub struct ProbeArgs {
     /// Timeout of each TCP connect and of each target's negotiation, in seconds.
     #[arg(long, default_value_t = 10)]
     pub timeout_secs: u64,
-    /// Probe the domain as a SIP federation partner: `_sipfederationtls._tcp` / `_sips._tcp`
-    /// / static route, TCP, mutual TLS, then SIP OPTIONS.
+    /// Probe the domain as a SIP federation partner: `_sipfederationtls._tcp` / NAPTR /
+    /// `_sips._tcp` / static route, TCP, mutual TLS, then SIP OPTIONS.
     #[arg(long)]
     pub sip: bool,
 }

@@ -1,7 +1,7 @@
 //! `fedgate probe --sip DOMAIN`: the operator's check of a SIP federation partner.
 //!
-//! The same steps the gateway takes: discovery (`_sipfederationtls._tcp`, then `_sips._tcp`,
-//! then the config's static route, then the domain's A/AAAA on 5061), then for each target
+//! The same steps the gateway takes: discovery (`_sipfederationtls._tcp`, then NAPTR
+//! `SIPS+D2T`, then `_sips._tcp`, then the config's static route, then the domain's A/AAAA on 5061), then for each target
 //! address TCP, TLS with our client certificate (from `--config`), the partner certificate's
 //! chain and name (the SIP domain, or the SRV target), and a SIP `OPTIONS` whose answer shows
 //! the partner accepted our certificate. Each failure has a kind: dns, connect, timeout, tls,
@@ -54,7 +54,7 @@ impl SipTargetReport {
         Self {
             host: t.host.clone(),
             port: t.port,
-            srv: t.srv.map(str::to_owned),
+            srv: t.srv.clone(),
             addr: None,
             connect_ms: None,
             tls_version: None,
@@ -314,7 +314,7 @@ pub fn render_text(r: &SipProbeReport) -> String {
             t.port,
             t.srv
                 .as_deref()
-                .map(|s| format!(" (from {s}._tcp SRV)"))
+                .map(|s| format!(" (from {s} SRV)"))
                 .unwrap_or_default(),
             t.addr.as_deref().unwrap_or("")
         ));

@@ -53,7 +53,7 @@ use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV, TLSA};
+use hickory_server::proto::rr::rdata::{A, AAAA, NAPTR, SOA, SRV, TLSA};
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -75,6 +75,13 @@ enum Rec {
     },
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
+    Naptr {
+        order: u16,
+        preference: u16,
+        flags: String,
+        services: String,
+        replacement: String,
+    },
     Tlsa {
         usage: u8,
         selector: u8,
@@ -89,6 +96,7 @@ impl Rec {
             Self::Srv { .. } => RecordType::SRV,
             Self::A(_) => RecordType::A,
             Self::Aaaa(_) => RecordType::AAAA,
+            Self::Naptr { .. } => RecordType::NAPTR,
             Self::Tlsa { .. } => RecordType::TLSA,
         }
     }
@@ -117,6 +125,32 @@ impl Rec {
             }
             Self::A(ip) => RData::A(A(*ip)),
             Self::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            Self::Naptr {
+                order,
+                preference,
+                flags,
+                services,
+                replacement,
+            } => {
+                let replacement = match Name::from_ascii(format!(
+                    "{}.",
+                    replacement.trim_end_matches('.')
+                )) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(%replacement, error = %e, "testdns: bad NAPTR replacement");
+                        return None;
+                    }
+                };
+                RData::NAPTR(NAPTR::new(
+                    *order,
+                    *preference,
+                    flags.as_bytes().into(),
+                    services.as_bytes().into(),
+                    Box::default(),
+                    replacement,
+                ))
+            }
             Self::Tlsa {
                 usage,
                 selector,
@@ -181,6 +215,29 @@ impl Zone {
     /// Add an AAAA record.
     pub fn aaaa(&mut self, name: &str, ip: Ipv6Addr) -> &mut Self {
         self.push(name, Rec::Aaaa(ip))
+    }
+
+    /// Add a NAPTR record (RFC 3403) with an empty regexp, e.g.
+    /// `naptr("a.test", 10, 50, "s", "SIPS+D2T", "_sips._tcp.edge.a.test")`.
+    pub fn naptr(
+        &mut self,
+        name: &str,
+        order: u16,
+        preference: u16,
+        flags: &str,
+        services: &str,
+        replacement: &str,
+    ) -> &mut Self {
+        self.push(
+            name,
+            Rec::Naptr {
+                order,
+                preference,
+                flags: flags.to_owned(),
+                services: services.to_owned(),
+                replacement: replacement.trim().to_owned(),
+            },
+        )
     }
 
     /// Add a TLSA record (RFC 6698), e.g.

@@ -120,6 +120,17 @@ fn no_records(err: &NetError) -> bool {
     matches!(err, NetError::Dns(HickoryDnsError::NoRecordsFound(_)))
 }
 
+/// A NAPTR record: the order and preference it is tried in, its flags (`"s"`: the next lookup
+/// is SRV), services (e.g. `"SIPS+D2T"`) and the replacement name (`"."` for none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NaptrRecord {
+    pub order: u16,
+    pub preference: u16,
+    pub flags: String,
+    pub services: String,
+    pub replacement: String,
+}
+
 /// Static target overrides from config, e.g.
 /// `"partner.test" = "tcp://127.0.0.3:5269"`, `"other.test" = "tls://host:5270"` (direct
 /// TLS) and a `"*"` catch-all. Domains are matched case-insensitively, trailing dot
@@ -358,6 +369,41 @@ impl S2sResolver {
         let base = absolute_name(&normalize_domain(domain))?;
         let name = srv_name(service, &base)?;
         self.srv_query(name, true).await
+    }
+
+    /// SRV answers at a full owner name (e.g. a NAPTR replacement `_sips._tcp.edge.a.test`),
+    /// unordered; NXDOMAIN/NODATA give an empty list.
+    pub async fn srv_at(&self, owner: &str) -> Result<Vec<SrvRecord>, DnsError> {
+        let name = absolute_name(&normalize_domain(owner))?;
+        self.srv_query(name, true).await
+    }
+
+    /// NAPTR answers of `domain` (RFC 3403, as RFC 3263 §4.1 uses them), unordered;
+    /// NXDOMAIN/NODATA give an empty list.
+    pub async fn naptr(&self, domain: &str) -> Result<Vec<NaptrRecord>, DnsError> {
+        let name = absolute_name(&normalize_domain(domain))?;
+        match self
+            .resolver
+            .lookup(name.clone(), hickory_proto::rr::RecordType::NAPTR)
+            .await
+        {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|rec| match &rec.data {
+                    RData::NAPTR(n) => Some(NaptrRecord {
+                        order: n.order,
+                        preference: n.preference,
+                        flags: String::from_utf8_lossy(&n.flags).into_owned(),
+                        services: String::from_utf8_lossy(&n.services).into_owned(),
+                        replacement: name_to_host(&n.replacement),
+                    }),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if no_records(&e) => Ok(Vec::new()),
+            Err(e) => Err(DnsError::from_net(&format!("NAPTR {name}"), &e)),
+        }
     }
 
     /// Both SRV queries concurrently. The outer error is for an invalid domain; the inner

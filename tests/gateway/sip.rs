@@ -653,6 +653,71 @@ async fn sip_domains_are_discovered_through_dns() {
     );
 }
 
+/// Where fedgate connects for a SIP domain, asked of a real DNS server: `_sipfederationtls`
+/// first; else the NAPTR records for SIP over TLS (by order, then preference; other transports
+/// skipped; an owner without SRV records passed over) to their SRV owner; else `_sips._tcp`;
+/// else the static route; else the domain's A on 5061. A "." SRV target means no service.
+#[tokio::test]
+async fn sip_discovery_follows_rfc_3263() {
+    let mut zone = Zone::new();
+    zone.srv("_sipfederationtls._tcp.a.test", 0, 5, 5061, "ms.a.test")
+        .naptr("a.test", 10, 10, "s", "SIPS+D2T", "_sips._tcp.naptr.a.test")
+        .srv("_sips._tcp.naptr.a.test", 0, 5, 5062, "n.a.test")
+        .srv("_sips._tcp.a.test", 0, 5, 5063, "s.a.test");
+    zone.naptr("b.test", 5, 10, "s", "SIP+D2U", "_sip._udp.b.test")
+        .srv("_sip._udp.b.test", 0, 5, 5060, "udp.b.test")
+        .naptr("b.test", 20, 1, "s", "SIPS+D2T", "_sips._tcp.late.b.test")
+        .srv("_sips._tcp.late.b.test", 0, 5, 5061, "late.b.test")
+        .naptr("b.test", 10, 50, "s", "SIPS+D2T", "_sips._tcp.empty.b.test")
+        .naptr("b.test", 10, 60, "S", "sips+d2t", "_sips._tcp.edge.b.test")
+        .srv("_sips._tcp.edge.b.test", 0, 5, 5070, "edge.b.test")
+        .srv("_sips._tcp.b.test", 0, 5, 5061, "fallback.b.test");
+    zone.naptr("c.test", 10, 10, "s", "SIP+D2T", "_sip._tcp.c.test")
+        .srv("_sip._tcp.c.test", 0, 5, 5060, "plain.c.test")
+        .srv("_sips._tcp.c.test", 0, 5, 5061, "tls.c.test");
+    zone.a("e.test", Ipv4Addr::new(127, 0, 0, 1));
+    zone.srv("_sipfederationtls._tcp.f.test", 0, 0, 0, ".");
+    let dns = dns(zone).await;
+    let resolver = fedgate_s2s::resolve::S2sResolver::new(
+        Some(vec![dns.addr()]),
+        fedgate_s2s::resolve::StaticTargets::default(),
+    )
+    .unwrap();
+    let statics =
+        std::collections::BTreeMap::from([("d.test".to_owned(), ("127.0.0.9".to_owned(), 5099))]);
+    let first = |d: &'static str| {
+        let (resolver, statics) = (&resolver, &statics);
+        async move {
+            fedgate_sip::driver::discover::targets(resolver, statics, d)
+                .await
+                .map(|t| (t[0].host.clone(), t[0].port, t[0].srv.clone()))
+                .map_err(|e| e.to_string())
+        }
+    };
+    let srv = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        first("a.test").await,
+        Ok((
+            "ms.a.test".into(),
+            5061,
+            srv("_sipfederationtls._tcp.a.test")
+        ))
+    );
+    assert_eq!(
+        first("B.test.").await,
+        Ok(("edge.b.test".into(), 5070, srv("_sips._tcp.edge.b.test")))
+    );
+    assert_eq!(
+        first("c.test").await,
+        Ok(("tls.c.test".into(), 5061, srv("_sips._tcp.c.test")))
+    );
+    assert_eq!(first("d.test").await, Ok(("127.0.0.9".into(), 5099, None)));
+    assert_eq!(first("e.test").await, Ok(("e.test".into(), 5061, None)));
+    let none = first("f.test").await.unwrap_err();
+    assert!(none.contains("no SIP service"), "{none}");
+    assert!(first("g.test").await.is_err());
+}
+
 /// `fedgate probe --sip`: DNS, TCP, TLS both ways and OPTIONS; without a client certificate
 /// the partner refuses us, and the probe says so with its kind.
 #[tokio::test]
@@ -694,7 +759,11 @@ async fn probe_checks_a_sip_partner() {
     let text = fedgate::probe_sip::render_text(&r);
     assert!(r.works, "{text}");
     let t = &r.targets[0];
-    assert_eq!(t.srv.as_deref(), Some("_sipfederationtls"), "{text}");
+    assert_eq!(
+        t.srv.as_deref(),
+        Some("_sipfederationtls._tcp.example.test"),
+        "{text}"
+    );
     assert_eq!(
         t.certificate.as_deref(),
         Some("valid for example.test"),

@@ -2,18 +2,20 @@
 //!
 //! Order for a partner domain (the SIP federation issue, RFC 3263 §4):
 //! 1. SRV `_sipfederationtls._tcp.<domain>` (the Microsoft federation record),
-//! 2. SRV `_sips._tcp.<domain>` (RFC 3263 §4.1 for TLS; NAPTR is not consulted: we only speak
-//!    TLS over TCP, which is what the SRV fallback of §4.1 names),
-//! 3. a static route from config,
-//! 4. the domain's own A/AAAA on port 5061 (RFC 3263 §4.2).
+//! 2. NAPTR `<domain>` (RFC 3263 §4.1): the records for SIP over TLS over TCP (`SIPS+D2T`,
+//!    flag `s`), in order and preference, each naming an SRV owner to look up (other
+//!    transports are skipped: we only speak TLS over TCP),
+//! 3. SRV `_sips._tcp.<domain>` (the §4.1 fallback when NAPTR gives nothing usable),
+//! 4. a static route from config,
+//! 5. the domain's own A/AAAA on port 5061 (RFC 3263 §4.2).
 //!
-//! Each target remembers whether it came from SRV: the partner's certificate may then name
+//! Each target remembers the SRV owner it came from: the partner's certificate may then name
 //! the SRV target instead of the SIP domain (as Lync edges do), when the partner's name check
 //! allows it.
 
 use std::collections::BTreeMap;
 
-use fedgate_s2s::resolve::{DnsError, DnsErrorKind, S2sResolver};
+use fedgate_s2s::resolve::{DnsError, DnsErrorKind, NaptrRecord, S2sResolver};
 use fedgate_s2s::srv::{SrvRecord, is_no_service, order_srv};
 
 /// The SIP-over-TLS port (RFC 3261 §19.1.2).
@@ -24,8 +26,9 @@ pub const DEFAULT_SIPS_PORT: u16 = 5061;
 pub struct SipTarget {
     pub host: String,
     pub port: u16,
-    /// The SRV record it came from (`_sipfederationtls` or `_sips`), if any.
-    pub srv: Option<&'static str>,
+    /// The SRV owner name it came from (`_sipfederationtls._tcp.<domain>`, a NAPTR
+    /// replacement, `_sips._tcp.<domain>`), if any.
+    pub srv: Option<String>,
 }
 
 /// Ordered targets for `domain`.
@@ -36,19 +39,36 @@ pub async fn targets(
 ) -> Result<Vec<SipTarget>, DnsError> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     let mut last_err = None;
-    for service in ["_sipfederationtls", "_sips"] {
-        match resolver.srv(service, &domain).await {
+    let mut owners = vec![format!("_sipfederationtls._tcp.{domain}")];
+    let mut naptr_done = false;
+    let mut i = 0;
+    while i < owners.len() {
+        let owner = owners[i].clone();
+        i += 1;
+        match resolver.srv_at(&owner).await {
             Ok(records) if is_no_service(&records) => {
                 return Err(DnsError {
                     kind: DnsErrorKind::NoService,
-                    detail: format!("{service}._tcp.{domain}: \".\" target, no SIP service"),
+                    detail: format!("{owner}: \".\" target, no SIP service"),
                 });
             }
             Ok(records) if !records.is_empty() => {
-                return Ok(ordered(records, service));
+                return Ok(ordered(records, &owner));
             }
             Ok(_) => {}
             Err(e) => last_err = Some(e),
+        }
+        // Only asked when the Microsoft record gave nothing.
+        if !naptr_done {
+            naptr_done = true;
+            match resolver.naptr(&domain).await {
+                Ok(records) => owners.extend(naptr_owners(records)),
+                Err(e) => last_err = Some(e),
+            }
+            let fallback = format!("_sips._tcp.{domain}");
+            if !owners.contains(&fallback) {
+                owners.push(fallback);
+            }
         }
     }
     if let Some((host, port)) = statics.get(&domain) {
@@ -70,7 +90,25 @@ pub async fn targets(
     }])
 }
 
-fn ordered(records: Vec<SrvRecord>, service: &'static str) -> Vec<SipTarget> {
+/// The SRV owners that NAPTR records name for SIP over TLS over TCP, most preferred first.
+fn naptr_owners(mut records: Vec<NaptrRecord>) -> Vec<String> {
+    records.retain(|r| {
+        r.services.eq_ignore_ascii_case("SIPS+D2T")
+            && r.flags.eq_ignore_ascii_case("s")
+            && r.replacement != "."
+    });
+    records.sort_by_key(|r| (r.order, r.preference));
+    let mut out: Vec<String> = Vec::new();
+    for r in records {
+        let owner = r.replacement.to_ascii_lowercase();
+        if !out.contains(&owner) {
+            out.push(owner);
+        }
+    }
+    out
+}
+
+fn ordered(records: Vec<SrvRecord>, owner: &str) -> Vec<SipTarget> {
     let usable: Vec<SrvRecord> = records
         .into_iter()
         .filter(|r| !r.is_root_target())
@@ -80,7 +118,7 @@ fn ordered(records: Vec<SrvRecord>, service: &'static str) -> Vec<SipTarget> {
         .map(|r| SipTarget {
             host: r.target,
             port: r.port,
-            srv: Some(service),
+            srv: Some(owner.to_owned()),
         })
         .collect()
 }
