@@ -141,6 +141,14 @@ fn http_addr(gw: &Gateway) -> String {
     gw.metrics_addr.unwrap().to_string()
 }
 
+/// `fedgate directory --http <gw> args…`.
+async fn directory(gw: &Gateway, args: &[&str]) -> (Option<i32>, String) {
+    let addr = http_addr(gw);
+    let mut all = vec!["directory", "--http", &addr];
+    all.extend_from_slice(args);
+    cli(&all).await
+}
+
 /// Two distinct elements of a slice, mutably.
 fn two<T>(v: &mut [T], i: usize, j: usize) -> (&mut T, &mut T) {
     assert_ne!(i, j);
@@ -323,7 +331,7 @@ async fn every_entry_point_reaches_every_cluster_and_replies_flow_back() {
             "fedgate_intercluster_snapshots_total{direction=\"in\",peer=\"tokyo\"}"
         ) >= 1
     );
-    let (code, out) = cli(&["directory", "--http", &http_addr(&gl), "peers"]).await;
+    let (code, out) = directory(&gl, &["peers"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("cluster london"), "{out}");
     assert!(
@@ -331,14 +339,7 @@ async fn every_entry_point_reaches_every_cluster_and_replies_flow_back() {
             .any(|l| l.starts_with("newyork") && l.contains(" up ")),
         "{out}"
     );
-    let (code, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gl),
-        "lookup",
-        "Bob@example.test",
-    ])
-    .await;
+    let (code, out) = directory(&gl, &["lookup", "Bob@example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -383,14 +384,7 @@ async fn a_user_moves_while_traffic_flows() {
         .await
         .unwrap();
         if i == N / 2 {
-            let (code, out) = cli(&[
-                "directory",
-                "--http",
-                &http_addr(&gn),
-                "assign",
-                "alice@example.test",
-            ])
-            .await;
+            let (code, out) = directory(&gn, &["assign", "alice@example.test"]).await;
             assert_eq!(code, Some(0), "{out}");
             assert!(out.contains("\"epoch\": 2"), "{out}");
             moved = true;
@@ -439,7 +433,7 @@ async fn a_user_moves_while_traffic_flows() {
         assert!(c.recv(Duration::from_millis(300)).await.is_err());
     }
     // The move is not a conflict: the higher epoch wins.
-    let (_, out) = cli(&["directory", "--http", &http_addr(&gl), "conflicts"]).await;
+    let (_, out) = directory(&gl, &["conflicts"]).await;
     assert!(out.contains("no conflicts"), "{out}");
     for g in [gt, gn, gl] {
         g.shutdown().await;
@@ -457,14 +451,7 @@ async fn an_admin_move_survives_a_restart() {
     mesh(&[&tokyo, &newyork]);
     let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
     until_synced(&gt, &[("newyork", 1)]).await;
-    let (code, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gn),
-        "assign",
-        "Alice@Example.test",
-    ])
-    .await;
+    let (code, out) = directory(&gn, &["assign", "Alice@Example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("\"epoch\": 2") && out.contains("\"saved\": true"),
@@ -490,14 +477,7 @@ async fn an_admin_move_survives_a_restart() {
             && ic["peers"]["newyork"]["incarnation_changes"] == 1
     })
     .await;
-    let (_, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gt),
-        "lookup",
-        "alice@example.test",
-    ])
-    .await;
+    let (_, out) = directory(&gt, &["lookup", "alice@example.test"]).await;
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
     assert_eq!(
         (doc["home"].as_str(), doc["epoch"].as_u64()),
@@ -516,14 +496,7 @@ async fn an_admin_move_survives_a_restart() {
     .await;
 
     // Withdrawn: saved, and alice is tokyo's again.
-    let (code, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gn),
-        "unassign",
-        "alice@example.test",
-    ])
-    .await;
+    let (code, out) = directory(&gn, &["unassign", "alice@example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("\"removed\": true") && out.contains("\"saved\": true"),
@@ -538,24 +511,10 @@ async fn an_admin_move_survives_a_restart() {
     std::fs::remove_file(&newyork.assignments_file).unwrap();
     std::fs::create_dir(&newyork.assignments_file).unwrap();
     std::fs::write(newyork.assignments_file.join("x"), "").unwrap();
-    let (code, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gn),
-        "assign",
-        "alice@example.test",
-    ])
-    .await;
+    let (code, out) = directory(&gn, &["assign", "alice@example.test"]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("HTTP 500: not changed: cannot save"), "{out}");
-    let (_, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gn),
-        "lookup",
-        "alice@example.test",
-    ])
-    .await;
+    let (_, out) = directory(&gn, &["lookup", "alice@example.test"]).await;
     assert!(out.contains("\"home\": \"tokyo\""), "{out}");
     std::fs::remove_dir_all(&newyork.assignments_file).unwrap();
     gn.shutdown().await;
@@ -679,7 +638,7 @@ async fn a_conflict_is_reported_and_routed_to_one_cluster() {
     let mut cn = newyork.spec.component(&gn).await;
     let mut cl = london.spec.component(&gl).await;
     until_status(&gl, "conflict", |ic| ic["conflicts"] == 1).await;
-    let (code, out) = cli(&["directory", "--http", &http_addr(&gl), "conflicts"]).await;
+    let (code, out) = directory(&gl, &["conflicts"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("dave@example.test: epoch 1 claimed by newyork, tokyo (routed to newyork)"),
@@ -709,14 +668,7 @@ async fn a_conflict_is_reported_and_routed_to_one_cluster() {
         "tokyo got a copy"
     );
     // Resolved by an explicit move: tokyo takes dave with a higher epoch.
-    let (code, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gt),
-        "assign",
-        "dave@example.test",
-    ])
-    .await;
+    let (code, out) = directory(&gt, &["assign", "dave@example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     until_status(&gl, "conflict resolved", |ic| ic["conflicts"] == 0).await;
     deliver(
@@ -784,14 +736,7 @@ async fn a_peer_is_added_at_runtime() {
     // And removed again: tokyo drops london's users (they are delivered locally, unknown).
     tokyo.set_peers(&[&newyork]);
     until_status(&gt, "london removed", |ic| ic["peers"]["london"].is_null()).await;
-    let (_, out) = cli(&[
-        "directory",
-        "--http",
-        &http_addr(&gt),
-        "lookup",
-        "carol@example.test",
-    ])
-    .await;
+    let (_, out) = directory(&gt, &["lookup", "carol@example.test"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["home"].is_null(), "{out}");
     for g in [gt, gn, gl] {
