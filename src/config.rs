@@ -187,6 +187,11 @@ pub struct ComponentsConfig {
 pub struct MetricsConfig {
     /// HTTP listener for /metrics, /healthz and /status.
     pub listen: Option<String>,
+    /// A file holding the token that admin requests (`POST /intercluster/assign|unassign`)
+    /// must carry as `Authorization: Bearer <token>`, from any client. Without it, only
+    /// loopback clients may make admin requests. Read on every admin request (rotate it by
+    /// rewriting the file).
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// The internal side: where the gateway's own IM servers send their outbound s2s, and the
@@ -331,15 +336,17 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        if let Some(p) = &mut cfg.sip.authz_store
-            && p.is_relative()
+        for p in [
+            &mut cfg.sip.authz_store,
+            &mut cfg.tls.dane_trust_anchor,
+            &mut cfg.metrics.admin_token_file,
+        ]
+        .into_iter()
+        .flatten()
         {
-            *p = base.join(&*p);
-        }
-        if let Some(p) = &mut cfg.tls.dane_trust_anchor
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         for p in cfg
             .tls

@@ -1,6 +1,7 @@
 //! `fedgate directory`: the intercluster directory of a running gateway, through its HTTP
-//! endpoint (`[metrics] listen`). That endpoint also accepts `assign`: bind it to loopback or
-//! an admin network, or protect it, since anyone who reaches it can move users.
+//! endpoint (`[metrics] listen`). `assign` and `unassign` are admin requests: the gateway takes
+//! them from loopback only, or, with `metrics.admin_token_file`, from whoever sends the token
+//! (`--token-file`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,6 +13,10 @@ pub struct DirectoryArgs {
     /// The gateway's HTTP endpoint (`[metrics] listen`), host:port.
     #[arg(long, default_value = "127.0.0.1:9269")]
     pub http: String,
+    /// A file holding the gateway's admin token (`metrics.admin_token_file`), sent with
+    /// `assign` and `unassign`.
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub cmd: DirectoryCmd,
 }
@@ -47,7 +52,12 @@ fn encode(s: &str) -> String {
 }
 
 /// One HTTP/1.1 request; (status code, body).
-pub fn request(addr: &str, method: &str, target: &str) -> Result<(u16, String), String> {
+pub fn request(
+    addr: &str,
+    method: &str,
+    target: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     let sa = addr
         .parse()
         .map_err(|_| format!("'{addr}' is not an ip:port address"))?;
@@ -56,7 +66,10 @@ pub fn request(addr: &str, method: &str, target: &str) -> Result<(u16, String), 
     let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
     s.write_all(
         format!(
-            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default()
         )
             .as_bytes(),
     )
@@ -136,7 +149,17 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
             format!("/intercluster/unassign?user={}", encode(user)),
         ),
     };
-    match request(&args.http, method, &target) {
+    let token = match &args.token_file {
+        Some(f) => match crate::http::read_admin_token(f) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("fedgate directory: --token-file {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    match request(&args.http, method, &target, token.as_deref()) {
         Ok((200, body)) => {
             let doc: serde_json::Value =
                 serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);

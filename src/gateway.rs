@@ -124,6 +124,10 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 impl Gateway {
     pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
         let identities = load_identities(cfg)?;
+        if let Some(f) = &cfg.metrics.admin_token_file {
+            crate::http::read_admin_token(f)
+                .map_err(|e| anyhow::anyhow!("{}: metrics.admin_token_file: {e}", cfg.source))?;
+        }
         let anchors = Arc::new(
             TrustAnchors::new(cfg.tls.system_roots, &cfg.tls.trust_anchors)
                 .with_context(|| format!("{}: tls.trust_anchors", cfg.source))?,
@@ -292,6 +296,7 @@ impl Gateway {
             components: components.clone(),
             sip: sip.clone(),
             intercluster: intercluster.clone(),
+            admin_token_file: cfg.metrics.admin_token_file.clone(),
         });
 
         let mut tasks = Vec::new();

@@ -1,7 +1,14 @@
 //! The metrics/health HTTP endpoint: `GET /metrics` (Prometheus text), `GET /healthz`,
-//! `GET /status` (JSON per remote domain). A deliberately small HTTP/1.1 responder: one request
-//! per connection, bounded header size and time.
+//! `GET /status` (JSON per remote domain), and the intercluster `/intercluster/…` requests. A
+//! deliberately small HTTP/1.1 responder: one request per connection, bounded header size and
+//! time.
+//!
+//! Admin requests (anything but GET under `/intercluster/`: they move users) pass
+//! [`admin_gate`]: with `metrics.admin_token_file` they need `Authorization: Bearer <token>`;
+//! without it, only loopback clients may make them.
 
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,6 +26,52 @@ pub struct HttpState {
     pub sip: Option<Arc<crate::sip_route::SipRoute>>,
     /// Intercluster peering, when configured (also serves `/intercluster/…`).
     pub intercluster: Option<Arc<crate::intercluster_runtime::IcRuntime>>,
+    /// `metrics.admin_token_file`.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+/// Reads the admin token file: its trimmed content, which must not be empty.
+pub fn read_admin_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// Whether an admin request from `client` with the `Authorization` header `authorization` may
+/// go on, given the configured token; else the status line and the reason.
+pub fn admin_gate(
+    client: Option<IpAddr>,
+    authorization: Option<&str>,
+    token: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    match token {
+        Some(token) => {
+            let given = authorization
+                .and_then(|a| a.trim().strip_prefix("Bearer "))
+                .map(str::trim);
+            match given {
+                Some(g) if fedgate_s2s::dialback::constant_time_eq(g.as_bytes(), token.as_bytes()) => {
+                    Ok(())
+                }
+                Some(_) => Err(("401 Unauthorized", "wrong admin token".into())),
+                None => Err((
+                    "401 Unauthorized",
+                    "admin requests need Authorization: Bearer <the token in metrics.admin_token_file> \
+                     (fedgate directory --token-file)"
+                        .into(),
+                )),
+            }
+        }
+        None if client.is_some_and(|ip| ip.to_canonical().is_loopback()) => Ok(()),
+        None => Err((
+            "403 Forbidden",
+            "admin requests are accepted from loopback only, unless metrics.admin_token_file is set"
+                .into(),
+        )),
+    }
 }
 
 pub async fn serve(state: Arc<HttpState>, listener: TcpListener) {
@@ -47,27 +100,70 @@ async fn handle(state: &HttpState, sock: &mut tokio::net::TcpStream) -> std::io:
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let line = String::from_utf8_lossy(&buf);
-    let mut parts = line.split_whitespace();
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, ctype, body) =
-        if let (Some(ic), true) = (&state.intercluster, path.starts_with("/intercluster/")) {
-            let (s, c, b) = ic.http(method, path);
-            (s, c, b)
-        } else if method != "GET" {
-            (
-                "405 Method Not Allowed",
-                "text/plain",
-                "GET only\n".to_owned(),
-            )
-        } else {
-            match path.split('?').next().unwrap_or("") {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
-                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-                "/status" => ("200 OK", "application/json", status_json(state).to_string()),
-                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-            }
+    let authorization = head.split("\r\n").skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("authorization").then_some(v)
+    });
+    let (status, ctype, body) = if let (Some(ic), true) =
+        (&state.intercluster, path.starts_with("/intercluster/"))
+    {
+        let token = match &state.admin_token_file {
+            Some(f) if method != "GET" => match read_admin_token(f) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read metrics.admin_token_file; admin request refused");
+                    let (s, c, b) = (
+                        "500 Internal Server Error",
+                        "text/plain",
+                        format!("cannot read the admin token: {e}\n"),
+                    );
+                    return respond(sock, s, c, &b).await;
+                }
+            },
+            _ => None,
         };
+        let gate = if method == "GET" {
+            Ok(())
+        } else {
+            admin_gate(
+                sock.peer_addr().ok().map(|a| a.ip()),
+                authorization,
+                token.as_deref(),
+            )
+        };
+        match gate {
+            Ok(()) => ic.http(method, path),
+            Err((s, why)) => {
+                tracing::warn!(client = ?sock.peer_addr().ok(), %method, %path, %why, "admin request refused");
+                (s, "text/plain", format!("{why}\n"))
+            }
+        }
+    } else if method != "GET" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_owned(),
+        )
+    } else {
+        match path.split('?').next().unwrap_or("") {
+            "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
+            "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+            "/status" => ("200 OK", "application/json", status_json(state).to_string()),
+            _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        }
+    };
+    respond(sock, status, ctype, &body).await
+}
+
+async fn respond(
+    sock: &mut tokio::net::TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &str,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -133,4 +229,54 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
         o.insert("intercluster".into(), ic.status());
     }
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_requests_need_loopback_or_the_token() {
+        let lo: IpAddr = "127.0.1.7".parse().unwrap();
+        let lo6: IpAddr = "::1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let lan: IpAddr = "192.0.2.10".parse().unwrap();
+        // No token configured: loopback only.
+        for ip in [lo, lo6, mapped] {
+            assert_eq!(admin_gate(Some(ip), None, None), Ok(()), "{ip}");
+        }
+        let (s, why) = admin_gate(Some(lan), Some("Bearer x"), None).unwrap_err();
+        assert_eq!(s, "403 Forbidden");
+        assert!(why.contains("admin_token_file"), "{why}");
+        assert!(admin_gate(None, None, None).is_err());
+        // A token configured: required from everyone, loopback included.
+        let t = Some("s3cret-token");
+        assert_eq!(
+            admin_gate(Some(lan), Some(" Bearer s3cret-token "), t),
+            Ok(())
+        );
+        assert_eq!(admin_gate(Some(lo), Some("Bearer s3cret-token"), t), Ok(()));
+        let (s, why) = admin_gate(Some(lo), None, t).unwrap_err();
+        assert_eq!(s, "401 Unauthorized");
+        assert!(why.contains("--token-file"), "{why}");
+        for wrong in [
+            "Bearer s3cret",
+            "Bearer s3cret-token2",
+            "Basic s3cret-token",
+            "",
+        ] {
+            assert!(admin_gate(Some(lo), Some(wrong), t).is_err(), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn the_token_file_must_hold_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "  abc123\n").unwrap();
+        assert_eq!(read_admin_token(&f).unwrap(), "abc123");
+        std::fs::write(&f, "\n  \n").unwrap();
+        assert!(read_admin_token(&f).unwrap_err().contains("empty"));
+        assert!(read_admin_token(&dir.path().join("missing")).is_err());
+    }
 }

@@ -541,6 +541,69 @@ async fn an_admin_move_survives_a_restart() {
     gt.shutdown().await;
 }
 
+/// With `metrics.admin_token_file`, `assign` needs the token (even from loopback); reads do
+/// not. A gateway whose token file is empty does not start.
+#[tokio::test]
+async fn admin_requests_need_the_token_when_one_is_set() {
+    let pki = Pki::new();
+    let mut tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
+    let token = tokyo._dir.path().join("admin.token");
+    std::fs::write(&token, "0123456789abcdef-token\n").unwrap();
+    tokyo.spec.metrics_extra = format!("admin_token_file = {:?}\n", token.display().to_string());
+    let gt = tokyo.spec.start().await;
+
+    let (code, out) = directory(&gt, &["assign", "zoe@example.test"]).await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("HTTP 401") && out.contains("--token-file"),
+        "{out}"
+    );
+    let wrong = tokyo._dir.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token").unwrap();
+    let (code, out) = directory(
+        &gt,
+        &[
+            "--token-file",
+            &wrong.display().to_string(),
+            "assign",
+            "zoe@example.test",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("wrong admin token"), "{out}");
+    let (_, out) = directory(&gt, &["lookup", "zoe@example.test"]).await;
+    assert!(out.contains("\"home\": null"), "{out}");
+
+    let (code, out) = directory(
+        &gt,
+        &[
+            "--token-file",
+            &token.display().to_string(),
+            "assign",
+            "zoe@example.test",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{out}");
+    let (_, out) = directory(&gt, &["lookup", "zoe@example.test"]).await;
+    assert!(out.contains("\"home\": \"tokyo\""), "{out}");
+    gt.shutdown().await;
+
+    std::fs::write(&token, "\n").unwrap();
+    let e = match tokyo.spec.try_start().await {
+        Ok(g) => {
+            g.shutdown().await;
+            panic!("started with an empty admin token file");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("metrics.admin_token_file") && e.contains("empty"),
+        "{e}"
+    );
+}
+
 /// newyork goes down: tokyo keeps its last-known directory and bounces stanzas for newyork's
 /// users with remote-server-timeout after the queue time; newyork comes back (a new
 /// incarnation), tokyo resyncs and delivers again.

@@ -61,6 +61,8 @@ pub struct GwSpec {
     pub domain_extra: String,
     /// No component secret (the domain is served by an internal server instead).
     pub no_component: bool,
+    /// Lines added to the [metrics] section.
+    pub metrics_extra: String,
 }
 
 impl GwSpec {
@@ -79,6 +81,7 @@ impl GwSpec {
             extra_tls: String::new(),
             domain_extra: String::new(),
             no_component: false,
+            metrics_extra: String::new(),
         }
     }
 
@@ -93,7 +96,7 @@ impl GwSpec {
              [s2s]\nlisten = [\"{ip}:5269\"]\ndialback_secret = \"{sec}\"\n\
              connect_timeout_secs = 3\nnegotiation_timeout_secs = 10\nretry_backoff_min_secs = 0\n{extra}\n\
              [tls]\nsystem_roots = false\ntrust_anchors = [{trust}]\n{extra_tls}\n\
-             [components]\nlisten = \"{ip}:5347\"\n\n[metrics]\nlisten = \"{ip}:9269\"\n",
+             [components]\nlisten = \"{ip}:5347\"\n\n[metrics]\nlisten = \"{ip}:9269\"\n{metrics_extra}",
             d = self.domain,
             c = q(&self.cert.0),
             k = q(&self.cert.1),
@@ -107,6 +110,7 @@ impl GwSpec {
             sec = self.dialback_secret,
             extra = self.extra_s2s,
             extra_tls = self.extra_tls,
+            metrics_extra = self.metrics_extra,
             trust = self.trust.iter().map(q).collect::<Vec<_>>().join(", "),
         );
         if let Some(dns) = self.dns {
