@@ -36,6 +36,12 @@ pub struct SipConfig {
     /// The presence authorization store (JSON, rewritten atomically on change). Without it,
     /// authorizations are kept in memory and lost at restart.
     pub authz_store: Option<PathBuf>,
+    /// Requests per second sent to a partner not listed in `partners` (0: no limit); Microsoft
+    /// edges take 20 SIP messages per second from a discovered partner.
+    pub discovered_max_rate: f64,
+    /// Longest wait, in seconds, of a request held back by a partner's rate before it fails
+    /// (at most half of `transaction_timeout_secs`).
+    pub pace_max_wait_secs: u64,
     pub partners: Vec<SipPartnerConfig>,
 }
 
@@ -53,6 +59,8 @@ impl Default for SipConfig {
             connect_timeout_secs: 10,
             max_body_bytes: 64 * 1024,
             authz_store: None,
+            discovered_max_rate: 20.0,
+            pace_max_wait_secs: 10,
             partners: Vec::new(),
         }
     }
@@ -70,6 +78,9 @@ pub struct SipPartnerConfig {
     /// "domain" (the certificate must name the SIP domain) or "domain-or-srv-target" (or the
     /// target of its SRV record, as Microsoft edges' certificates do). Default: the latter.
     pub name_check: Option<String>,
+    /// Requests per second we send this partner (default 0: no limit).
+    #[serde(default)]
+    pub max_rate: f64,
 }
 
 impl SipConfig {
@@ -103,8 +114,24 @@ impl SipConfig {
                 "must be at least 60".into(),
             ));
         }
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        if !rate_ok(self.discovered_max_rate) {
+            return Err((
+                "sip.discovered_max_rate".into(),
+                "must be a number >= 0 (0: no limit)".into(),
+            ));
+        }
+        if self.pace_max_wait_secs == 0 {
+            return Err(("sip.pace_max_wait_secs".into(), "must be at least 1".into()));
+        }
         for (i, p) in self.partners.iter().enumerate() {
             let k = format!("sip.partners[{i}]");
+            if !rate_ok(p.max_rate) {
+                return Err((
+                    format!("{k}.max_rate"),
+                    "must be a number >= 0 (0: no limit)".into(),
+                ));
+            }
             if p.domain.is_empty() || p.domain.contains(['@', '/', ' ']) || !p.domain.contains('.')
             {
                 return Err((
@@ -156,6 +183,7 @@ impl SipConfig {
                             Some("domain") => NameCheck::Domain,
                             _ => NameCheck::DomainOrSrvTarget,
                         },
+                        max_rate: p.max_rate,
                     },
                 )
             })
@@ -178,6 +206,12 @@ impl SipConfig {
             },
             connect_timeout: Duration::from_secs(self.connect_timeout_secs),
             limits,
+            discovered_max_rate: self.discovered_max_rate,
+            pace_max_wait: Duration::from_secs(
+                self.pace_max_wait_secs
+                    .min(self.transaction_timeout_secs / 2)
+                    .max(1),
+            ),
             ..SipSettings::default()
         }
     }
@@ -198,4 +232,45 @@ fn parse_route(r: &str) -> Result<(String, u16), String> {
         return Err(format!("'{r}': bad host"));
     }
     Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> SipConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn partner_rates_default_to_twenty_for_undeclared_and_none_for_declared() {
+        let c = parse(
+            "[[partners]]\ndomain = \"lync.test\"\n\n[[partners]]\ndomain = \"o365.test\"\nmax_rate = 5.5\n",
+        );
+        c.validate().unwrap();
+        let s = c.settings("example.test");
+        assert_eq!(s.max_rate("lync.test"), 0.0);
+        assert_eq!(s.max_rate("o365.test"), 5.5);
+        assert_eq!(s.max_rate("somewhere.test"), 20.0);
+        assert_eq!(s.pace_max_wait, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_rates_and_waits_are_named() {
+        let key = |text: &str| parse(text).validate().unwrap_err().0;
+        assert_eq!(
+            key("discovered_max_rate = -1.0\n"),
+            "sip.discovered_max_rate"
+        );
+        assert_eq!(
+            key("[[partners]]\ndomain = \"a.test\"\nmax_rate = -3.0\n"),
+            "sip.partners[0].max_rate"
+        );
+        assert_eq!(key("pace_max_wait_secs = 0\n"), "sip.pace_max_wait_secs");
+        assert!(parse("discovered_max_rate = 0.0\n").validate().is_ok());
+        // The wait stays well inside the transaction timeout.
+        let c = parse("transaction_timeout_secs = 6\npace_max_wait_secs = 30\n");
+        c.validate().unwrap();
+        assert_eq!(c.settings("x.test").pace_max_wait, Duration::from_secs(3));
+    }
 }

@@ -4,8 +4,8 @@
 //!
 //! Sans-IO cores: the message codec ([`msg`], [`hdr`]), transactions ([`txn`]), dialogs
 //! ([`dialog`]), request checks ([`check`]), the RFC 7247 address and error mappings
-//! ([`address`], [`errors`]), PIDF presence ([`pidf`]), IM bodies ([`im`]) and the durable
-//! presence authorizations ([`authz_store`]); on top of them the XMPP⇄SIP back-to-back user
+//! ([`address`], [`errors`]), PIDF presence ([`pidf`]), IM bodies ([`im`]), per-partner
+//! request pacing ([`pace`]) and the durable presence authorizations ([`authz_store`]); on top of them the XMPP⇄SIP back-to-back user
 //! agent ([`bridge`]), and the tokio [`driver`] (mutual TLS listener and connections, RFC 3263
 //! discovery, the core task, metrics).
 //!
@@ -22,5 +22,6 @@ pub mod errors;
 pub mod hdr;
 pub mod im;
 pub mod msg;
+pub mod pace;
 pub mod pidf;
 pub mod txn;

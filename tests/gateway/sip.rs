@@ -380,6 +380,73 @@ async fn page_mode_and_error_mapping() {
     );
 }
 
+/// A partner with `max_rate = 2`: a burst of twelve messages reaches it paced and in order;
+/// those that would wait longer than `pace_max_wait_secs` come back to the sender as errors
+/// that name the rate. None is lost, and the metrics count both.
+#[tokio::test]
+async fn a_partners_rate_paces_our_requests() {
+    let Lab {
+        partner,
+        listener,
+        mut alice,
+        _pki,
+        gw,
+        ..
+    } = lab_with("standard", "pace_max_wait_secs = 2\n", |s| {
+        s.extra.push_str("max_rate = 2.0\n")
+    })
+    .await;
+    const N: usize = 12;
+    for i in 0..N {
+        alice
+            .send(&message(
+                "alice@example.test/desk",
+                "bob@lync.test",
+                &format!("r{i}"),
+                &format!("burst {i}"),
+            ))
+            .await
+            .unwrap();
+    }
+    let mut edge = accept(&listener, &partner).await;
+    let (mut got, mut failed) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() + failed.len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "got {got:?}, failed {failed:?}"
+        );
+        if let Ok(req) = edge.recv(Duration::from_millis(100)).await {
+            edge.send(&answer(&req, 200, "OK", "t")).await.unwrap();
+            let body = String::from_utf8_lossy(&req.body).into_owned();
+            got.push(body["burst ".len()..].parse::<usize>().unwrap());
+        }
+        while let Ok(e) = alice.recv(Duration::from_millis(10)).await {
+            if e.attr("type") == Some("error") {
+                let (_, text) = fedgate_s2s::wire::stanza_error(&e).unwrap();
+                assert!(text.contains("rate of 2/s"), "{text}");
+                failed.push(e.attr("id").unwrap().to_owned());
+            }
+        }
+    }
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    assert!(got.len() >= 2, "{got:?}");
+    assert!(!failed.is_empty(), "nothing waited too long: {got:?}");
+    let m = http_get(&gw, "/metrics").await;
+    assert!(
+        metric(&m, "fedgate_sip_paced_total{partner=\"lync.test\"}") >= failed.len() as u64,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "fedgate_sip_failures_total{kind=\"limit\",partner=\"lync.test\"}"
+        ),
+        failed.len() as u64,
+        "{m}"
+    );
+}
+
 /// Presence both ways (RFC 8048): the partner's SUBSCRIBE fixture becomes an XMPP subscription
 /// request; once Alice approves, the watcher gets NOTIFY active with her PIDF.
 #[tokio::test]

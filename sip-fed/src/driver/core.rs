@@ -1,6 +1,6 @@
-//! The core task: owns the [`Bridge`], the table of connections and the outbound link per
-//! (partner, hosted domain); turns connection events, router stanzas and timers into bridge
-//! calls and carries out what the bridge asks.
+//! The core task: owns the [`Bridge`], the table of connections, the outbound link per
+//! (partner, hosted domain) and the request pacer per partner; turns connection events, router
+//! stanzas and timers into bridge calls and carries out what the bridge asks.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use super::conn::{self, ConnId, Event, Shared};
 use crate::authz_store::AuthzStore;
 use crate::bridge::{Bridge, Dest, Out, top_branch};
 use crate::msg::SipMessage;
+use crate::pace::{Admit, Pacer};
 
 /// After a failed connection attempt, requests to the partner fail at once for this long.
 const FAIL_FAST: Duration = Duration::from_secs(5);
@@ -51,6 +52,9 @@ pub(crate) struct Core {
     bridge: Bridge,
     conns: HashMap<ConnId, ConnState>,
     links: HashMap<(String, String), Link>,
+    /// Requests to a partner held back by its rate (only while some wait or the bucket
+    /// refills).
+    pacers: HashMap<String, Pacer<(Dest, SipMessage)>>,
     status: watch::Sender<serde_json::Value>,
     last_status: Instant,
     /// Something changed since the status was last published.
@@ -79,6 +83,7 @@ impl Core {
             shared,
             conns: HashMap::new(),
             links: HashMap::new(),
+            pacers: HashMap::new(),
             status,
             last_status: Instant::now(),
             dirty: true,
@@ -99,6 +104,9 @@ impl Core {
                 .next_deadline()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            if let Some(p) = self.pacers.values().filter_map(Pacer::next_deadline).min() {
+                deadline = deadline.min(tokio::time::Instant::from_std(p));
+            }
             if self.dirty {
                 // The status is published at most every STATUS_EVERY, and soon after a change.
                 deadline = deadline.min(tokio::time::Instant::from_std(
@@ -120,6 +128,7 @@ impl Core {
                 _ = tokio::time::sleep_until(deadline) => {
                     let outs = self.bridge.poll(Instant::now());
                     self.apply(outs, &mut stanzas);
+                    self.poll_pacers(&mut stanzas);
                 }
                 _ = shutdown.changed() => return,
             }
@@ -148,9 +157,16 @@ impl Core {
                 (format!("{local}->{remote}"), state)
             })
             .collect();
+        let paced: serde_json::Map<String, serde_json::Value> = self
+            .pacers
+            .iter()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(partner, p)| (partner.clone(), p.len().into()))
+            .collect();
         if let Some(o) = v.as_object_mut() {
             o.insert("links".into(), links.into());
             o.insert("connections".into(), self.conns.len().into());
+            o.insert("paced".into(), paced.into());
         }
         for (partner, sessions, subs) in self.bridge.dialog_counts() {
             let p = self.shared.metrics.partner_label(&partner);
@@ -321,7 +337,75 @@ impl Core {
         }
     }
 
+    /// Sends `msg`, or holds a request back while its partner's rate (`max_rate`) is used up.
     fn send(&mut self, dest: Dest, msg: SipMessage, work: &mut Vec<Out>) {
+        if !msg.is_request() || msg.method() == Some("ACK") {
+            return self.dispatch(dest, msg, work);
+        }
+        let partner = header_host(&msg, "To");
+        let rate = self.shared.settings.max_rate(&partner);
+        if rate <= 0.0 {
+            return self.dispatch(dest, msg, work);
+        }
+        let now = Instant::now();
+        let wait = self.shared.settings.pace_max_wait;
+        let pacer = self
+            .pacers
+            .entry(partner.clone())
+            .or_insert_with(|| Pacer::new(rate, wait, MAX_WAITING, now));
+        match pacer.offer((dest, msg), now) {
+            Admit::Now((dest, msg)) => self.dispatch(dest, msg, work),
+            Admit::Queued => {
+                let p = self.shared.metrics.partner_label(&partner);
+                self.shared
+                    .metrics
+                    .paced
+                    .with_label_values(&[p.as_str()])
+                    .inc();
+            }
+            Admit::Refused((_, msg)) => {
+                self.shared.metrics.failure(&partner, FailureKind::Limit);
+                work.extend(self.bridge.on_send_failed(
+                    &msg,
+                    "limit",
+                    &format!("too many requests waiting for {partner}'s rate of {rate}/s"),
+                ));
+            }
+        }
+    }
+
+    /// Sends what the pacers release; fails what waited longer than `pace_max_wait`.
+    fn poll_pacers(&mut self, stanzas: &mut mpsc::Receiver<Stanza>) {
+        if self.pacers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        let mut expired = Vec::new();
+        self.pacers.retain(|partner, p| {
+            let (r, e) = p.poll(now);
+            ready.extend(r);
+            expired.extend(e.into_iter().map(|(_, msg)| (partner.clone(), msg)));
+            !p.idle(now)
+        });
+        let mut work = Vec::new();
+        for (dest, msg) in ready {
+            self.dispatch(dest, msg, &mut work);
+        }
+        let wait = self.shared.settings.pace_max_wait.as_secs_f64();
+        for (partner, msg) in expired {
+            self.shared.metrics.failure(&partner, FailureKind::Limit);
+            let rate = self.shared.settings.max_rate(&partner);
+            work.extend(self.bridge.on_send_failed(
+                &msg,
+                "limit",
+                &format!("waited more than {wait} s for {partner}'s rate of {rate}/s"),
+            ));
+        }
+        self.apply(work, stanzas);
+    }
+
+    fn dispatch(&mut self, dest: Dest, msg: SipMessage, work: &mut Vec<Out>) {
         let (remote, local) = match dest {
             Dest::Conn(id) => {
                 self.write(id, &msg, work);
@@ -385,12 +469,7 @@ impl Core {
         let Some(code) = resp.code().filter(|c| *c >= 200) else {
             return;
         };
-        let partner = resp
-            .header(partner_header)
-            .and_then(|v| crate::hdr::NameAddr::parse(v).ok())
-            .and_then(|na| crate::address::SipUri::parse(na.uri()).ok())
-            .map(|u| u.host.to_ascii_lowercase())
-            .unwrap_or_default();
+        let partner = header_host(resp, partner_header);
         let method = resp.cseq().map(|(_, m)| m.to_owned()).unwrap_or_default();
         self.shared
             .metrics
@@ -434,4 +513,13 @@ impl Core {
             work.extend(self.bridge.on_send_failed(msg, kind.as_str(), detail));
         }
     }
+}
+
+/// The lower-case host of the address in `header` (`From`, `To`), or "".
+fn header_host(msg: &SipMessage, header: &str) -> String {
+    msg.header(header)
+        .and_then(|v| crate::hdr::NameAddr::parse(v).ok())
+        .and_then(|na| crate::address::SipUri::parse(na.uri()).ok())
+        .map(|u| u.host.to_ascii_lowercase())
+        .unwrap_or_default()
 }

@@ -25,6 +25,8 @@ pub struct SipMetrics {
     /// Translations by direction (sip-to-xmpp, xmpp-to-sip) and kind (message, presence,
     /// subscription).
     pub translated: IntCounterVec,
+    /// Requests held back by the partner's rate (`max_rate`) before they were sent or failed.
+    pub paced: IntCounterVec,
     partners: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -72,6 +74,11 @@ impl SipMetrics {
                 "fedgate_sip_translated_total",
                 "Stanzas translated between XMPP and SIP, by direction and kind",
                 &["direction", "kind"],
+            ),
+            paced: counter(
+                "fedgate_sip_paced_total",
+                "SIP requests that waited for the partner's rate limit",
+                &["partner"],
             ),
             partners: Arc::default(),
         }

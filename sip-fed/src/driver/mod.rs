@@ -76,6 +76,8 @@ pub struct Partner {
     pub route: Option<(String, u16)>,
     pub flavor: Option<Flavor>,
     pub name_check: NameCheck,
+    /// Requests per second we send this partner (0: no limit).
+    pub max_rate: f64,
 }
 
 /// SIP federation settings (from the `[sip]` config section).
@@ -88,6 +90,11 @@ pub struct SipSettings {
     /// Messages queued per connection before it is considered stuck.
     pub conn_queue: usize,
     pub limits: crate::msg::Limits,
+    /// Requests per second we send a partner that is not configured (0: no limit). Microsoft
+    /// edges take 20 SIP messages per second from a discovered partner.
+    pub discovered_max_rate: f64,
+    /// Longest wait of a request held back by a partner's rate before it fails (`limit`).
+    pub pace_max_wait: Duration,
 }
 
 impl SipSettings {
@@ -96,6 +103,13 @@ impl SipSettings {
             .iter()
             .filter_map(|(d, p)| p.route.clone().map(|r| (d.clone(), r)))
             .collect()
+    }
+
+    /// Requests per second we send `domain` (0: no limit).
+    pub fn max_rate(&self, domain: &str) -> f64 {
+        self.partners
+            .get(domain)
+            .map_or(self.discovered_max_rate, |p| p.max_rate)
     }
 
     pub fn name_check(&self, domain: &str) -> NameCheck {
@@ -115,6 +129,8 @@ impl Default for SipSettings {
             connect_timeout: Duration::from_secs(10),
             conn_queue: 4096,
             limits: crate::msg::Limits::default(),
+            discovered_max_rate: 20.0,
+            pace_max_wait: Duration::from_secs(10),
         }
     }
 }
