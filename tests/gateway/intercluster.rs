@@ -525,13 +525,7 @@ async fn an_admin_move_survives_a_restart() {
         "# moved\nalice@example.test two\n",
     )
     .unwrap();
-    let e = match newyork.spec.try_start().await {
-        Ok(g) => {
-            g.shutdown().await;
-            panic!("started with a broken assignments file");
-        }
-        Err(e) => format!("{e:#}"),
-    };
+    let e = newyork.spec.start_error().await;
     assert!(e.contains("intercluster.assignments_file"), "{e}");
     assert!(
         e.contains(&newyork.assignments_file.display().to_string()),
@@ -539,6 +533,11 @@ async fn an_admin_move_survives_a_restart() {
     );
     assert!(e.contains("line 2: 'two' is not an epoch"), "{e}");
     gt.shutdown().await;
+}
+
+async fn assign_zoe(gw: &Gateway, token_file: &std::path::Path) -> (Option<i32>, String) {
+    let f = token_file.display().to_string();
+    directory(gw, &["--token-file", &f, "assign", "zoe@example.test"]).await
 }
 
 /// With `metrics.admin_token_file`, `assign` needs the token (even from loopback); reads do
@@ -560,44 +559,20 @@ async fn admin_requests_need_the_token_when_one_is_set() {
     );
     let wrong = tokyo._dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token").unwrap();
-    let (code, out) = directory(
-        &gt,
-        &[
-            "--token-file",
-            &wrong.display().to_string(),
-            "assign",
-            "zoe@example.test",
-        ],
-    )
-    .await;
+    let (code, out) = assign_zoe(&gt, &wrong).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("wrong admin token"), "{out}");
     let (_, out) = directory(&gt, &["lookup", "zoe@example.test"]).await;
     assert!(out.contains("\"home\": null"), "{out}");
 
-    let (code, out) = directory(
-        &gt,
-        &[
-            "--token-file",
-            &token.display().to_string(),
-            "assign",
-            "zoe@example.test",
-        ],
-    )
-    .await;
+    let (code, out) = assign_zoe(&gt, &token).await;
     assert_eq!(code, Some(0), "{out}");
     let (_, out) = directory(&gt, &["lookup", "zoe@example.test"]).await;
     assert!(out.contains("\"home\": \"tokyo\""), "{out}");
     gt.shutdown().await;
 
     std::fs::write(&token, "\n").unwrap();
-    let e = match tokyo.spec.try_start().await {
-        Ok(g) => {
-            g.shutdown().await;
-            panic!("started with an empty admin token file");
-        }
-        Err(e) => format!("{e:#}"),
-    };
+    let e = tokyo.spec.start_error().await;
     assert!(
         e.contains("metrics.admin_token_file") && e.contains("empty"),
         "{e}"

@@ -130,6 +130,17 @@ impl GwSpec {
         self.try_start().await.unwrap()
     }
 
+    /// The error (with its causes) the gateway refuses to start with; panics if it starts.
+    pub async fn start_error(&self) -> String {
+        match self.try_start().await {
+            Ok(g) => {
+                g.shutdown().await;
+                panic!("the gateway started:\n{}", self.toml());
+            }
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     /// Starts the gateway, or the error it refuses to start with.
     pub async fn try_start(&self) -> anyhow::Result<Gateway> {
         let cfg = Config::from_toml(
