@@ -678,14 +678,7 @@ async fn sip_domains_are_discovered_through_dns() {
     let partner = Partner::new(&pki);
     let listener = TcpListener::bind(partner.edge()).await.unwrap();
     let mut zone = Zone::new();
-    zone.srv(
-        "_sipfederationtls._tcp.lync.test",
-        0,
-        5,
-        5061,
-        "edge.lync.test",
-    )
-    .a("edge.lync.test", partner.ip);
+    sip_srv_to(&mut zone, "lync.test", "edge.lync.test", partner.ip, 5061);
     let dns = dns(zone).await;
     let mut spec = GwSpec::new(&pki, "example.test");
     spec.dns = Some(dns.addr());
@@ -794,14 +787,7 @@ async fn probe_checks_a_sip_partner() {
     let spec = gateway(&pki, &partner, "standard", "");
     let gw = spec.start().await;
     let mut zone = Zone::new();
-    zone.srv(
-        "_sipfederationtls._tcp.example.test",
-        0,
-        5,
-        5061,
-        "sip.example.test",
-    )
-    .a("sip.example.test", spec.ip);
+    sip_srv_to(&mut zone, "example.test", "sip.example.test", spec.ip, 5061);
     let dns = dns(zone).await;
     // lync.test's operator probes example.test with its own config.
     let (c, k) = pki.leaf("lync-probe", &LeafSpec::dns(&["lync.test"]));

@@ -179,6 +179,18 @@ pub fn srv_to(zone: &mut Zone, domain: &str, ip: Ipv4Addr) {
         .a(&target, ip);
 }
 
+/// SRV `_sipfederationtls._tcp.<domain>` → `<target>:<port>`, with the target's A record.
+pub fn sip_srv_to(zone: &mut Zone, domain: &str, target: &str, ip: Ipv4Addr, port: u16) {
+    zone.srv(
+        &format!("_sipfederationtls._tcp.{domain}"),
+        0,
+        5,
+        port,
+        target,
+    )
+    .a(target, ip);
+}
+
 /// GET a path from a gateway's metrics listener.
 pub async fn http_get(gw: &Gateway, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -20,7 +20,7 @@ use crate::sip_peers::{
     Kamailio, KamailioOpts, Sipp, SippOutcome, TlsClientWrapper, TlsFiles, TlsServerWrapper,
     free_port,
 };
-use crate::support::{GwSpec, Pki, dns, http_get};
+use crate::support::{GwSpec, Pki, dns, http_get, sip_srv_to};
 
 /// How long a component waits for a stanza.
 const W: Duration = Duration::from_secs(20);
@@ -146,17 +146,10 @@ impl Lab {
         let mut gw = GwSpec::new(&pki, "example.test");
         // Without SIP SRV records the static route is used (discovery order step 3).
         let mut zone = Zone::new();
-        if let Some(srv) = opts.srv {
-            zone.srv(
-                "_sipfederationtls._tcp.lync.test",
-                0,
-                5,
-                srv.port(),
-                "sip.lync.test",
-            );
-            if let std::net::IpAddr::V4(ip) = srv.ip() {
-                zone.a("sip.lync.test", ip);
-            }
+        if let Some(srv) = opts.srv
+            && let std::net::IpAddr::V4(ip) = srv.ip()
+        {
+            sip_srv_to(&mut zone, "lync.test", "sip.lync.test", ip, srv.port());
         }
         let dns = dns(zone).await;
         gw.dns = Some(dns.addr());
