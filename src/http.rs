@@ -100,70 +100,31 @@ async fn handle(state: &HttpState, sock: &mut tokio::net::TcpStream) -> std::io:
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.split_whitespace();
+    let request = String::from_utf8_lossy(&buf);
+    let mut parts = request.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let authorization = head.split("\r\n").skip(1).find_map(|l| {
+    let authorization = request.split("\r\n").skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case("authorization").then_some(v)
     });
-    let (status, ctype, body) = if let (Some(ic), true) =
-        (&state.intercluster, path.starts_with("/intercluster/"))
-    {
-        let token = match &state.admin_token_file {
-            Some(f) if method != "GET" => match read_admin_token(f) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read metrics.admin_token_file; admin request refused");
-                    let (s, c, b) = (
-                        "500 Internal Server Error",
-                        "text/plain",
-                        format!("cannot read the admin token: {e}\n"),
-                    );
-                    return respond(sock, s, c, &b).await;
-                }
-            },
-            _ => None,
-        };
-        let gate = if method == "GET" {
-            Ok(())
-        } else {
-            admin_gate(
-                sock.peer_addr().ok().map(|a| a.ip()),
-                authorization,
-                token.as_deref(),
+    let (status, ctype, body) =
+        if let (Some(ic), true) = (&state.intercluster, path.starts_with("/intercluster/")) {
+            let client = sock.peer_addr().ok().map(|a| a.ip());
+            intercluster_request(state, ic, method, path, authorization, client)
+        } else if method != "GET" {
+            (
+                "405 Method Not Allowed",
+                "text/plain",
+                "GET only\n".to_owned(),
             )
-        };
-        match gate {
-            Ok(()) => ic.http(method, path),
-            Err((s, why)) => {
-                tracing::warn!(client = ?sock.peer_addr().ok(), %method, %path, %why, "admin request refused");
-                (s, "text/plain", format!("{why}\n"))
+        } else {
+            match path.split('?').next().unwrap_or("") {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
+                "/status" => ("200 OK", "application/json", status_json(state).to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
             }
-        }
-    } else if method != "GET" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_owned(),
-        )
-    } else {
-        match path.split('?').next().unwrap_or("") {
-            "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics_text(state)),
-            "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-            "/status" => ("200 OK", "application/json", status_json(state).to_string()),
-            _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        }
-    };
-    respond(sock, status, ctype, &body).await
-}
-
-async fn respond(
-    sock: &mut tokio::net::TcpStream,
-    status: &str,
-    ctype: &str,
-    body: &str,
-) -> std::io::Result<()> {
+        };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -171,6 +132,38 @@ async fn respond(
     sock.write_all(head.as_bytes()).await?;
     sock.write_all(body.as_bytes()).await?;
     sock.shutdown().await
+}
+
+/// An `/intercluster/…` request; admin ones (not GET) pass [`admin_gate`] first.
+fn intercluster_request(
+    state: &HttpState,
+    ic: &crate::intercluster_runtime::IcRuntime,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    client: Option<IpAddr>,
+) -> (&'static str, &'static str, String) {
+    if method != "GET" {
+        let token = match &state.admin_token_file {
+            Some(f) => match read_admin_token(f) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read metrics.admin_token_file; admin request refused");
+                    return (
+                        "500 Internal Server Error",
+                        "text/plain",
+                        format!("cannot read the admin token: {e}\n"),
+                    );
+                }
+            },
+            None => None,
+        };
+        if let Err((status, why)) = admin_gate(client, authorization, token.as_deref()) {
+            tracing::warn!(?client, %method, %path, %why, "admin request refused");
+            return (status, "text/plain", format!("{why}\n"));
+        }
+    }
+    ic.http(method, path)
 }
 
 /// The Prometheus text exposition of every metric.
