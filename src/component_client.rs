@@ -187,8 +187,30 @@ pub fn presence(from: &str, to: &str, ptype: &str) -> Element {
     p
 }
 
+/// Whether `el` is a presence of type `ptype` (empty for available), as [`presence`] builds it.
+pub fn is_presence(el: &Element, ptype: &str) -> bool {
+    el.name == "presence" && el.attr("type").unwrap_or("") == ptype
+}
+
 /// The body text of a message, if any.
 pub fn body(el: &Element) -> Option<String> {
     el.child("body", fedgate_s2s::element::NS_CONTENT)
         .map(Element::text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_presence_matches_what_presence_builds() {
+        let avail = presence("a@x.test", "b@y.test", "");
+        let sub = presence("a@x.test", "b@y.test", "subscribe");
+        assert!(is_presence(&avail, "") && !is_presence(&avail, "subscribe"));
+        assert!(is_presence(&sub, "subscribe") && !is_presence(&sub, ""));
+        assert!(!is_presence(
+            &message("a@x.test", "b@y.test", "1", "hi"),
+            ""
+        ));
+    }
 }

@@ -15,7 +15,7 @@ mod support;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use fedgate::component_client::{body, message, presence};
+use fedgate::component_client::{body, is_presence, message, presence};
 use fedgate::testdns::{TestDns, Zone};
 use fedgate_certs::dev::LeafSpec;
 use peers::*;
@@ -75,9 +75,7 @@ async fn message_and_subscriptions(
     // The remote user subscribes: the component approves and sends its presence.
     client.subscribe(local).await;
     let s = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribe")
-        })
+        .recv_matching(W, |e| is_presence(e, "subscribe"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
     assert_eq!(s.attr("from"), Some(remote.as_str()));
@@ -98,9 +96,7 @@ async fn message_and_subscriptions(
         .await
         .unwrap();
     let ok = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribed")
-        })
+        .recv_matching(W, |e| is_presence(e, "subscribed"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", diagnostics()));
     assert_eq!(ok.attr("from"), Some(remote.as_str()));
@@ -290,11 +286,9 @@ async fn prosody_user_is_denied_by_policy() {
     assert_eq!(cond, "service-unavailable");
     // Presence is allowed: the subscription request reaches the component.
     alice.subscribe("bob@example.test").await;
-    comp.recv_matching(W, |e| {
-        e.name == "presence" && e.attr("type") == Some("subscribe")
-    })
-    .await
-    .unwrap();
+    comp.recv_matching(W, |e| is_presence(e, "subscribe"))
+        .await
+        .unwrap();
     let m = metrics(g).await;
     assert_eq!(
         metric(

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use fedgate::component_client::{ComponentClient, body, message, presence};
+use fedgate::component_client::{ComponentClient, body, is_presence, message, presence};
 use fedgate::gateway::Gateway;
 use fedgate::testdns::{TestDns, Zone};
 use fedgate_certs::dev::LeafSpec;
@@ -499,9 +499,7 @@ async fn sip_sipp_watcher_sees_component_presence() {
         ],
     );
     let sub = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribe")
-        })
+        .recv_matching(W, |e| is_presence(e, "subscribe"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", wrapper.log()));
     assert_eq!(sub.attr("from"), Some("carol@lync.test"), "{sub:?}");
@@ -562,15 +560,13 @@ async fn sip_component_watches_sipp_presentity() {
     .await
     .unwrap();
     let ok = comp
-        .recv_matching(W, |e| {
-            e.name == "presence" && e.attr("type") == Some("subscribed")
-        })
+        .recv_matching(W, |e| is_presence(e, "subscribed"))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", wrapper.log()));
     assert_eq!(ok.attr("from"), Some("bob@lync.test"), "{ok:?}");
     assert_eq!(ok.attr("to"), Some("alice@example.test"), "{ok:?}");
     let p = comp
-        .recv_matching(W, |e| e.name == "presence" && e.attr("type").is_none())
+        .recv_matching(W, |e| is_presence(e, ""))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", wrapper.log()));
     assert_eq!(bare(p.attr("from").unwrap()), "bob@lync.test", "{p:?}");
