@@ -530,9 +530,7 @@ impl IcRuntime {
             _ => ("404 Not Found", "text/plain", "not found\n".into()),
         }
     }
-}
 
-impl IcRuntime {
     /// Applies `change` to the admin assignments, saves them all to `assignments_file`, then
     /// publishes them: (the change's result, whether it was saved). If the file cannot be
     /// written nothing changes (peers never see it) and the answer is a 500 that says why.
