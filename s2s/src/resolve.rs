@@ -363,16 +363,9 @@ impl S2sResolver {
         })
     }
 
-    /// SRV answers of `<service>._tcp.<domain>` (e.g. `_sipfederationtls`), unordered;
-    /// NXDOMAIN/NODATA give an empty list. Shares this resolver's cache and servers with s2s.
-    pub async fn srv(&self, service: &str, domain: &str) -> Result<Vec<SrvRecord>, DnsError> {
-        let base = absolute_name(&normalize_domain(domain))?;
-        let name = srv_name(service, &base)?;
-        self.srv_query(name, true).await
-    }
-
-    /// SRV answers at a full owner name (e.g. a NAPTR replacement `_sips._tcp.edge.a.test`),
-    /// unordered; NXDOMAIN/NODATA give an empty list.
+    /// SRV answers at a full owner name (e.g. `_sipfederationtls._tcp.a.test`, or a NAPTR
+    /// replacement), unordered; NXDOMAIN/NODATA give an empty list. Shares this resolver's
+    /// cache and servers with s2s.
     pub async fn srv_at(&self, owner: &str) -> Result<Vec<SrvRecord>, DnsError> {
         let name = absolute_name(&normalize_domain(owner))?;
         self.srv_query(name, true).await

@@ -140,10 +140,8 @@ pub async fn discover_protocol(
     resolver: &S2sResolver,
     domain: &str,
 ) -> Result<Discovered, DnsError> {
-    let (xmpp, sip) = tokio::join!(
-        resolver.srv_records(domain),
-        resolver.srv("_sipfederationtls", domain)
-    );
+    let sip_owner = format!("_sipfederationtls._tcp.{}", domain.trim_end_matches('.'));
+    let (xmpp, sip) = tokio::join!(resolver.srv_records(domain), resolver.srv_at(&sip_owner));
     let xmpp = xmpp?;
     let has_xmpp = !(xmpp.xmpp.is_empty() && xmpp.xmpps.is_empty());
     if has_xmpp {
