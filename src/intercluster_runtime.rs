@@ -240,19 +240,12 @@ pub struct IcRuntime {
 /// The admin assignments saved in `path` (none if the file does not exist yet); an error names
 /// the file and line.
 fn load_assignments(path: &Path) -> anyhow::Result<HashMap<String, u64>> {
-    let dir = fedgate_certs::durable::dir_of(path);
-    anyhow::ensure!(
-        dir.is_dir(),
-        "{}: directory {} does not exist",
-        path.display(),
-        dir.display()
-    );
-    match std::fs::read_to_string(path) {
-        Ok(text) => fedgate_intercluster::sources::parse_user_file(&text)
-            .with_context(|| format!("{}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
-    }
+    let bytes = fedgate_certs::durable::read_state(path)
+        .with_context(|| format!("{}", path.display()))?
+        .unwrap_or_default();
+    let text = String::from_utf8(bytes).with_context(|| format!("{}", path.display()))?;
+    fedgate_intercluster::sources::parse_user_file(&text)
+        .with_context(|| format!("{}", path.display()))
 }
 
 /// Builds the runtime (no links yet: call [`IcRuntime::run`] once the router is in place).

@@ -46,6 +46,26 @@ pub fn replace(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     })
 }
 
+/// The content of a state file that [`replace`] keeps: `None` when it does not exist yet, as
+/// long as its directory does (else [`replace`] could never write it: an error now).
+pub fn read_state(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    match std::fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = dir_of(path);
+            if dir.is_dir() {
+                Ok(None)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("directory {} does not exist", dir.display()),
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// The directory `path` is in (`.` for a bare file name).
 pub fn dir_of(path: &Path) -> PathBuf {
     match path.parent() {
@@ -94,5 +114,16 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("state")]);
         // A missing directory is an error, not a panic.
         assert!(replace(&dir.path().join("no/such/file"), b"x", 0o644).is_err());
+    }
+
+    #[test]
+    fn a_state_file_not_written_yet_is_none_unless_its_directory_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        assert_eq!(read_state(&p).unwrap(), None);
+        replace(&p, b"x 1\n", 0o644).unwrap();
+        assert_eq!(read_state(&p).unwrap().as_deref(), Some(&b"x 1\n"[..]));
+        let e = read_state(&dir.path().join("gone/state")).unwrap_err();
+        assert!(e.to_string().contains("does not exist"), "{e}");
     }
 }

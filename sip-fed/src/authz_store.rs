@@ -114,22 +114,11 @@ impl AuthzStore {
             path: path.clone(),
             source,
         };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let dir = fedgate_certs::durable::dir_of(&path);
-                if !dir.is_dir() {
-                    return Err(io(std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        format!("directory {} does not exist", dir.display()),
-                    )));
-                }
-                return Ok(Self {
-                    path,
-                    map: BTreeMap::new(),
-                });
-            }
-            Err(e) => return Err(io(e)),
+        let Some(bytes) = fedgate_certs::durable::read_state(&path).map_err(io)? else {
+            return Ok(Self {
+                path,
+                map: BTreeMap::new(),
+            });
         };
         let doc: Document = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
