@@ -3,6 +3,8 @@
 //! and Prosody/ejabberd component links speak.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -12,6 +14,7 @@ use fedgate_s2s::xml::{Limits, StreamEvent, StreamParser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Mutex, mpsc, watch};
 
 pub struct ComponentClient {
     pub domain: String,
@@ -19,17 +22,47 @@ pub struct ComponentClient {
     writer: ComponentWriter,
 }
 
-/// The receiving half of a component connection.
+/// The receiving half of a component connection. A task reads the stream and answers the
+/// gateway's XEP-0199 pings at once (as every XMPP entity must answer an iq, and as a real
+/// service reads all the time), so callers never see them; [`ComponentReader::pause`] stops
+/// reading altogether, as a hung service would.
 pub struct ComponentReader {
-    rd: OwnedReadHalf,
-    parser: StreamParser,
-    buf: Vec<u8>,
+    rx: mpsc::UnboundedReceiver<anyhow::Result<StreamEvent>>,
+    pings: Arc<AtomicU64>,
+    paused: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ComponentReader {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// The sending half of a component connection.
 pub struct ComponentWriter {
-    wr: OwnedWriteHalf,
+    wr: Arc<Mutex<OwnedWriteHalf>>,
     buf: Vec<u8>,
+}
+
+/// The next event from the stream: reads only when the parser needs more bytes.
+async fn next_event(
+    rd: &mut OwnedReadHalf,
+    parser: &mut StreamParser,
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<StreamEvent> {
+    loop {
+        if let Some(ev) = parser.next_event()? {
+            return Ok(ev);
+        }
+        buf.clear();
+        buf.reserve(8192);
+        let n = rd.read_buf(buf).await?;
+        if n == 0 {
+            bail!("component connection closed");
+        }
+        parser.feed(buf);
+    }
 }
 
 impl ComponentClient {
@@ -39,7 +72,7 @@ impl ComponentClient {
             .await
             .with_context(|| format!("connect to component port {addr}"))?;
         tcp.set_nodelay(true)?;
-        let (rd, mut wr) = tcp.into_split();
+        let (mut rd, mut wr) = tcp.into_split();
         wr.write_all(
             &Header {
                 content_ns: fedgate_s2s::element::NS_COMPONENT,
@@ -52,19 +85,23 @@ impl ComponentClient {
             .to_bytes(),
         )
         .await?;
-        let mut reader = ComponentReader {
-            rd,
-            parser: StreamParser::new(Limits::default()),
-            buf: Vec::with_capacity(8192),
-        };
-        let id = match reader.next_event(Duration::from_secs(10)).await? {
+        let mut parser = StreamParser::new(Limits::default());
+        let mut buf = Vec::with_capacity(8192);
+        let ten = Duration::from_secs(10);
+        let first = tokio::time::timeout(ten, next_event(&mut rd, &mut parser, &mut buf))
+            .await
+            .context("no stream header within 10 s")??;
+        let id = match first {
             StreamEvent::Open(h) => h.id.context("component stream header without id")?,
             other => bail!("expected a stream header, got {other:?}"),
         };
         let hs = fedgate_s2s::component::handshake(&id, secret);
         wr.write_all(format!("<handshake>{hs}</handshake>").as_bytes())
             .await?;
-        match reader.next_event(Duration::from_secs(10)).await? {
+        match tokio::time::timeout(ten, next_event(&mut rd, &mut parser, &mut buf))
+            .await
+            .context("no handshake answer within 10 s")??
+        {
             StreamEvent::Element(el, _) if el.name == "handshake" => {}
             StreamEvent::Element(el, _) => {
                 let (c, t) = fedgate_s2s::wire::parse_stream_error(&el);
@@ -72,9 +109,53 @@ impl ComponentClient {
             }
             other => bail!("component handshake: unexpected {other:?}"),
         }
+        let wr = Arc::new(Mutex::new(wr));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pings = Arc::new(AtomicU64::new(0));
+        let (paused, mut paused_rx) = watch::channel(false);
+        let (pwr, ppings) = (wr.clone(), pings.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if paused_rx.wait_for(|p| !*p).await.is_err() {
+                    return;
+                }
+                let ev = tokio::select! {
+                    ev = next_event(&mut rd, &mut parser, &mut buf) => ev,
+                    _ = paused_rx.wait_for(|p| *p) => continue,
+                };
+                match ev {
+                    Ok(StreamEvent::Element(el, _)) if is_gateway_ping(&el) => {
+                        let pong = Element::new("iq", fedgate_s2s::element::NS_CONTENT)
+                            .with_attr("type", "result")
+                            .with_attr("id", el.attr("id").unwrap_or_default())
+                            .with_attr("from", el.attr("to").unwrap_or_default())
+                            .with_attr("to", el.attr("from").unwrap_or_default());
+                        if pwr.lock().await.write_all(&pong.to_bytes()).await.is_err() {
+                            return;
+                        }
+                        ppings.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(ev) => {
+                        let end = matches!(ev, StreamEvent::Close);
+                        if tx.send(Ok(ev)).is_err() || end {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
         Ok(Self {
             domain: domain.to_owned(),
-            reader,
+            reader: ComponentReader {
+                rx,
+                pings,
+                paused,
+                task,
+            },
             writer: ComponentWriter {
                 wr,
                 buf: Vec::with_capacity(8192),
@@ -115,39 +196,41 @@ impl ComponentClient {
         (self.reader, self.writer)
     }
 
-    pub async fn close(mut self) {
-        let _ = self.writer.wr.write_all(b"</stream:stream>").await;
-        let _ = self.writer.wr.shutdown().await;
+    /// Stop reading the socket (the gateway's writes then back up), or read again.
+    pub fn pause(&self, paused: bool) {
+        self.reader.pause(paused);
+    }
+
+    pub async fn close(self) {
+        let mut wr = self.writer.wr.lock().await;
+        let _ = wr.write_all(b"</stream:stream>").await;
+        let _ = wr.shutdown().await;
+    }
+
+    /// Pings of the gateway answered so far.
+    pub fn pings_answered(&self) -> u64 {
+        self.reader.pings.load(Ordering::Relaxed)
     }
 }
 
 impl ComponentReader {
-    async fn next_event(&mut self, timeout: Duration) -> anyhow::Result<StreamEvent> {
-        let fut = async {
-            loop {
-                if let Some(ev) = self.parser.next_event()? {
-                    return Ok::<_, anyhow::Error>(ev);
-                }
-                self.buf.clear();
-                self.buf.reserve(8192);
-                let n = self.rd.read_buf(&mut self.buf).await?;
-                if n == 0 {
-                    bail!("component connection closed");
-                }
-                self.parser.feed(&self.buf);
-            }
-        };
-        tokio::time::timeout(timeout, fut)
+    pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Element> {
+        let ev = tokio::time::timeout(timeout, self.rx.recv())
             .await
-            .map_err(|_| anyhow::anyhow!("no stanza within {timeout:?}"))?
+            .map_err(|_| anyhow::anyhow!("no stanza within {timeout:?}"))?;
+        match ev {
+            Some(Ok(StreamEvent::Element(el, _))) => Ok(el),
+            Some(Ok(StreamEvent::Close)) | None => {
+                bail!("the gateway closed the component stream")
+            }
+            Some(Ok(StreamEvent::Open(_))) => bail!("unexpected stream header"),
+            Some(Err(e)) => Err(e),
+        }
     }
 
-    pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Element> {
-        match self.next_event(timeout).await? {
-            StreamEvent::Element(el, _) => Ok(el),
-            StreamEvent::Close => bail!("the gateway closed the component stream"),
-            StreamEvent::Open(_) => bail!("unexpected stream header"),
-        }
+    /// Stop reading the socket, or read again.
+    pub fn pause(&self, paused: bool) {
+        let _ = self.paused.send(paused);
     }
 }
 
@@ -155,14 +238,24 @@ impl ComponentWriter {
     pub async fn send(&mut self, el: &Element) -> anyhow::Result<()> {
         self.buf.clear();
         el.write_to(&mut self.buf);
-        self.wr.write_all(&self.buf).await?;
+        self.wr.lock().await.write_all(&self.buf).await?;
         Ok(())
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
-        self.wr.write_all(bytes).await?;
+        self.wr.lock().await.write_all(bytes).await?;
         Ok(())
     }
+}
+
+/// A XEP-0199 ping of the gateway itself (its own ids), which the client answers by itself.
+pub fn is_gateway_ping(el: &Element) -> bool {
+    el.name == "iq"
+        && el.attr("type") == Some("get")
+        && el
+            .attr("id")
+            .is_some_and(|i| i.starts_with(fedgate_s2s::driver::context::PING_ID_PREFIX))
+        && el.child("ping", fedgate_s2s::ack::NS_PING).is_some()
 }
 
 /// A chat message stanza.

@@ -98,6 +98,26 @@ pub struct S2sConfig {
     pub keepalive_secs: u64,
     pub retry_backoff_min_secs: u64,
     pub retry_backoff_max_secs: u64,
+    /// Offer and enable XEP-0198 stream management on s2s (else every link confirms with
+    /// XEP-0199 pings).
+    pub stream_management: bool,
+    /// Ask the next hop for confirmations after this many unconfirmed stanzas…
+    pub ack_request_every: u32,
+    /// …or when the oldest has waited this long.
+    pub ack_request_after_ms: u64,
+    /// A request unanswered this long means the link is dead (its stanzas are resent or
+    /// bounced).
+    pub ack_timeout_secs: u64,
+    /// Bounds of what one link may have written and not had confirmed.
+    pub max_unacked: usize,
+    pub max_unacked_bytes: usize,
+    /// Unconfirmed stanzas of a broken stream: "resend" (once on a new stream, then bounce)
+    /// or "bounce".
+    pub unacked: String,
+    /// The same per remote domain: "partner.test" = "bounce".
+    pub unacked_domains: BTreeMap<String, String>,
+    /// How long a shutdown may take to deliver or bounce what is queued and unconfirmed.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for S2sConfig {
@@ -120,6 +140,15 @@ impl Default for S2sConfig {
             keepalive_secs: 60,
             retry_backoff_min_secs: 1,
             retry_backoff_max_secs: 60,
+            stream_management: true,
+            ack_request_every: 64,
+            ack_request_after_ms: 200,
+            ack_timeout_secs: 60,
+            max_unacked: 4096,
+            max_unacked_bytes: 4 * 1024 * 1024,
+            unacked: "resend".into(),
+            unacked_domains: BTreeMap::new(),
+            shutdown_grace_secs: 10,
         }
     }
 }
@@ -527,6 +556,32 @@ impl Config {
                 "s2s.retry_backoff_min_secs",
                 "larger than retry_backoff_max_secs",
             ));
+        }
+        let unacked_ok = |v: &str| matches!(v, "resend" | "bounce");
+        if !unacked_ok(&self.s2s.unacked) {
+            return Err(err(f, "s2s.unacked", "\"resend\" or \"bounce\""));
+        }
+        if let Some((d, _)) = self
+            .s2s
+            .unacked_domains
+            .iter()
+            .find(|(_, v)| !unacked_ok(v))
+        {
+            return Err(err(
+                f,
+                format!("s2s.unacked_domains.{d}"),
+                "\"resend\" or \"bounce\"",
+            ));
+        }
+        if self.s2s.ack_request_every == 0 || self.s2s.max_unacked == 0 {
+            return Err(err(
+                f,
+                "s2s.ack_request_every",
+                "ack_request_every and max_unacked must be at least 1",
+            ));
+        }
+        if self.s2s.ack_timeout_secs == 0 {
+            return Err(err(f, "s2s.ack_timeout_secs", "must be at least 1"));
         }
         Ok(())
     }

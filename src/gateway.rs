@@ -74,7 +74,32 @@ pub fn stream_settings(cfg: &Config) -> StreamSettings {
         keepalive_interval: secs(s.keepalive_secs),
         retry_backoff_min: secs(s.retry_backoff_min_secs),
         retry_backoff_max: secs(s.retry_backoff_max_secs),
+        acks: fedgate_s2s::ack::AckSettings {
+            request_every: s.ack_request_every,
+            request_after: Duration::from_millis(s.ack_request_after_ms),
+            timeout: secs(s.ack_timeout_secs),
+            max_unacked: s.max_unacked,
+            max_unacked_bytes: s.max_unacked_bytes,
+        },
+        unacked: unacked(&s.unacked),
+        unacked_by_domain: s
+            .unacked_domains
+            .iter()
+            .map(|(d, v)| (d.to_ascii_lowercase(), unacked(v)))
+            .collect(),
+        stream_management: s.stream_management,
+        shutdown_grace: secs(s.shutdown_grace_secs),
         ..StreamSettings::default()
+    }
+}
+
+/// `resend` or `bounce` (checked when the config is loaded).
+fn unacked(v: &str) -> fedgate_s2s::driver::context::Unacked {
+    use fedgate_s2s::driver::context::Unacked;
+    if v == "bounce" {
+        Unacked::Bounce
+    } else {
+        Unacked::Resend
     }
 }
 
@@ -428,17 +453,30 @@ impl Gateway {
         self.certs.reload_all(trigger)
     }
 
-    /// Close every stream cleanly (closing tags, stream errors `system-shutdown`), then stop.
+    /// Drain, then stop: listeners stop accepting; every outbound stream and component link
+    /// delivers what it holds and waits for its next hop's confirmation (or, past
+    /// `s2s.shutdown_grace_secs`, bounces what is left); inbound streams keep reading answers
+    /// meanwhile and take no new work, then send their last acknowledgement and close with
+    /// `system-shutdown`.
     pub async fn shutdown(self) {
+        let grace = self.ctx.settings.shutdown_grace;
         self.ctx.begin_shutdown();
         if let Some(ic) = &self.intercluster {
             ic.shutdown();
         }
+        // Each link ends itself at the grace time; the extra second is for its bounces.
+        if tokio::time::timeout(grace + Duration::from_secs(1), self.ctx.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown: links still open after the grace time");
+        }
+        self.ctx.begin_closing();
+        // Inbound streams wait up to 2 s for their last acknowledgements, then close.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.ctx.inbound_closed()).await;
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
         }
-        // Give streams a moment to write their closing tags.
-        tokio::time::sleep(Duration::from_millis(100)).await;
         if let Some(r) = self.internal_resolver {
             r.stop().await;
         }

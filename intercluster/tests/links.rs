@@ -97,11 +97,8 @@ fn message(to: &str, id: &str) -> Stanza {
         .with_attr("to", to)
         .with_attr("id", id)
         .with_child(Element::new("body", NS_CONTENT).with_text(id));
-    Stanza {
-        size: el.to_bytes().len(),
-        el,
-        origin: Origin::Component("example.test".into()),
-    }
+    let size = el.to_bytes().len();
+    Stanza::new(el, size, Origin::Component("example.test".into()))
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {

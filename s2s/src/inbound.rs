@@ -78,6 +78,8 @@ pub struct InboundSettings {
     /// domain (any non-hosted `to`, dialback keys it issued as them), and only these domains
     /// may authenticate as the peer.
     pub internal: Option<Arc<HashSet<String>>>,
+    /// Offer XEP-0198 stream management once the stream is authenticated.
+    pub stream_management: bool,
 }
 
 impl InboundSettings {
@@ -149,6 +151,11 @@ pub enum Action {
     },
     /// A stanza from an authorized pair, to hand to the router.
     Stanza(Element, usize),
+    /// The peer enabled XEP-0198 (`<enabled/>` was queued): count the stanzas from here on.
+    SmEnabled,
+    /// The peer asked for an acknowledgement (`<r/>`): answer with `<a h='…'/>` once what it
+    /// sent so far is taken care of.
+    AckRequested,
     /// Send the stream error and close.
     Close(StreamError),
     /// The peer closed the stream: answer with our closing tag and close.
@@ -177,6 +184,7 @@ pub struct Inbound {
     floor: Floor,
     authorized: HashSet<(String, String)>,
     pending: HashSet<(String, String)>,
+    sm_enabled: bool,
     out: Vec<Action>,
 }
 
@@ -195,6 +203,7 @@ impl Inbound {
             peer: None,
             authorized: HashSet::new(),
             pending: HashSet::new(),
+            sm_enabled: false,
             out: Vec::new(),
         }
     }
@@ -361,6 +370,11 @@ impl Inbound {
         if self.floor.auth.dialback || self.floor.auth.certificate && self.cert.is_some() {
             f.push_str("<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback>");
         }
+        // XEP-0198 on s2s once the stream is authenticated (after SASL: the restarted
+        // stream's features), as Prosody offers and enables it.
+        if self.settings.stream_management && !self.authorized.is_empty() && !self.sm_enabled {
+            f.push_str("<sm xmlns='urn:xmpp:sm:3'/>");
+        }
         f.push_str("</stream:features>");
         f
     }
@@ -396,6 +410,9 @@ impl Inbound {
                 "verify" => return self.on_db_verify(&el),
                 _ => {}
             }
+        }
+        if el.ns == crate::ack::NS_SM {
+            return self.on_sm(&el);
         }
         if el.ns == NS_STREAM && el.name == "error" {
             let (cond, text) = crate::wire::parse_stream_error(&el);
@@ -444,6 +461,31 @@ impl Inbound {
             _ => self.close(StreamError::new(
                 "improper-addressing",
                 "stanza without valid from and to",
+            )),
+        }
+    }
+
+    /// XEP-0198 elements: `<enable/>` once authenticated (no resumption on s2s), `<r/>` once
+    /// enabled; our `<a/>` comes from the driver, which knows what the next hops took. The
+    /// peer's `<a/>` would acknowledge stanzas we sent on this stream: we send none.
+    fn on_sm(&mut self, el: &Element) {
+        const FAILED: &str = "<failed xmlns='urn:xmpp:sm:3'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>";
+        match el.name.as_str() {
+            "enable"
+                if self.settings.stream_management
+                    && !self.sm_enabled
+                    && !self.authorized.is_empty() =>
+            {
+                self.sm_enabled = true;
+                self.send(b"<enabled xmlns='urn:xmpp:sm:3'/>".to_vec());
+                self.out.push(Action::SmEnabled);
+            }
+            "enable" | "resume" => self.send(FAILED.as_bytes().to_vec()),
+            "r" if self.sm_enabled => self.out.push(Action::AckRequested),
+            "r" | "a" => {}
+            other => self.close(StreamError::new(
+                "unsupported-stanza-type",
+                format!("unexpected <{other}/> in {}", crate::ack::NS_SM),
             )),
         }
     }
@@ -708,6 +750,7 @@ mod tests {
                 rule: None,
             })),
             internal: None,
+            stream_management: true,
         }
     }
 
@@ -754,6 +797,41 @@ mod tests {
                 Err(format!("cert-name: not valid for {d}"))
             }
         })
+    }
+
+    #[test]
+    fn stream_management_is_offered_after_authentication_and_enabled_once() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "id1".into(), true);
+        m.tls_established(Some(check_ok_for(&["r.test"])));
+        let mut p = StreamParser::new(Limits::default());
+        let out = sent(&feed(&mut m, &mut p, &header("r.test", "a.test")));
+        assert!(!out.contains("urn:xmpp:sm:3"), "not before auth: {out}");
+        // <enable/> before authentication fails, without closing the stream.
+        let out = sent(&feed(&mut m, &mut p, "<enable xmlns='urn:xmpp:sm:3'/>"));
+        assert!(out.contains("<failed xmlns='urn:xmpp:sm:3'>"), "{out}");
+        feed(
+            &mut m,
+            &mut p,
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>ci50ZXN0</auth>",
+        );
+        let out = sent(&feed(&mut m, &mut p, &header("r.test", "a.test")));
+        assert!(out.contains("<sm xmlns='urn:xmpp:sm:3'/>"), "{out}");
+        // <r/> before <enable/> is ignored.
+        assert!(feed(&mut m, &mut p, "<r xmlns='urn:xmpp:sm:3'/>").is_empty());
+        let acts = feed(&mut m, &mut p, "<enable xmlns='urn:xmpp:sm:3'/>");
+        assert!(sent(&acts).contains("<enabled xmlns='urn:xmpp:sm:3'/>"));
+        assert!(acts.contains(&Action::SmEnabled));
+        let acts = feed(&mut m, &mut p, "<enable xmlns='urn:xmpp:sm:3'/>");
+        assert!(sent(&acts).contains("<failed"), "enabled only once");
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<message from='x@r.test' to='y@a.test'/><r xmlns='urn:xmpp:sm:3'/>",
+        );
+        assert!(
+            matches!(&acts[..], [Action::Stanza(..), Action::AckRequested]),
+            "{acts:?}"
+        );
     }
 
     #[test]

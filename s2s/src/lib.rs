@@ -8,6 +8,7 @@
 //! hands stanzas in and out through the [`driver::StanzaSink`] trait that the root crate
 //! implements.
 
+pub mod ack;
 pub mod component;
 pub mod dane;
 pub mod dialback;

@@ -43,6 +43,9 @@ pub enum Action {
         identity: AuthMethod,
         not_after: Option<i64>,
         sasl: bool,
+        /// The receiving server offered XEP-0198 stream management on the authenticated
+        /// stream.
+        sm_offered: bool,
     },
     /// Verify mode: the authoritative server's answer.
     Verified(bool),
@@ -76,6 +79,8 @@ pub struct Outbound {
     sasl_tried: bool,
     stream_id: Option<String>,
     peer_declares_db: bool,
+    /// The last features offered `<sm xmlns='urn:xmpp:sm:3'/>`.
+    sm_offered: bool,
     out: Vec<Action>,
 }
 
@@ -90,6 +95,7 @@ impl Outbound {
             sasl_tried: false,
             stream_id: None,
             peer_declares_db: false,
+            sm_offered: false,
             out: Vec::new(),
         }
     }
@@ -261,6 +267,7 @@ impl Outbound {
     }
 
     fn after_features(&mut self, features: Option<&Element>) {
+        self.sm_offered = features.is_some_and(|f| f.child("sm", crate::ack::NS_SM).is_some());
         if !self.tls {
             if features.is_some_and(|f| f.child("starttls", NS_TLS).is_some()) {
                 self.state = State::AwaitProceed;
@@ -352,6 +359,7 @@ impl Outbound {
             identity,
             not_after,
             sasl,
+            sm_offered: self.sm_offered,
         });
     }
 
@@ -483,6 +491,7 @@ mod tests {
                 rule: None,
             })),
             internal: None,
+            stream_management: true,
         }
     }
 
@@ -511,7 +520,8 @@ mod tests {
             vec![Action::Established {
                 identity: AuthMethod::Pkix,
                 not_after: Some(7),
-                sasl: true
+                sasl: true,
+                sm_offered: true,
             }]
         );
         assert!(i.iter().any(|a| matches!(
@@ -538,7 +548,8 @@ mod tests {
             vec![Action::Established {
                 identity: AuthMethod::Pkix,
                 not_after: Some(7),
-                sasl: false
+                sasl: false,
+                sm_offered: false,
             }]
         );
     }

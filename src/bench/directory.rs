@@ -46,11 +46,8 @@ async fn route(from: &Intercluster, at: &Counting, n: usize) -> anyhow::Result<(
             .with_attr("to", to)
             .with_attr("id", &format!("r{i}"))
             .with_child(Element::new("body", NS_CONTENT).with_text(&body));
-        Stanza {
-            size: el.wire_len(),
-            el,
-            origin: Origin::Gateway,
-        }
+        let size = el.wire_len();
+        Stanza::new(el, size, Origin::Gateway)
     };
     let base = at.delivered.load(Ordering::Relaxed);
     let done = || at.delivered.load(Ordering::Relaxed) - base;

@@ -881,13 +881,14 @@ async fn a_peer_cannot_use_a_cluster_as_a_relay() {
     let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
     let gw = tokyo.spec.start().await;
     let el = message("alice@example.test", "eve@elsewhere.test", "r1", "relay me");
-    gw.ctx.sink().route(Stanza {
-        size: el.to_bytes().len(),
+    let size = el.to_bytes().len();
+    gw.ctx.sink().route(Stanza::new(
         el,
-        origin: Origin::Intercluster {
+        size,
+        Origin::Intercluster {
             peer: "newyork".into(),
         },
-    });
+    ));
     let m = http_get(&gw, "/metrics").await;
     assert_eq!(
         metric(&m, "fedgate_stanzas_dropped_total{reason=\"relay\"}"),

@@ -498,11 +498,8 @@ impl Intercluster {
         text: &str,
     ) {
         for el in routes.into_iter().flat_map(Routed::expand) {
-            let st = Stanza {
-                size: el.wire_len(),
-                el,
-                origin: Origin::Gateway,
-            };
+            let size = el.wire_len();
+            let st = Stanza::new(el, size, Origin::Gateway);
             self.bounce(peer, &st, etype, cond, reason, text);
         }
     }
@@ -559,13 +556,13 @@ impl Intercluster {
         let routed_in = self.metrics.routed.with_label_values(&[from, "in"]);
         for el in r.expand() {
             let size = el.wire_len();
-            let st = Stanza {
+            let st = Stanza::new(
                 el,
                 size,
-                origin: Origin::Intercluster {
+                Origin::Intercluster {
                     peer: from.to_owned(),
                 },
-            };
+            );
             routed_in.inc();
             let to = st.el.attr("to").unwrap_or_default().to_owned();
             match self.decide(&to, Some(hops)) {

@@ -9,8 +9,11 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use std::time::Instant;
+
+use super::acked::AckedLink;
 use super::conn::Conn;
-use super::context::{Origin, S2sContext, Stanza, new_stream_id};
+use super::context::{Origin, S2sContext, Stanza, Unacked, new_stream_id};
 use super::io::Io;
 use crate::component::{Action, ComponentStream};
 use crate::wire::{ErrorType, Failure, FailureKind, StreamError};
@@ -131,12 +134,9 @@ async fn handle(
     let mut conn = Conn::new(Io::Plain(tcp), s.limits);
     let mut machine = ComponentStream::new(ctx.component_secrets.clone(), new_stream_id());
     let mut shutdown = ctx.shutdown_signal();
-    let mut registered: Option<(
-        String,
-        u64,
-        mpsc::UnboundedReceiver<Stanza>,
-        Arc<AtomicUsize>,
-    )> = None;
+    let mut drain: Option<tokio::time::Instant> = None;
+    let mut outbound_done = false;
+    let mut registered: Option<Registered> = None;
     ctx.metrics
         .streams
         .with_label_values(&["component", "negotiating"])
@@ -160,7 +160,24 @@ async fn handle(
                             .streams
                             .with_label_values(&["component", "established"])
                             .inc();
-                        registered = Some((domain, id, rx, q));
+                        // A component has no XEP-0198: pings on its stream confirm delivery.
+                        let acks = AckedLink::new(
+                            ctx,
+                            &mut conn,
+                            "component",
+                            id,
+                            false,
+                            (&domain, &domain),
+                            &domain,
+                        );
+                        registered = Some(Registered {
+                            domain,
+                            id,
+                            rx,
+                            queued: q,
+                            acks,
+                            _alive: ctx.component_guard(),
+                        });
                     }
                     None => {
                         let e = StreamError::new(
@@ -172,12 +189,23 @@ async fn handle(
                     }
                 },
                 Action::Stanza(el, size) => {
+                    if ctx.take_ping_answer(&el) {
+                        continue;
+                    }
                     let domain = machine.domain().unwrap_or_default().to_owned();
-                    ctx.sink().route(Stanza {
-                        el,
-                        size,
-                        origin: Origin::Component(domain),
-                    });
+                    let st = Stanza::new(el, size, Origin::Component(domain));
+                    if drain.is_some() && !is_reply(&st.el) {
+                        // Draining: no new work; the component hears why at once.
+                        ctx.bounce(
+                            &st,
+                            ErrorType::Wait,
+                            "service-unavailable",
+                            "shutdown",
+                            "fedgate: shutdown: fedgate is shutting down",
+                        );
+                        continue;
+                    }
+                    ctx.sink().route(st);
                 }
                 Action::Close(e) => {
                     conn.close_with(&e.to_bytes()).await;
@@ -195,9 +223,30 @@ async fn handle(
         if let Some(r) = stop {
             break r;
         }
+        if let Some(r) = registered.as_mut() {
+            r.acks.poll(&mut conn, Instant::now());
+            // Draining: done once the outbound streams are (their bounces may come here),
+            // nothing is queued and the component confirmed everything.
+            if outbound_done && r.rx.is_empty() && r.acks.ledger.unacked() == 0 {
+                conn.close_with(
+                    &StreamError::new("system-shutdown", "fedgate is shutting down").to_bytes(),
+                )
+                .await;
+                break Ok(());
+            }
+        }
         if let Err(e) = conn.flush().await {
             break Err(Failure::new(FailureKind::Connect, format!("write: {e}")));
         }
+        let room = registered
+            .as_ref()
+            .is_some_and(|r| r.acks.ledger.has_room());
+        let deadline = registered.as_ref().and_then(|r| r.acks.deadline());
+        let negotiating = registered.is_none();
+        let (rx, acks) = match registered.as_mut() {
+            Some(r) => (Some(&mut r.rx), Some(&mut r.acks)),
+            None => (None, None),
+        };
         tokio::select! {
             ev = conn.next_event() => match ev {
                 Ok(ev) => machine.handle(ev),
@@ -210,55 +259,108 @@ async fn handle(
                 }
             },
             st = async {
-                match registered.as_mut() {
-                    Some(r) => r.2.recv().await,
+                match rx {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            }, if room => {
+                let Some(st) = st else { break Ok(()) };
+                let Some(r) = registered.as_mut() else { break Ok(()) };
+                let now = Instant::now();
+                let mut size = st.size;
+                st.el.write_to(conn.wbuf_mut());
+                r.acks.wrote(st, now);
+                while conn.queued() < 64 * 1024 && r.acks.ledger.has_room() {
+                    let Ok(st) = r.rx.try_recv() else { break };
+                    size += st.size;
+                    st.el.write_to(conn.wbuf_mut());
+                    r.acks.wrote(st, now);
+                }
+                r.queued.fetch_sub(size, Ordering::Relaxed);
+                ctx.metrics.queued_bytes.sub(size as i64);
+            }
+            id = async {
+                match acks {
+                    Some(a) => a.ping_answered().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let Some(st) = st else { break Ok(()) };
-                let Some((_, _, rx, q)) = registered.as_mut() else { break Ok(()) };
-                let mut size = st.size;
-                st.el.write_to(conn.wbuf_mut());
-                while conn.queued() < 64 * 1024 {
-                    let Ok(st) = rx.try_recv() else { break };
-                    size += st.size;
-                    st.el.write_to(conn.wbuf_mut());
+                if let Some(r) = registered.as_mut() {
+                    r.acks.on_ping_answer(&id, Instant::now());
                 }
-                q.fetch_sub(size, Ordering::Relaxed);
-                ctx.metrics.queued_bytes.sub(size as i64);
             }
-            _ = &mut negotiation, if registered.is_none() => {
+            _ = super::pool::sleep_until_opt(deadline), if deadline.is_some() => {
+                if let Some(Err(f)) = registered.as_ref().map(|r| r.acks.check_timeout(Instant::now())) {
+                    let e = StreamError::new("connection-timeout", format!("the component did not answer our pings: {f}"));
+                    conn.close_with(&e.to_bytes()).await;
+                    break Err(f);
+                }
+            }
+            _ = &mut negotiation, if negotiating => {
                 conn.close_with(&StreamError::new("connection-timeout", "no handshake in time").to_bytes()).await;
                 break Err(Failure::new(FailureKind::Timeout, "component did not complete the handshake"));
             }
-            _ = shutdown.changed() => {
+            _ = shutdown.changed(), if drain.is_none() => {
+                if registered.is_none() {
+                    conn.close_with(&StreamError::new("system-shutdown", "fedgate is shutting down").to_bytes()).await;
+                    break Ok(());
+                }
+                // Deliver what is queued, ask for the last confirmations, then close.
+                drain = Some(tokio::time::Instant::now() + s.shutdown_grace);
+                if let Some(r) = registered.as_mut() {
+                    r.acks.request_now(&mut conn, Instant::now());
+                }
+            }
+            _ = ctx.outbound_drained(), if drain.is_some() && !outbound_done => outbound_done = true,
+            _ = super::pool::sleep_until_opt(drain.map(|d| d + std::time::Duration::from_millis(500))), if drain.is_some() => {
                 conn.close_with(&StreamError::new("system-shutdown", "fedgate is shutting down").to_bytes()).await;
-                break Ok(());
+                break Err(Failure::new(FailureKind::Shutdown, "fedgate is shutting down"));
             }
         }
     };
     match registered {
-        Some((domain, id, mut rx, q)) => {
-            components.unregister(&domain, id);
+        Some(mut r) => {
+            components.unregister(&r.domain, r.id);
             ctx.metrics
                 .streams
                 .with_label_values(&["component", "established"])
                 .dec();
-            rx.close();
-            let f = Failure::new(
-                FailureKind::Connect,
-                format!("the local service for {domain} disconnected"),
-            );
-            while let Ok(st) = rx.try_recv() {
-                q.fetch_sub(st.size, Ordering::Relaxed);
+            r.rx.close();
+            let domain = r.domain.clone();
+            let f = match &result {
+                Err(f) if f.kind == FailureKind::Shutdown => f.clone(),
+                Err(f) => Failure::new(
+                    FailureKind::Connect,
+                    format!("the local service for {domain} disconnected ({f})"),
+                ),
+                Ok(()) => Failure::new(
+                    FailureKind::Connect,
+                    format!("the local service for {domain} disconnected"),
+                ),
+            };
+            // Written but never confirmed: once more to a component that attached again
+            // meanwhile (the setting allowing), else bounced.
+            for mut st in r.acks.take_unacked() {
+                if f.kind != FailureKind::Shutdown
+                    && st.resent == 0
+                    && ctx.settings.unacked == Unacked::Resend
+                {
+                    st.resent += 1;
+                    ctx.metrics.resent.with_label_values(&["component"]).inc();
+                    match components.deliver(ctx, &domain, st) {
+                        Ok(()) => continue,
+                        Err(DeliverError::NotConnected(st) | DeliverError::QueueFull(st)) => {
+                            bounce_gone(ctx, &st, &f);
+                        }
+                    }
+                } else {
+                    bounce_gone(ctx, &st, &f);
+                }
+            }
+            while let Ok(st) = r.rx.try_recv() {
+                r.queued.fetch_sub(st.size, Ordering::Relaxed);
                 ctx.metrics.queued_bytes.sub(st.size as i64);
-                ctx.bounce(
-                    &st,
-                    ErrorType::Cancel,
-                    "service-unavailable",
-                    "component-gone",
-                    &format!("fedgate: {f}"),
-                );
+                bounce_gone(ctx, &st, &f);
             }
             tracing::info!(%domain, "component disconnected");
         }
@@ -269,4 +371,35 @@ async fn handle(
             .dec(),
     }
     result
+}
+
+/// A component link that completed its handshake.
+struct Registered {
+    domain: String,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Stanza>,
+    queued: Arc<AtomicUsize>,
+    acks: AckedLink,
+    _alive: super::context::DrainGuard,
+}
+
+fn bounce_gone(ctx: &S2sContext, st: &Stanza, f: &Failure) {
+    let (etype, reason) = if f.kind == FailureKind::Shutdown {
+        (ErrorType::Wait, "shutdown")
+    } else {
+        (ErrorType::Cancel, "component-gone")
+    };
+    ctx.bounce(
+        st,
+        etype,
+        "service-unavailable",
+        reason,
+        &format!("fedgate: {f}"),
+    );
+}
+
+/// Answers (iq results, errors) still flow while draining: they complete work in flight.
+fn is_reply(el: &crate::element::Element) -> bool {
+    el.attr("type") == Some("error")
+        || el.name == "iq" && matches!(el.attr("type"), Some("result" | "error"))
 }

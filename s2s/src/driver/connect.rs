@@ -24,6 +24,8 @@ pub enum Outcome {
         /// How we authenticated: "sasl-external" or "dialback".
         mechanism: &'static str,
         target: String,
+        /// The receiving server offered XEP-0198.
+        sm_offered: bool,
     },
     Verified(bool),
 }
@@ -90,6 +92,7 @@ pub async fn connect(
                             method,
                             not_after,
                             mechanism,
+                            sm_offered,
                             ..
                         } => Outcome::Established {
                             conn,
@@ -97,6 +100,7 @@ pub async fn connect(
                             not_after,
                             mechanism,
                             target: label,
+                            sm_offered,
                         },
                         v => v,
                     });
@@ -177,6 +181,7 @@ async fn attempt(
                         identity,
                         not_after,
                         sasl,
+                        sm_offered,
                     } => {
                         conn.flush()
                             .await
@@ -188,6 +193,7 @@ async fn attempt(
                             not_after,
                             mechanism: if sasl { "sasl-external" } else { "dialback" },
                             target: String::new(),
+                            sm_offered,
                         });
                     }
                     Action::Verified(v) => {

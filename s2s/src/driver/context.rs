@@ -48,6 +48,34 @@ pub struct Stanza {
     /// Bytes on the wire (used for queue accounting).
     pub size: usize,
     pub origin: Origin,
+    /// Set when the stanza came over an acknowledging link: fires (acknowledging it to the
+    /// sender) once the stanza is taken care of. See [`super::receipt`].
+    pub receipt: Option<super::receipt::Receipt>,
+    /// How many streams it was written to without a confirmation (resend once, then bounce).
+    pub resent: u8,
+}
+
+impl Stanza {
+    pub fn new(el: Element, size: usize, origin: Origin) -> Self {
+        Self {
+            el,
+            size,
+            origin,
+            receipt: None,
+            resent: 0,
+        }
+    }
+}
+
+/// What a link does with stanzas it wrote and the next hop never confirmed, when the stream
+/// breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unacked {
+    /// Send them again once on a new stream, then bounce (a duplicate is possible when only
+    /// the acknowledgement was lost).
+    Resend,
+    /// Bounce them to their senders at once.
+    Bounce,
 }
 
 /// The router, seen from the link drivers.
@@ -76,6 +104,25 @@ pub struct StreamSettings {
     /// First and longest wait before retrying a remote domain that failed.
     pub retry_backoff_min: Duration,
     pub retry_backoff_max: Duration,
+    /// Acknowledgements on every link (XEP-0198 where negotiated, XEP-0199 pings elsewhere).
+    pub acks: crate::ack::AckSettings,
+    /// What to do with unconfirmed stanzas of a broken stream, by default and per remote domain.
+    pub unacked: Unacked,
+    pub unacked_by_domain: HashMap<String, Unacked>,
+    /// Offer and enable XEP-0198 on s2s.
+    pub stream_management: bool,
+    /// How long a shutdown may take to deliver or bounce what is queued and unconfirmed.
+    pub shutdown_grace: Duration,
+}
+
+impl StreamSettings {
+    /// What to do with unconfirmed stanzas to `remote` when a stream breaks.
+    pub fn unacked_for(&self, remote: &str) -> Unacked {
+        self.unacked_by_domain
+            .get(remote)
+            .copied()
+            .unwrap_or(self.unacked)
+    }
 }
 
 impl Default for StreamSettings {
@@ -99,6 +146,11 @@ impl Default for StreamSettings {
             max_queue_bytes: 1024 * 1024,
             retry_backoff_min: Duration::from_secs(1),
             retry_backoff_max: Duration::from_secs(60),
+            acks: crate::ack::AckSettings::default(),
+            unacked: Unacked::Resend,
+            unacked_by_domain: HashMap::new(),
+            stream_management: true,
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -124,7 +176,23 @@ pub struct S2sContext {
     gate: OnceLock<Arc<dyn Gatekeeper>>,
     provers: OnceLock<Vec<Arc<dyn IdentityProver>>>,
     shutdown: watch::Sender<bool>,
+    /// Our pings awaiting an answer, by id: where the answer must come from, and the link
+    /// that waits for it.
+    pings: Mutex<HashMap<String, (String, tokio::sync::mpsc::UnboundedSender<String>)>>,
+    /// Sending links alive (outbound streams and components): a shutdown waits for them to
+    /// deliver or bounce what they hold.
+    draining: watch::Sender<usize>,
+    /// Inbound s2s streams alive: a shutdown waits for their last acknowledgement and close.
+    inbound: watch::Sender<usize>,
+    /// Component links alive: they close after the outbound streams, whose bounces they
+    /// may still have to carry.
+    components: watch::Sender<usize>,
+    /// Set once every link drained or the grace time ran out: inbound streams close then.
+    closing: watch::Sender<bool>,
 }
+
+/// Ids of the gateway's own pings start with this.
+pub const PING_ID_PREFIX: &str = "fgack-";
 
 impl S2sContext {
     #[allow(clippy::too_many_arguments)]
@@ -192,6 +260,11 @@ impl S2sContext {
             gate: OnceLock::new(),
             provers: OnceLock::new(),
             shutdown: watch::channel(false).0,
+            pings: Mutex::new(HashMap::new()),
+            draining: watch::channel(0).0,
+            inbound: watch::channel(0).0,
+            components: watch::channel(0).0,
+            closing: watch::channel(false).0,
         })
     }
 
@@ -245,9 +318,108 @@ impl S2sContext {
         self.shutdown.subscribe()
     }
 
-    /// Ask every stream to close cleanly.
+    /// Ask every stream to close cleanly: listeners stop accepting, links deliver or bounce
+    /// what they hold and then close; inbound streams close once [`Self::closing_signal`]
+    /// fires (every link drained, or the grace time is over).
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Fires when inbound streams must close (after the links drained).
+    pub fn closing_signal(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Tell inbound streams to close now.
+    pub fn begin_closing(&self) {
+        let _ = self.closing.send(true);
+    }
+
+    /// Held by an outbound stream for its lifetime: a shutdown waits until every such guard
+    /// is gone (each link delivered or bounced what it held).
+    pub fn drain_guard(self: &Arc<Self>) -> DrainGuard {
+        self.draining.send_modify(|n| *n += 1);
+        DrainGuard(self.clone(), Tracked::Outbound)
+    }
+
+    /// Held by a component link for its lifetime.
+    pub fn component_guard(self: &Arc<Self>) -> DrainGuard {
+        self.components.send_modify(|n| *n += 1);
+        DrainGuard(self.clone(), Tracked::Component)
+    }
+
+    /// Held by an inbound stream for its lifetime.
+    pub fn inbound_guard(self: &Arc<Self>) -> DrainGuard {
+        self.inbound.send_modify(|n| *n += 1);
+        DrainGuard(self.clone(), Tracked::Inbound)
+    }
+
+    /// Resolves once no outbound stream is alive.
+    pub async fn outbound_drained(&self) {
+        let mut rx = self.draining.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Resolves once no outbound stream and no component link is alive.
+    pub async fn drained(&self) {
+        self.outbound_drained().await;
+        let mut rx = self.components.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Resolves once no inbound stream is alive.
+    pub async fn inbound_closed(&self) {
+        let mut rx = self.inbound.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// Register one of our pings: its answer must come from `from_domain`; the id is sent on
+    /// `tx` when it does.
+    pub fn expect_ping_answer(
+        &self,
+        id: &str,
+        from_domain: &str,
+        tx: &tokio::sync::mpsc::UnboundedSender<String>,
+    ) {
+        self.pings
+            .lock()
+            .expect("pings lock")
+            .insert(id.to_owned(), (from_domain.to_owned(), tx.clone()));
+    }
+
+    pub fn forget_pings(&self, ids: impl IntoIterator<Item = String>) {
+        let mut p = self.pings.lock().expect("pings lock");
+        for id in ids {
+            p.remove(&id);
+        }
+    }
+
+    /// Whether `el` answers one of our pings (then it is consumed here, not routed): an iq
+    /// result or error with our id, from the domain we pinged.
+    pub fn take_ping_answer(&self, el: &Element) -> bool {
+        if el.name != "iq" || !matches!(el.attr("type"), Some("result" | "error")) {
+            return false;
+        }
+        let Some(id) = el.attr("id").filter(|i| i.starts_with(PING_ID_PREFIX)) else {
+            return false;
+        };
+        let from = crate::wire::stanza_domains(el)
+            .0
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        let mut p = self.pings.lock().expect("pings lock");
+        match p.get(id) {
+            Some((expected, _)) if *expected == from => {
+                let (_, tx) = p.remove(id).expect("present");
+                let _ = tx.send(id.to_owned());
+                true
+            }
+            _ => false,
+        }
     }
 
     /// The certificate a peer presented, with what DANE/POSH found for it per domain.
@@ -327,6 +499,27 @@ impl S2sContext {
             .lock()
             .expect("peer cert lock")
             .insert(domain.to_owned(), verdict);
+    }
+}
+
+/// Counts a live link or stream for the shutdown; dropping it ends that count.
+pub struct DrainGuard(Arc<S2sContext>, Tracked);
+
+#[derive(Clone, Copy)]
+enum Tracked {
+    Outbound,
+    Component,
+    Inbound,
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        let w = match self.1 {
+            Tracked::Outbound => &self.0.draining,
+            Tracked::Component => &self.0.components,
+            Tracked::Inbound => &self.0.inbound,
+        };
+        w.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -508,11 +701,7 @@ impl S2sContext {
         self.metrics.bounced.with_label_values(&[reason]).inc();
         tracing::info!(reason, condition, to = ?st.el.attr("from"), %text, "bounced stanza");
         let size = st.size;
-        self.sink().route(Stanza {
-            el: reply,
-            size,
-            origin: Origin::Gateway,
-        });
+        self.sink().route(Stanza::new(reply, size, Origin::Gateway));
     }
 
     /// Bounce for a failed link, with the RFC 6120 condition that matches the failure kind.

@@ -13,6 +13,7 @@ use super::conn::Conn;
 use super::context::{Origin, S2sContext, Stanza, new_stream_id};
 use super::io::Io;
 use super::pool::Pool;
+use super::receipt::Receipts;
 use crate::inbound::{Action, Inbound, InboundSettings};
 use crate::wire::{Failure, FailureKind, StreamError, stanza_domains};
 
@@ -52,6 +53,7 @@ async fn handle(
     direct_tls_only: bool,
     internal: Option<Arc<HashSet<String>>>,
 ) {
+    let _alive = ctx.inbound_guard();
     let m = &ctx.metrics;
     m.streams.with_label_values(&["in", "negotiating"]).inc();
     let mut authenticated_gauge = false;
@@ -123,6 +125,7 @@ async fn run(
             ctx.gate()
         },
         internal,
+        stream_management: s.stream_management,
     };
     let mut machine = Inbound::new(settings, new_stream_id(), false);
     let mut peer = None;
@@ -142,6 +145,12 @@ async fn run(
 
     let (vtx, mut vrx) = mpsc::unbounded_channel::<(String, String, bool, String)>();
     let mut shutdown = ctx.shutdown_signal();
+    let mut closing = ctx.closing_signal();
+    // XEP-0198 once the peer enabled it: what the next hops took, and the peer's request
+    // waiting for it (the count it covers, and when it must be answered anyway).
+    let mut sm: Option<Arc<Receipts>> = None;
+    let mut ack_wanted: Option<(u64, tokio::time::Instant)> = None;
+    let mut shutdown_begun = *shutdown.borrow();
     let deadline = tokio::time::Instant::now() + s.negotiation_timeout;
     let negotiation = tokio::time::sleep_until(deadline);
     tokio::pin!(negotiation);
@@ -244,7 +253,39 @@ async fn run(
                         conn.parser.set_limits(s.limits);
                     }
                 }
+                Action::SmEnabled => {
+                    ctx.metrics
+                        .ack_mode
+                        .with_label_values(&["s2s-in", "sm"])
+                        .inc();
+                    sm = Some(Receipts::new());
+                }
+                Action::AckRequested => {
+                    if let Some(r) = &sm {
+                        let (_, received) = r.counts();
+                        ack_wanted =
+                            Some((received, tokio::time::Instant::now() + ACK_ANSWER_MAX_DELAY));
+                    }
+                }
                 Action::Stanza(el, size) => {
+                    if ctx.take_ping_answer(&el) {
+                        continue;
+                    }
+                    if shutdown_begun && !is_reply(&el) {
+                        // Draining: no new work. With XEP-0198 the sender keeps it (we never
+                        // acknowledge it); without, it is answered now.
+                        if sm.is_none() {
+                            let st = Stanza::new(el, size, Origin::Gateway);
+                            ctx.bounce(
+                                &st,
+                                crate::wire::ErrorType::Wait,
+                                "service-unavailable",
+                                "shutdown",
+                                "fedgate: shutdown: fedgate is shutting down",
+                            );
+                        }
+                        continue;
+                    }
                     let (Some(from), Some(to)) = stanza_domains(&el) else {
                         continue;
                     };
@@ -271,7 +312,9 @@ async fn run(
                             remote: from,
                         }
                     };
-                    ctx.sink().route(Stanza { el, size, origin });
+                    let mut st = Stanza::new(el, size, origin);
+                    st.receipt = sm.as_ref().map(|r| r.issue());
+                    ctx.sink().route(st);
                 }
                 Action::Close(e) => {
                     tracing::info!(condition = e.condition, text = %e.text, "closing inbound stream with error");
@@ -280,10 +323,20 @@ async fn run(
                     return Err(stream_error_failure(&e));
                 }
                 Action::PeerClosed => {
+                    final_ack(&mut conn, sm.as_deref()).await;
                     conn.close_with(b"</stream:stream>").await;
                     break_on_close(ctx, &remotes);
                     return Ok(());
                 }
+            }
+        }
+        if let (Some(r), Some((upto, by))) = (&sm, ack_wanted) {
+            let (confirmed, _) = r.counts();
+            if confirmed >= upto || tokio::time::Instant::now() >= by {
+                conn.queue(
+                    format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", confirmed as u32).as_bytes(),
+                );
+                ack_wanted = None;
             }
         }
         if let Err(e) = conn.flush().await {
@@ -322,6 +375,9 @@ async fn run(
                 }
             },
             Some((local, remote, ok, why)) = vrx.recv() => machine.dialback_verified(&local, &remote, ok, &why),
+            // What the next hops took grew while the peer waits for an answer.
+            _ = async { match &sm { Some(r) => r.changed().await, None => std::future::pending().await } }, if ack_wanted.is_some() => {}
+            _ = super::pool::sleep_until_opt(ack_wanted.map(|(_, by)| by)), if ack_wanted.is_some() => {}
             _ = &mut negotiation, if !*established => {
                 let e = StreamError::new("connection-timeout", "timeout: not authenticated in time");
                 conn.close_with(&e.to_bytes()).await;
@@ -338,7 +394,11 @@ async fn run(
                 tracing::info!(%remote, "closed inbound stream: peer certificate expired");
                 break Ok(());
             }
-            _ = shutdown.changed() => {
+            // Shutdown: keep reading (answers to our pings and acks arrive here) while the
+            // links drain, take no new work, then close.
+            _ = shutdown.changed(), if !shutdown_begun => shutdown_begun = true,
+            _ = closing.changed() => {
+                final_ack(&mut conn, sm.as_deref()).await;
                 let e = StreamError::new("system-shutdown", "fedgate is shutting down");
                 conn.close_with(&e.to_bytes()).await;
                 break Ok(());
@@ -350,6 +410,34 @@ async fn run(
         ctx.status.peer_cert_remove(r, *t);
     }
     result
+}
+
+/// How long a peer's `<r/>` may wait for the next hops before it is answered with what they
+/// took so far.
+const ACK_ANSWER_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Before closing a stream with XEP-0198: wait briefly for the next hops, then tell the peer
+/// what was taken care of (XEP-0198 §5: a last `<a/>` before the close), so it resends or
+/// bounces only the rest.
+async fn final_ack(conn: &mut Conn, sm: Option<&Receipts>) {
+    let Some(r) = sm else { return };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        loop {
+            let (c, n) = r.counts();
+            if c >= n {
+                break;
+            }
+            r.changed().await;
+        }
+    })
+    .await;
+    conn.queue(format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", r.h()).as_bytes());
+}
+
+/// Answers (iq results, errors) still flow while draining: they complete work in flight.
+fn is_reply(el: &crate::element::Element) -> bool {
+    el.attr("type") == Some("error")
+        || el.name == "iq" && matches!(el.attr("type"), Some("result" | "error"))
 }
 
 /// The domains whose identity the machine is about to check: the stream header's `from`

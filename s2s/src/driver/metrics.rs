@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub const MAX_DOMAIN_LABELS: usize = 200;
 
@@ -33,6 +35,15 @@ pub struct Metrics {
     /// Seconds until the soonest-expiring certificate among a remote domain's authenticated
     /// streams expires (refreshed at each scrape).
     pub peer_cert_expiry: IntGaugeVec,
+    /// Stanzas written to a link and not yet confirmed by its next hop, by link kind
+    /// (s2s-out, internal, component).
+    pub unconfirmed: IntGaugeVec,
+    /// Stanzas sent again on a new stream because the broken one never confirmed them.
+    pub resent: IntCounterVec,
+    /// Round-trip time of acknowledgement requests (XEP-0198 `<r/>` or XEP-0199 ping).
+    pub ack_rtt: HistogramVec,
+    /// Links that negotiated XEP-0198, by direction, and those that fell back to pings.
+    pub ack_mode: IntCounterVec,
     domains: Mutex<HashSet<String>>,
 }
 
@@ -68,7 +79,44 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(peer_cert_expiry.clone()))
             .expect("unique metric");
+        let unconfirmed = IntGaugeVec::new(
+            Opts::new(
+                "fedgate_unconfirmed_stanzas",
+                "Stanzas written to a link whose next hop has not confirmed them yet",
+            ),
+            &["link"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(unconfirmed.clone()))
+            .expect("unique metric");
+        let ack_rtt = HistogramVec::new(
+            HistogramOpts::new(
+                "fedgate_ack_rtt_seconds",
+                "Round-trip time of acknowledgement requests (XEP-0198 or XEP-0199 ping)",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+            &["link", "mode"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(ack_rtt.clone()))
+            .expect("unique metric");
         Self {
+            unconfirmed,
+            ack_rtt,
+            resent: vec_counter(
+                r,
+                "fedgate_stanzas_resent_total",
+                "Stanzas sent again on a new stream because the broken one never confirmed them",
+                &["link"],
+            ),
+            ack_mode: vec_counter(
+                r,
+                "fedgate_ack_links_total",
+                "Links by how their next hop confirms delivery (sm = XEP-0198, ping = XEP-0199)",
+                &["link", "mode"],
+            ),
             streams,
             streams_closed: vec_counter(
                 r,

@@ -1,6 +1,7 @@
 //! The tokio drivers around the sans-IO machines: transports, the s2s listener, the outbound
 //! pool, component links, metrics and per-domain status.
 
+pub mod acked;
 pub mod components;
 pub mod conn;
 pub mod connect;
@@ -11,6 +12,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod posh;
+pub mod receipt;
 pub mod status;
 
 pub use components::Components;

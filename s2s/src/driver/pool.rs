@@ -11,12 +11,26 @@ use std::time::{Duration, Instant};
 use rand::Rng as _;
 use tokio::sync::mpsc;
 
+use super::acked::AckedLink;
 use super::connect::{Outcome, connect};
-use super::context::{S2sContext, Stanza};
+use super::context::{S2sContext, Stanza, Unacked};
 use crate::outbound::Mode;
 use crate::wire::{ErrorType, Failure, FailureKind};
 
 type Pair = (String, String);
+
+/// Stream errors (RFC 6120 §4.9.3) that say nothing about the stanzas we sent: what was
+/// unconfirmed may be sent again on a new stream.
+const TRANSIENT_STREAM_ERRORS: &[&str] = &[
+    "connection-timeout",
+    "internal-server-error",
+    "remote-connection-failed",
+    "reset",
+    "resource-constraint",
+    "see-other-host",
+    "system-shutdown",
+    "undefined-condition",
+];
 
 struct Link {
     id: u64,
@@ -65,6 +79,15 @@ impl Pool {
         for _ in 0..2 {
             let mut links = self.links.lock().expect("pool lock");
             let key = (local.to_owned(), remote.to_owned());
+            if self.ctx.is_shutting_down() && !links.contains_key(&key) {
+                // No new streams while shutting down.
+                drop(links);
+                return self.bounce_failed(
+                    remote,
+                    &st,
+                    &Failure::new(FailureKind::Shutdown, "fedgate is shutting down"),
+                );
+            }
             let link = links
                 .entry(key)
                 .or_insert_with(|| self.spawn_link(local, remote));
@@ -175,6 +198,8 @@ impl Pool {
         queued: Arc<AtomicUsize>,
     ) {
         let ctx = self.ctx.clone();
+        // A shutdown waits for this link to deliver or bounce what it holds.
+        let _alive = ctx.drain_guard();
         let m = &ctx.metrics;
         m.streams.with_label_values(&["out", "negotiating"]).inc();
         let mode = Mode::Auth {
@@ -182,14 +207,15 @@ impl Pool {
         };
         let res = connect(&ctx, &local, &remote, mode).await;
         m.streams.with_label_values(&["out", "negotiating"]).dec();
-        let (mut conn, method, not_after, mechanism, target) = match res {
+        let (mut conn, method, not_after, mechanism, target, sm_offered) = match res {
             Ok(Outcome::Established {
                 conn,
                 method,
                 not_after,
                 mechanism,
                 target,
-            }) => (conn, method, not_after, mechanism, target),
+                sm_offered,
+            }) => (conn, method, not_after, mechanism, target, sm_offered),
             Ok(Outcome::Verified(_)) => unreachable!("auth mode"),
             Err(f) => {
                 // Authentication failures count as such; DNS/connect/TLS failures never got
@@ -227,18 +253,30 @@ impl Pool {
         m.streams.with_label_values(&["out", "established"]).inc();
         ctx.status.stream_opened(&remote, true);
         ctx.status.authenticated(&remote, &local, method.as_str());
-        tracing::info!(%local, %remote, %target, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "outbound s2s established");
+        tracing::info!(%local, %remote, %target, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), sm = sm_offered, "outbound s2s established");
         conn.parser.set_limits(ctx.settings.limits);
         let label = m.domain_label(&remote);
         // A link to a hosted domain is the internal link to our own IM server.
-        let path = if ctx.hosted.contains(&remote) {
+        let internal = ctx.hosted.contains(&remote);
+        let path = if internal {
             "to-internal"
         } else {
             "local-to-remote"
         };
         let routed = m.routed.with_label_values(&[path, &label]);
+        let mut acks = AckedLink::new(
+            &ctx,
+            &mut conn,
+            if internal { "internal" } else { "s2s-out" },
+            id,
+            sm_offered && ctx.settings.stream_management,
+            (&local, &remote),
+            &remote,
+        );
 
         let mut shutdown = ctx.shutdown_signal();
+        let mut drain: Option<tokio::time::Instant> = None;
+        let mut resend = true;
         let idle = tokio::time::sleep(ctx.settings.idle_timeout);
         tokio::pin!(idle);
         let mut keepalive = tokio::time::interval(ctx.settings.keepalive_interval);
@@ -249,39 +287,71 @@ impl Pool {
             ctx.status.peer_cert_add(&remote, t);
         }
         let end: Result<&str, Failure> = loop {
+            let now = Instant::now();
+            acks.poll(&mut conn, now);
+            if conn.queued() > 0 {
+                if let Err(e) = conn.flush().await {
+                    break Err(Failure::new(FailureKind::Connect, format!("write: {e}")));
+                }
+                keepalive.reset();
+            }
+            // Draining: done once nothing is queued and the peer confirmed everything.
+            if drain.is_some() && rx.is_empty() && acks.ledger.unacked() == 0 {
+                break Ok("shutdown");
+            }
+            let deadline = acks.deadline();
             tokio::select! {
-                st = rx.recv() => {
+                st = rx.recv(), if acks.ledger.has_room() => {
                     let Some(st) = st else { break Ok("closed") };
                     let mut n = 1;
                     self.dequeued(&queued, st.size);
                     st.el.write_to(conn.wbuf_mut());
+                    acks.wrote(st, now);
                     // Batch what is already waiting into one write.
-                    while conn.queued() < 64 * 1024 {
+                    while conn.queued() < 64 * 1024 && acks.ledger.has_room() {
                         let Ok(st) = rx.try_recv() else { break };
                         self.dequeued(&queued, st.size);
                         st.el.write_to(conn.wbuf_mut());
+                        acks.wrote(st, now);
                         n += 1;
                     }
                     routed.inc_by(n);
-                    if let Err(e) = conn.flush().await {
-                        break Err(Failure::new(FailureKind::Connect, format!("write: {e}")));
-                    }
                     idle.as_mut().reset(tokio::time::Instant::now() + ctx.settings.idle_timeout);
-                    keepalive.reset();
                 }
                 ev = conn.next_event() => match ev {
                     Ok(crate::xml::StreamEvent::Close) => break Err(Failure::new(FailureKind::Stream, "peer closed the stream")),
                     Ok(crate::xml::StreamEvent::Element(el, _)) => {
                         if el.is("error", crate::element::NS_STREAM) {
                             let (c, t) = crate::wire::parse_stream_error(&el);
+                            // A stream error our stanzas caused would come back on a new stream:
+                            // resend only after those that say nothing about them.
+                            resend = TRANSIENT_STREAM_ERRORS.contains(&c.as_str());
                             break Err(Failure::new(FailureKind::Stream, format!("peer sent stream error {c}: {t}")));
                         }
-                        tracing::debug!(name = %el.name, %remote, "ignored element on outbound stream");
+                        match acks.on_element(&mut conn, &el, Instant::now()) {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                if ctx.take_ping_answer(&el) {
+                                    continue;
+                                }
+                                tracing::debug!(name = %el.name, %remote, "ignored element on outbound stream");
+                            }
+                            Err(f) => {
+                                conn.queue(&crate::wire::StreamError::new("undefined-condition", f.detail.clone()).to_bytes());
+                                break Err(f);
+                            }
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => break Err(e.failure()),
                 },
-                _ = &mut idle => break Ok("idle"),
+                id = acks.ping_answered() => acks.on_ping_answer(&id, Instant::now()),
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    if let Err(f) = acks.check_timeout(Instant::now()) {
+                        break Err(f);
+                    }
+                }
+                _ = &mut idle, if acks.ledger.unacked() == 0 && drain.is_none() => break Ok("idle"),
                 // RFC 6120 §13.7.2.3: do not keep using a stream whose peer certificate expired;
                 // what is still queued goes over a new, freshly verified stream.
                 _ = super::listener::until_expiry(&expiries) => {
@@ -289,12 +359,16 @@ impl Pool {
                 }
                 _ = keepalive.tick() => {
                     conn.queue(b" ");
-                    if let Err(e) = conn.flush().await {
-                        break Err(Failure::new(FailureKind::Connect, format!("keepalive: {e}")));
-                    }
                     conn.shrink();
                 }
-                _ = shutdown.changed() => break Ok("shutdown"),
+                _ = shutdown.changed(), if drain.is_none() => {
+                    // Deliver what is queued, ask for the last confirmations, then close.
+                    drain = Some(tokio::time::Instant::now() + ctx.settings.shutdown_grace);
+                    acks.request_now(&mut conn, Instant::now());
+                }
+                _ = sleep_until_opt(drain), if drain.is_some() => {
+                    break Err(Failure::new(FailureKind::Shutdown, "fedgate is shutting down"));
+                }
             }
         };
         // No new stanzas reach this link from here on; what is already queued is written
@@ -311,28 +385,68 @@ impl Pool {
         if let Some(t) = not_after {
             ctx.status.peer_cert_remove(&remote, t);
         }
+        let unacked = acks.take_unacked();
         match end {
-            Ok(why) => {
-                for st in &rest {
-                    st.el.write_to(conn.wbuf_mut());
-                }
-                routed.inc_by(rest.len() as u64);
+            Ok(why) if unacked.is_empty() && rest.is_empty() => {
                 tracing::info!(%local, %remote, why, "closing outbound s2s stream");
                 m.streams_closed.with_label_values(&["out", "ok"]).inc();
                 conn.close_with(b"</stream:stream>").await;
             }
-            Err(f) => {
-                tracing::warn!(%local, %remote, failure = %f, requeued = rest.len(), "outbound s2s stream broke");
+            end => {
+                let f = end.err().unwrap_or_else(|| {
+                    Failure::new(
+                        FailureKind::Stream,
+                        "the link closed with stanzas unconfirmed",
+                    )
+                });
+                tracing::warn!(%local, %remote, failure = %f, unconfirmed = unacked.len(), requeued = rest.len(), "outbound s2s stream broke");
                 m.streams_closed
                     .with_label_values(&["out", f.kind.as_str()])
                     .inc();
-                ctx.status.error(&remote, &f);
+                if f.kind != FailureKind::Shutdown {
+                    ctx.status.error(&remote, &f);
+                }
                 conn.close_with(b"</stream:stream>").await;
+                for st in unacked {
+                    self.unconfirmed(&local, &remote, st, &f, resend);
+                }
                 for st in rest {
                     self.send(&local, &remote, st);
                 }
             }
         }
+    }
+
+    /// A stanza written to a stream that broke before the peer confirmed it: sent again once
+    /// (a duplicate if only the confirmation was lost), or bounced, as set for `remote`.
+    fn unconfirmed(
+        self: &Arc<Self>,
+        local: &str,
+        remote: &str,
+        mut st: Stanza,
+        f: &Failure,
+        resend: bool,
+    ) {
+        let s = &self.ctx.settings;
+        if resend
+            && f.kind != FailureKind::Shutdown
+            && st.resent == 0
+            && s.unacked_for(remote) == Unacked::Resend
+        {
+            st.resent += 1;
+            let link = if self.ctx.hosted.contains(remote) {
+                "internal"
+            } else {
+                "s2s-out"
+            };
+            self.ctx.metrics.resent.with_label_values(&[link]).inc();
+            return self.send(local, remote, st);
+        }
+        let why = Failure::new(
+            f.kind,
+            format!("{remote} did not confirm delivery before the stream ended ({f})"),
+        );
+        self.bounce_failed(remote, &st, &why);
     }
 
     /// Verify a dialback key with the authoritative server of `remote` (we are `local`, the
@@ -357,5 +471,13 @@ impl Pool {
             Ok(Outcome::Established { .. }) => (false, "unexpected outcome".into()),
             Err(f) => (false, format!("verification failed: {f}")),
         }
+    }
+}
+
+/// Sleeps until `t`; never resolves for `None` (select branches guard on `is_some`).
+pub(crate) async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }

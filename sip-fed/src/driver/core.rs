@@ -311,11 +311,11 @@ impl Core {
                             .translated
                             .with_label_values(&["sip-to-xmpp", el.name.as_str()])
                             .inc();
-                        self.shared.ctx.sink().route(Stanza {
+                        self.shared.ctx.sink().route(Stanza::new(
                             el,
                             size,
-                            origin: Origin::Sip { local, remote },
-                        });
+                            Origin::Sip { local, remote },
+                        ));
                     }
                 }
             }
