@@ -229,7 +229,9 @@ impl<T> Ledger<T> {
     }
 
     /// XEP-0198 `<a h='…'/>`: `h` counts stanzas modulo 2^32. Returns the newly confirmed
-    /// stanzas and, when it answered a request, that request's round-trip time.
+    /// stanzas and, when it answered a request, that request's round-trip time. An `<a/>`
+    /// answers the oldest outstanding `<r/>` even when it covers less than that request asked
+    /// about (the peer's next hop had not taken everything yet): the rest is asked about again.
     pub fn on_sm_ack(
         &mut self,
         h: u32,
@@ -244,7 +246,14 @@ impl<T> Ledger<T> {
                 sent: self.sent,
             });
         }
-        Ok(self.confirm_upto(upto, now))
+        let rtt = self.requests.pop_front().map(|r| now.duration_since(r.at));
+        let (items, _) = self.confirm_upto(upto, now);
+        if !self.q.is_empty() && self.requests.is_empty() {
+            // Nothing outstanding covers the rest: ask again (by count or by time).
+            self.requested_upto = self.acked;
+            self.uncovered_since = Some(now);
+        }
+        Ok((items, rtt))
     }
 
     /// An answer (result or error) to an iq with `id`. `None` if it is not one of our pings.
@@ -377,12 +386,18 @@ mod tests {
         l.sent(2, 10, t);
         assert_eq!(l.poll_request(t), Some(Request::Sm));
         assert_eq!(l.poll_request(t), None, "already asked for these");
+        // The answer covers less than was asked about: the next hop had not taken the third.
         let (done, rtt) = l.on_sm_ack(2, t + Duration::from_millis(7)).unwrap();
         assert_eq!(done, vec![0, 1]);
-        assert_eq!(rtt, None, "h=2 answers no request (it asked up to 3)");
-        let (done, rtt) = l.on_sm_ack(3, t + Duration::from_millis(9)).unwrap();
+        assert_eq!(rtt, Some(Duration::from_millis(7)));
+        // The third is asked about again, by time.
+        assert_eq!(l.poll_request(t + Duration::from_millis(8)), None);
+        let again = t + Duration::from_millis(7) + Duration::from_millis(100);
+        assert_eq!(l.next_deadline(), Some(again));
+        assert_eq!(l.poll_request(again), Some(Request::Sm));
+        let (done, rtt) = l.on_sm_ack(3, again + Duration::from_millis(2)).unwrap();
         assert_eq!(done, vec![2]);
-        assert_eq!(rtt, Some(Duration::from_millis(9)));
+        assert_eq!(rtt, Some(Duration::from_millis(2)));
         assert_eq!((l.unacked(), l.unacked_bytes()), (0, 0));
         // A repeated ack is harmless.
         assert_eq!(l.on_sm_ack(3, t).unwrap().0, Vec::<i32>::new());

@@ -1,6 +1,7 @@
 //! Whole gateways in one process, on distinct loopback addresses, with a real in-process DNS
 //! server, real TLS (test CA made by rcgen) and XEP-0114 components on both sides.
 
+mod acks;
 mod certs;
 mod crl;
 mod dane;
@@ -10,6 +11,9 @@ mod internal;
 mod policy;
 mod posh;
 mod probe;
+#[path = "../support/relay.rs"]
+#[allow(dead_code)]
+mod relay;
 mod sip;
 #[path = "../support/slapd.rs"]
 mod slapd;

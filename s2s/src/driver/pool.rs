@@ -275,7 +275,10 @@ impl Pool {
         );
 
         let mut shutdown = ctx.shutdown_signal();
-        let mut drain: Option<tokio::time::Instant> = None;
+        // A shutdown that began while the stream was being set up: drain at once.
+        let mut drain = ctx
+            .is_shutting_down()
+            .then(|| tokio::time::Instant::now() + ctx.settings.shutdown_grace);
         let mut resend = true;
         let idle = tokio::time::sleep(ctx.settings.idle_timeout);
         tokio::pin!(idle);
