@@ -181,6 +181,35 @@ fn unix(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// What `/status` shows of delivery confirmation: per link kind the stanzas written and not yet
+/// confirmed, resent on a new stream, and the round trip of acks or pings; then every stanza
+/// bounced or dropped since start, by reason.
+fn acks_json(m: &fedgate_s2s::driver::metrics::Metrics) -> serde_json::Value {
+    let links: Vec<_> = m
+        .link_acks()
+        .into_iter()
+        .map(|l| {
+            serde_json::json!({
+                "link": l.link,
+                "unconfirmed": l.unconfirmed,
+                "resent": l.resent,
+                "modes": l.modes.iter().map(|m| serde_json::json!({
+                    "mode": m.mode,
+                    "links": m.links,
+                    "answered": m.answered,
+                    "rtt_mean_ms": (m.rtt_mean_secs * 1e6).round() / 1e3,
+                    "rtt_p99_at_most_ms": m.rtt_p99_at_most_secs.map(|s| (s * 1e6).round() / 1e3),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let (bounced, dropped) = m.by_reason();
+    let map = |v: Vec<(String, u64)>| -> serde_json::Map<String, serde_json::Value> {
+        v.into_iter().map(|(k, n)| (k, n.into())).collect()
+    };
+    serde_json::json!({ "links": links, "bounced": map(bounced), "dropped": map(dropped) })
+}
+
 /// The `/status` document.
 pub fn status_json(state: &HttpState) -> serde_json::Value {
     let domains: serde_json::Map<String, serde_json::Value> = state
@@ -215,6 +244,9 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
         "outbound_links": state.pool.len(),
         "remote_domains": domains,
     });
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("acks".into(), acks_json(&state.ctx.metrics));
+    }
     if let (Some(sip), Some(o)) = (&state.sip, doc.as_object_mut()) {
         o.insert("sip".into(), sip.link.status());
     }

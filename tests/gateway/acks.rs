@@ -238,6 +238,19 @@ async fn a_component_that_disconnects_gets_nothing_lost() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // /status shows the same: the component link holds n unconfirmed stanzas, by ping.
+    let s: serde_json::Value = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
+    let comp = s["acks"]["links"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["link"] == "component"))
+        .unwrap_or_else(|| panic!("no component link in /status acks: {s}"));
+    assert!(comp["unconfirmed"].as_u64() >= Some(n as u64), "{s}");
+    assert!(
+        comp["modes"].as_array().is_some_and(|m| m
+            .iter()
+            .any(|m| m["mode"] == "ping" && m["links"].as_u64() >= Some(1))),
+        "the component link confirms by pings: {s}"
+    );
     drop(ca);
     let mut bounced = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -249,6 +262,11 @@ async fn a_component_that_disconnects_gets_nothing_lost() {
         }
     }
     assert_eq!(bounced.len(), n, "every unconfirmed message came back");
+    let s: serde_json::Value = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
+    assert!(
+        s["acks"]["bounced"]["component-gone"].as_u64() >= Some(n as u64),
+        "/status counts the bounces by cause: {s}"
+    );
     ga.shutdown().await;
     gb.shutdown().await;
 }

@@ -180,9 +180,113 @@ impl Metrics {
         }
     }
 
+    /// Acknowledgement figures of each link kind, for `/status`.
+    pub fn link_acks(&self) -> Vec<LinkAcks> {
+        LINKS
+            .iter()
+            .map(|&link| LinkAcks {
+                link,
+                unconfirmed: self.unconfirmed.with_label_values(&[link]).get(),
+                resent: self.resent.with_label_values(&[link]).get(),
+                modes: ["sm", "ping"]
+                    .into_iter()
+                    .map(|mode| {
+                        let h = self.ack_rtt.with_label_values(&[link, mode]);
+                        let links = self.ack_mode.with_label_values(&[link, mode]).get();
+                        rtt_figures(mode, links, &h)
+                    })
+                    .filter(|m| m.links > 0 || m.answered > 0)
+                    .collect(),
+            })
+            .filter(|l| l.unconfirmed != 0 || l.resent > 0 || !l.modes.is_empty())
+            .collect()
+    }
+
+    /// Stanzas bounced and dropped since start, by reason (non-zero reasons only), for `/status`.
+    pub fn by_reason(&self) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+        (
+            counts_by_label(&self.bounced),
+            counts_by_label(&self.dropped),
+        )
+    }
+
     /// The label to use for a remote domain (capped).
     pub fn domain_label(&self, domain: &str) -> String {
         capped_label(&self.domains, domain, MAX_DOMAIN_LABELS)
+    }
+}
+
+/// The link kinds that confirm delivery (the `link` label of the ack metrics).
+pub const LINKS: [&str; 4] = ["s2s-out", "internal", "component", "s2s-in"];
+
+/// What `/status` shows of one link kind's acknowledgements.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkAcks {
+    pub link: &'static str,
+    /// Stanzas written and not yet confirmed, now.
+    pub unconfirmed: i64,
+    /// Stanzas sent again on a new stream since start.
+    pub resent: u64,
+    pub modes: Vec<ModeAcks>,
+}
+
+/// Round trips of one confirmation mode (sm or ping) on one link kind.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModeAcks {
+    pub mode: &'static str,
+    /// Links opened in this mode since start.
+    pub links: u64,
+    /// Requests answered.
+    pub answered: u64,
+    pub rtt_mean_secs: f64,
+    /// The upper bound of the histogram bucket holding the 99th percentile (`None` past the
+    /// last bucket or with no answers).
+    pub rtt_p99_at_most_secs: Option<f64>,
+}
+
+/// Each value of a one-label counter with a non-zero count, sorted by label.
+fn counts_by_label(c: &IntCounterVec) -> Vec<(String, u64)> {
+    use prometheus::core::Collector;
+    let mut out: Vec<(String, u64)> = c
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric().iter())
+        .filter_map(|m| {
+            let label = m.get_label().first()?.value().to_string();
+            let n = m.get_counter().get_value() as u64;
+            (n > 0).then_some((label, n))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn rtt_figures(mode: &'static str, links: u64, h: &prometheus::Histogram) -> ModeAcks {
+    use prometheus::core::Collector;
+    let mut answered = 0;
+    let mut sum = 0.0;
+    let mut p99 = None;
+    if let Some(m) = h.collect().first().and_then(|f| f.get_metric().first()) {
+        let hist = m.get_histogram();
+        answered = hist.get_sample_count();
+        sum = hist.get_sample_sum();
+        let want = (answered as f64 * 0.99).ceil() as u64;
+        p99 = hist
+            .get_bucket()
+            .iter()
+            .find(|b| answered > 0 && b.cumulative_count() >= want)
+            .map(|b| b.upper_bound());
+    }
+    ModeAcks {
+        mode,
+        links,
+        answered,
+        rtt_mean_secs: if answered > 0 {
+            sum / answered as f64
+        } else {
+            0.0
+        },
+        rtt_p99_at_most_secs: p99,
     }
 }
 
