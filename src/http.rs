@@ -204,7 +204,7 @@ fn acks_json(m: &fedgate_s2s::driver::metrics::Metrics) -> serde_json::Value {
         })
         .collect();
     let (bounced, dropped) = m.by_reason();
-    let map = |v: Vec<(String, u64)>| -> serde_json::Map<String, serde_json::Value> {
+    let map = |v: fedgate_s2s::driver::metrics::ReasonCounts| -> serde_json::Map<String, serde_json::Value> {
         v.into_iter().map(|(k, n)| (k, n.into())).collect()
     };
     serde_json::json!({ "links": links, "bounced": map(bounced), "dropped": map(dropped) })

@@ -187,6 +187,12 @@ impl StanzaSink for Router {
                 Err(()) => return,
             }
         }
+        // XEP-0199 pings to a hosted domain itself are answered here, as a server does, whether
+        // or not its local service is attached: peers use them to test the link.
+        if to_hosted && let Some(reply) = fedgate_s2s::wire::server_ping_reply(&st.el) {
+            self.ctx.sink().route(Stanza::generated(reply));
+            return;
+        }
         // A hosted user whose home is a peer cluster: over that cluster's link (users listed
         // in no directory, and stanzas that came over a link, stay here).
         let st = match self.intercluster.get() {

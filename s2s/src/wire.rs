@@ -186,8 +186,42 @@ pub fn bounceable(stanza: &Element) -> bool {
     }
 }
 
-/// The error reply to `stanza`: from/to swapped, `type='error'`, original children kept
-/// (RFC 6120 §8.3.1 allows including the original payload), `by` naming the generating entity.
+/// The most of a message's body an error reply carries back (bytes of text).
+pub const EXCERPT_BYTES: usize = 200;
+
+/// What of a message an error reply carries back: its `<thread/>` and the start of its
+/// `<body/>` (at most [`EXCERPT_BYTES`], cut at a character boundary and marked with `…`).
+/// Everything else is left out (RFC 6120 §8.3.1 allows it), so an error is small whatever the
+/// message was, and the errors of an overload fit where the messages did not.
+fn message_excerpt(stanza: &Element) -> Vec<crate::element::Node> {
+    let mut out = Vec::new();
+    if let Some(body) = stanza.child("body", NS_CONTENT) {
+        let text = body.text();
+        let excerpt = if text.len() > EXCERPT_BYTES {
+            let mut cut = EXCERPT_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            format!("{}…", &text[..cut])
+        } else {
+            text
+        };
+        out.push(crate::element::Node::Element(
+            Element::new("body", NS_CONTENT).with_text(&excerpt),
+        ));
+    }
+    if let Some(thread) = stanza.child("thread", NS_CONTENT) {
+        let mut t = Element::new("thread", NS_CONTENT).with_text(&thread.text());
+        if let Some(parent) = thread.attr("parent") {
+            t.set_attr("parent", parent);
+        }
+        out.push(crate::element::Node::Element(t));
+    }
+    out
+}
+
+/// The error reply to `stanza`: from/to swapped, `type='error'`, an excerpt of a message's
+/// body (see [`message_excerpt`]), `by` naming the generating entity.
 pub fn bounce(
     stanza: &Element,
     etype: ErrorType,
@@ -206,8 +240,8 @@ pub fn bounce(
         reply.set_attr("id", id);
     }
     reply.set_attr("type", "error");
-    if stanza.name != "iq" {
-        reply.children.clone_from(&stanza.children);
+    if stanza.name == "message" {
+        reply.children.extend(message_excerpt(stanza));
     }
     let mut err = Element::new("error", NS_CONTENT).with_attr("type", etype.as_str());
     if let Some(by) = by {
@@ -237,6 +271,31 @@ pub fn stanza_error(stanza: &Element) -> Option<(String, String)> {
     Some((cond, text))
 }
 
+/// The answer to an XEP-0199 ping addressed to a server itself (`to` a bare domain, no
+/// localpart or resource), or `None` when `stanza` is not such a ping. Servers answer these
+/// themselves; peers use them to test the link.
+pub fn server_ping_reply(stanza: &Element) -> Option<Element> {
+    let to = stanza.attr("to")?;
+    if stanza.name != "iq"
+        || stanza.ns != NS_CONTENT
+        || stanza.attr("type") != Some("get")
+        || to.contains(['@', '/'])
+        || stanza.elements().count() != 1
+        || stanza.child("ping", crate::ack::NS_PING).is_none()
+    {
+        return None;
+    }
+    let mut reply = Element::new("iq", NS_CONTENT)
+        .with_attr("type", "result")
+        .with_attr("from", to);
+    for (name, value) in [("to", stanza.attr("from")), ("id", stanza.attr("id"))] {
+        if let Some(v) = value {
+            reply.set_attr(name, v);
+        }
+    }
+    Some(reply)
+}
+
 /// The (from-domain, to-domain) of a stanza, if both are present and well-formed.
 pub fn stanza_domains(stanza: &Element) -> (Option<&str>, Option<&str>) {
     (
@@ -248,6 +307,62 @@ pub fn stanza_domains(stanza: &Element) -> (Option<&str>, Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounces_carry_a_small_excerpt_whatever_the_message_was() {
+        let long = "é".repeat(1500); // 3000 bytes, two per character
+        let m = Element::new("message", NS_CONTENT)
+            .with_attr("from", "a@x.test/r")
+            .with_attr("to", "b@y.test")
+            .with_attr("id", "big")
+            .with_child(Element::new("body", NS_CONTENT).with_text(&long))
+            .with_child(Element::new("thread", NS_CONTENT).with_text("t1"))
+            .with_child(Element::new("x", "urn:example:payload").with_text(&long));
+        let b = bounce(&m, ErrorType::Wait, "resource-constraint", "full", None);
+        let bytes = b.to_bytes();
+        assert!(bytes.len() < 600, "{} bytes", bytes.len());
+        let body = b.child("body", NS_CONTENT).unwrap().text();
+        assert!(body.ends_with('…') && body.len() <= EXCERPT_BYTES + '…'.len_utf8());
+        assert!(long.starts_with(body.trim_end_matches('…')));
+        assert_eq!(b.child("thread", NS_CONTENT).unwrap().text(), "t1");
+        assert!(b.child("x", "urn:example:payload").is_none());
+        // Presence and iq carry nothing back.
+        let sub = Element::new("presence", NS_CONTENT)
+            .with_attr("type", "subscribe")
+            .with_child(Element::new("status", NS_CONTENT).with_text(&long));
+        let b = bounce(&sub, ErrorType::Cancel, "service-unavailable", "", None);
+        assert_eq!(b.elements().count(), 1, "only the error");
+    }
+
+    #[test]
+    fn pings_to_a_server_are_answered_and_others_are_not() {
+        let ping = |to: &str| {
+            Element::new("iq", NS_CONTENT)
+                .with_attr("type", "get")
+                .with_attr("id", "p1")
+                .with_attr("from", "x.test")
+                .with_attr("to", to)
+                .with_child(Element::new("ping", crate::ack::NS_PING))
+        };
+        let r = server_ping_reply(&ping("a.test")).expect("answered");
+        assert_eq!(
+            (r.attr("type"), r.attr("id"), r.attr("from"), r.attr("to")),
+            (Some("result"), Some("p1"), Some("a.test"), Some("x.test"))
+        );
+        assert!(r.children.is_empty());
+        // Users and resources are pinged by their own clients, not by the gateway.
+        assert!(server_ping_reply(&ping("bob@a.test")).is_none());
+        assert!(server_ping_reply(&ping("a.test/res")).is_none());
+        // Not a ping, or not a get.
+        let mut set = ping("a.test");
+        set.set_attr("type", "set");
+        assert!(server_ping_reply(&set).is_none());
+        let version = Element::new("iq", NS_CONTENT)
+            .with_attr("type", "get")
+            .with_attr("to", "a.test")
+            .with_child(Element::new("query", "jabber:iq:version"));
+        assert!(server_ping_reply(&version).is_none());
+    }
 
     #[test]
     fn bounces_swap_addresses_and_carry_the_condition() {

@@ -56,7 +56,9 @@ impl Components {
         let Some(link) = links.get(domain) else {
             return Err(DeliverError::NotConnected(Box::new(st)));
         };
-        if link.queued.load(Ordering::Relaxed) + st.size > ctx.settings.max_queue_bytes {
+        if link.queued.load(Ordering::Relaxed) + st.size
+            > super::context::queue_cap(&st, &ctx.settings)
+        {
             return Err(DeliverError::QueueFull(Box::new(st)));
         }
         link.queued.fetch_add(st.size, Ordering::Relaxed);
@@ -241,6 +243,13 @@ async fn handle(
         let room = registered
             .as_ref()
             .is_some_and(|r| r.acks.ledger.has_room());
+        // Backpressure: while the queue to the component is past its cap (its own errors use
+        // the reserve above it), read nothing more from it, so that what it sends cannot
+        // bury the answers it is owed. Its ping answers are still read once we wait for them.
+        let backlogged = room
+            && registered
+                .as_ref()
+                .is_some_and(|r| r.queued.load(Ordering::Relaxed) > ctx.settings.max_queue_bytes);
         let deadline = registered.as_ref().and_then(|r| r.acks.deadline());
         let negotiating = registered.is_none();
         let (rx, acks) = match registered.as_mut() {
@@ -248,7 +257,7 @@ async fn handle(
             None => (None, None),
         };
         tokio::select! {
-            ev = conn.next_event() => match ev {
+            ev = conn.next_event(), if !backlogged => match ev {
                 Ok(ev) => machine.handle(ev),
                 Err(e) => {
                     let f = e.failure();

@@ -65,6 +65,13 @@ impl Stanza {
             resent: 0,
         }
     }
+
+    /// A stanza the gateway itself produced (an error, a ping answer), sized by its
+    /// serialization so that queue accounting sees what will be written.
+    pub fn generated(el: Element) -> Self {
+        let size = el.wire_len();
+        Self::new(el, size, Origin::Gateway)
+    }
 }
 
 /// What a link does with stanzas it wrote and the next hop never confirmed, when the stream
@@ -189,6 +196,12 @@ pub struct S2sContext {
     components: watch::Sender<usize>,
     /// Set once every link drained or the grace time ran out: inbound streams close then.
     closing: watch::Sender<bool>,
+    /// Repeated events (bounces, refusals) are logged at most once per window and party.
+    pub log_limit: super::log_limit::LogLimit,
+    /// Remote domains whose errors found no room even in the error reserve of the queue
+    /// back to them, with when: their inbound streams close with `resource-constraint`.
+    overloaded: Mutex<HashMap<String, std::time::Instant>>,
+    overload: watch::Sender<u64>,
 }
 
 /// Ids of the gateway's own pings start with this.
@@ -265,6 +278,9 @@ impl S2sContext {
             inbound: watch::channel(0).0,
             components: watch::channel(0).0,
             closing: watch::channel(false).0,
+            log_limit: Default::default(),
+            overloaded: Mutex::new(HashMap::new()),
+            overload: watch::channel(0).0,
         })
     }
 
@@ -665,6 +681,26 @@ fn check_peer_uncached(
     Ok(ok)
 }
 
+/// How long a remote domain counts as overloaded after its errors found no room.
+const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
+
+/// What an error reply takes at most in the reserve, for sizing it: addressing, an excerpt of
+/// the body (see [`crate::wire::EXCERPT_BYTES`]) and the condition's text.
+pub const ERROR_RESERVE_EACH: usize = 512;
+
+/// The most bytes a queue towards a link may hold for `st`. Errors may go past `max_queue_bytes`
+/// into a reserve, so that an overload answered with errors still reaches the sender: a
+/// quarter of the cap, or room for the errors of a whole broken link's unconfirmed stanzas
+/// (`max_unacked` × [`ERROR_RESERVE_EACH`]), whichever is larger.
+pub fn queue_cap(st: &Stanza, s: &StreamSettings) -> usize {
+    let max = s.max_queue_bytes;
+    if st.el.attr("type") == Some("error") {
+        max + (max / 4).max(s.acks.max_unacked * ERROR_RESERVE_EACH)
+    } else {
+        max
+    }
+}
+
 /// A fresh unpredictable stream id (it feeds dialback keys).
 pub fn new_stream_id() -> String {
     use rand::Rng as _;
@@ -674,6 +710,46 @@ pub fn new_stream_id() -> String {
 }
 
 impl S2sContext {
+    /// An error towards `remote` found no room, even in the reserve: count it, and have the
+    /// streams from `remote` closed with `resource-constraint` (RFC 6120 §4.9.3.17) so that
+    /// the sender learns of the overload instead of losing answers silently.
+    pub fn error_without_room(&self, remote: &str, st: &Stanza) {
+        self.metrics
+            .dropped
+            .with_label_values(&["error-queue-full"])
+            .inc();
+        if self
+            .log_limit
+            .admit(remote, "error-queue-full", std::time::Instant::now())
+            .is_some()
+        {
+            tracing::warn!(%remote, id = ?st.el.attr("id"), "no room for errors towards the remote domain; closing its inbound streams with resource-constraint");
+        }
+        let now = std::time::Instant::now();
+        let mut o = self.overloaded.lock().expect("overload lock");
+        o.retain(|_, at| now.duration_since(*at) < OVERLOAD_HOLD);
+        if o.len() < 4096 {
+            o.insert(remote.to_ascii_lowercase(), now);
+        }
+        drop(o);
+        self.overload.send_modify(|n| *n += 1);
+    }
+
+    /// Whether the errors towards any of `remotes` recently found no room.
+    pub fn is_overloaded(&self, remotes: &[String]) -> bool {
+        let now = std::time::Instant::now();
+        let o = self.overloaded.lock().expect("overload lock");
+        remotes.iter().any(|r| {
+            o.get(r)
+                .is_some_and(|at| now.duration_since(*at) < OVERLOAD_HOLD)
+        })
+    }
+
+    /// Changes when a remote domain becomes overloaded (see [`Self::error_without_room`]).
+    pub fn overload_signal(&self) -> watch::Receiver<u64> {
+        self.overload.subscribe()
+    }
+
     /// Answer `st` with an error from the gateway when the rules allow (never for errors,
     /// non-subscription presence or iq results), else count it as dropped.
     pub fn bounce(
@@ -699,9 +775,14 @@ impl S2sContext {
             .find(|d| self.hosted.contains(d));
         let reply = crate::wire::bounce(&st.el, etype, condition, text, by.as_deref());
         self.metrics.bounced.with_label_values(&[reason]).inc();
-        tracing::info!(reason, condition, to = ?st.el.attr("from"), %text, "bounced stanza");
-        let size = st.size;
-        self.sink().route(Stanza::new(reply, size, Origin::Gateway));
+        let sender = from.unwrap_or("");
+        if let Some(left_out) = self
+            .log_limit
+            .admit(sender, reason, std::time::Instant::now())
+        {
+            tracing::info!(reason, condition, to = ?st.el.attr("from"), %text, left_out, "bounced stanza (left_out: like ones since the last line)");
+        }
+        self.sink().route(Stanza::generated(reply));
     }
 
     /// Bounce for a failed link, with the RFC 6120 condition that matches the failure kind.

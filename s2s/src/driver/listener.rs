@@ -76,8 +76,12 @@ async fn handle(
         Err(f) => f.kind.as_str(),
     };
     m.streams_closed.with_label_values(&["in", label]).inc();
-    if let Err(f) = result {
-        tracing::info!(%peer, failure = %f, direct_tls_only, "inbound s2s stream ended");
+    if let Err(f) = result
+        && let Some(left_out) =
+            ctx.log_limit
+                .admit(&peer.ip().to_string(), label, std::time::Instant::now())
+    {
+        tracing::info!(%peer, failure = %f, direct_tls_only, left_out, "inbound s2s stream ended (left_out: like ones from this address since the last line)");
     }
 }
 
@@ -146,6 +150,7 @@ async fn run(
     let (vtx, mut vrx) = mpsc::unbounded_channel::<(String, String, bool, String)>();
     let mut shutdown = ctx.shutdown_signal();
     let mut closing = ctx.closing_signal();
+    let mut overload = ctx.overload_signal();
     // XEP-0198 once the peer enabled it: what the next hops took, and the peer's request
     // waiting for it (the count it covers, and when it must be answered anyway).
     let mut sm: Option<Arc<Receipts>> = None;
@@ -397,6 +402,17 @@ async fn run(
             // Shutdown: keep reading (answers to our pings and acks arrive here) while the
             // links drain, take no new work, then close.
             _ = shutdown.changed(), if !shutdown_begun => shutdown_begun = true,
+            // The errors owed to the peer found no room: tell it with a stream error rather
+            // than drop them silently.
+            _ = overload.changed() => if ctx.is_overloaded(&remotes) {
+                final_ack(&mut conn, sm.as_deref()).await;
+                let e = StreamError::new(
+                    "resource-constraint",
+                    "limit: the errors owed to your domain found no room in the queue back to you",
+                );
+                conn.close_with(&e.to_bytes()).await;
+                break Err(Failure::new(FailureKind::Limit, e.text));
+            },
             _ = closing.changed() => {
                 final_ack(&mut conn, sm.as_deref()).await;
                 let e = StreamError::new("system-shutdown", "fedgate is shutting down");

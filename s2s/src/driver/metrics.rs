@@ -203,7 +203,7 @@ impl Metrics {
     }
 
     /// Stanzas bounced and dropped since start, by reason (non-zero reasons only), for `/status`.
-    pub fn by_reason(&self) -> (Vec<(String, u64)>, Vec<(String, u64)>) {
+    pub fn by_reason(&self) -> (ReasonCounts, ReasonCounts) {
         (
             counts_by_label(&self.bounced),
             counts_by_label(&self.dropped),
@@ -244,8 +244,11 @@ pub struct ModeAcks {
     pub rtt_p99_at_most_secs: Option<f64>,
 }
 
+/// (reason, count) pairs, sorted by reason.
+pub type ReasonCounts = Vec<(String, u64)>;
+
 /// Each value of a one-label counter with a non-zero count, sorted by label.
-fn counts_by_label(c: &IntCounterVec) -> Vec<(String, u64)> {
+fn counts_by_label(c: &IntCounterVec) -> ReasonCounts {
     use prometheus::core::Collector;
     let mut out: Vec<(String, u64)> = c
         .collect()

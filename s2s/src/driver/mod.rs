@@ -9,6 +9,7 @@ pub mod context;
 pub mod dane;
 pub mod io;
 pub mod listener;
+pub mod log_limit;
 pub mod metrics;
 pub mod pool;
 pub mod posh;

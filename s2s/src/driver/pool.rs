@@ -92,8 +92,12 @@ impl Pool {
                 .entry(key)
                 .or_insert_with(|| self.spawn_link(local, remote));
             let size = st.size;
-            if link.queued.load(Ordering::Relaxed) + size > self.ctx.settings.max_queue_bytes {
+            let cap = super::context::queue_cap(&st, &self.ctx.settings);
+            if link.queued.load(Ordering::Relaxed) + size > cap {
                 drop(links);
+                if st.el.attr("type") == Some("error") {
+                    return self.ctx.error_without_room(remote, &st);
+                }
                 return self.ctx.bounce(
                     &st,
                     ErrorType::Wait,
