@@ -149,7 +149,7 @@ fn now_us(epoch: Instant) -> u64 {
 
 /// Count messages in the raw byte stream: `</message>` ends one; `<message … type='error'>`
 /// is a bounce; an `id='L<µs>'` carries the send time.
-async fn reader(mut rd: OwnedReadHalf, seen: Arc<Seen>, epoch: Instant) {
+async fn reader(mut rd: OwnedReadHalf, wr: SharedWriter, seen: Arc<Seen>, epoch: Instant) {
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut lat = Vec::new();
     loop {
@@ -164,6 +164,7 @@ async fn reader(mut rd: OwnedReadHalf, seen: Arc<Seen>, epoch: Instant) {
             continue;
         };
         let (mut n, mut errors) = (0u64, 0u64);
+        let mut answers = Vec::new();
         let data = &buf[..=end];
         let mut i = 0;
         while let Some(off) = data[i..].iter().position(|&b| b == b'<') {
@@ -187,11 +188,38 @@ async fn reader(mut rd: OwnedReadHalf, seen: Arc<Seen>, epoch: Instant) {
                     lat.push(t.saturating_sub(v).min(u64::from(u32::MAX)) as u32);
                 }
                 i += close;
+            } else if rest.starts_with(b"<iq ") {
+                // The gateway's XEP-0199 pings confirm delivery on the component link: answer
+                // them as any XMPP entity must, or the link stops once max_unacked is reached.
+                let close = rest.iter().position(|&b| b == b'>').unwrap_or(rest.len());
+                let tag = &rest[..close];
+                if find(tag, b"type='get'").is_some() {
+                    let attr = |name: &[u8]| {
+                        let p = find(tag, name)? + name.len();
+                        let len = tag[p..].iter().position(|&b| b == b'\'')?;
+                        Some(&tag[p..p + len])
+                    };
+                    if let (Some(id), Some(from), Some(to)) =
+                        (attr(b" id='"), attr(b" from='"), attr(b" to='"))
+                    {
+                        answers.extend_from_slice(b"<iq type='result' id='");
+                        answers.extend_from_slice(id);
+                        answers.extend_from_slice(b"' from='");
+                        answers.extend_from_slice(to);
+                        answers.extend_from_slice(b"' to='");
+                        answers.extend_from_slice(from);
+                        answers.extend_from_slice(b"'/>");
+                    }
+                }
+                i += close;
             } else {
                 i += 1;
             }
         }
         buf.drain(..=end);
+        if !answers.is_empty() && wr.lock().await.write_all(&answers).await.is_err() {
+            return;
+        }
         if !lat.is_empty() {
             seen.latencies.lock().expect("latencies").append(&mut lat);
         }
@@ -231,9 +259,12 @@ fn push_message(out: &mut Vec<u8>, from: &str, to: &str, id: &str, body: &[u8]) 
     out.extend_from_slice(b"</body></message>");
 }
 
+/// A component's write half, shared by its sender and its reader (which answers pings).
+type SharedWriter = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
 struct Endpoint {
     domain: &'static str,
-    wr: OwnedWriteHalf,
+    wr: SharedWriter,
     seen: Arc<Seen>,
 }
 
@@ -295,7 +326,7 @@ async fn throughput(
             let _ = write!(id, "T{}", sent + k);
             push_message(&mut buf, src.domain, dst.domain, &id, body);
         }
-        src.wr.write_all(&buf).await?;
+        src.wr.lock().await.write_all(&buf).await?;
         sent += n;
     }
     wait_for(&dst.seen, base + count).await?;
@@ -332,7 +363,7 @@ async fn latency(
                 let _ = write!(id, "L{stamp}");
                 push_message(&mut buf, src.domain, dst.domain, &id, body);
             }
-            src.wr.write_all(&buf).await?;
+            src.wr.lock().await.write_all(&buf).await?;
             writes += 1;
             sent = due;
         }
@@ -359,8 +390,9 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
     for (gw, side) in [(&ga, &A), (&gb, &B)] {
         let addr = gw.component_addr.context("component listener")?;
         let (rd, wr) = component(addr, side.domain).await?;
+        let wr = Arc::new(tokio::sync::Mutex::new(wr));
         let seen = Arc::new(Seen::default());
-        tokio::spawn(reader(rd, seen.clone(), epoch));
+        tokio::spawn(reader(rd, wr.clone(), seen.clone(), epoch));
         ends.push(Endpoint {
             domain: side.domain,
             wr,
