@@ -29,6 +29,9 @@ pub struct ComponentStream {
     domain: Option<String>,
     authenticated: bool,
     closed: bool,
+    /// Whether our stream header is on its way: a stream error needs it first (RFC 6120
+    /// §4.9.1.2).
+    header_sent: bool,
     out: Vec<Action>,
 }
 
@@ -41,6 +44,7 @@ impl ComponentStream {
             domain: None,
             authenticated: false,
             closed: false,
+            header_sent: false,
             out: Vec::new(),
         }
     }
@@ -54,8 +58,44 @@ impl ComponentStream {
     }
 
     fn close(&mut self, e: StreamError) {
+        if !self.header_sent {
+            let h = self.header(None);
+            self.out.push(Action::Send(h));
+        }
         self.closed = true;
         self.out.push(Action::Close(e));
+    }
+
+    /// The bytes that end the stream (with the stream error `e` if given), for what the driver finds itself (parser
+    /// errors, timeouts, shutdown): our stream header first when none was sent yet, so that
+    /// the `stream` prefix of `<stream:error>` is bound (RFC 6120 §4.9.1.2), then the error
+    /// and `</stream:stream>`. The machine is closed afterwards.
+    pub fn closing_bytes(&mut self, e: Option<&StreamError>) -> Vec<u8> {
+        let mut b = if self.header_sent {
+            Vec::new()
+        } else {
+            self.header(None)
+        };
+        self.header_sent = true;
+        self.closed = true;
+        match e {
+            Some(e) => b.extend_from_slice(&e.to_bytes()),
+            None => b.extend_from_slice(b"</stream:stream>"),
+        }
+        b
+    }
+
+    /// Our stream header, `from` the component domain when it is one we know.
+    fn header(&self, from: Option<&str>) -> Vec<u8> {
+        Header {
+            content_ns: NS_COMPONENT,
+            from,
+            to: None,
+            id: Some(&self.stream_id),
+            version: false,
+            dialback: false,
+        }
+        .to_bytes()
     }
 
     pub fn handle(&mut self, ev: StreamEvent) {
@@ -65,17 +105,11 @@ impl ComponentStream {
         match ev {
             StreamEvent::Open(h) => {
                 let to = h.to.as_deref().map(str::to_ascii_lowercase);
-                self.out.push(Action::Send(
-                    Header {
-                        content_ns: NS_COMPONENT,
-                        from: to.as_deref(),
-                        to: None,
-                        id: Some(&self.stream_id.clone()),
-                        version: false,
-                        dialback: false,
-                    }
-                    .to_bytes(),
-                ));
+                // Never claim to be a domain that is not configured here.
+                let known = to.as_deref().filter(|d| self.secrets.contains_key(*d));
+                let header = self.header(known);
+                self.out.push(Action::Send(header));
+                self.header_sent = true;
                 if h.default_ns != NS_COMPONENT {
                     return self.close(StreamError::new(
                         "invalid-namespace",
@@ -89,8 +123,8 @@ impl ComponentStream {
                         format!("no component is configured for {d}"),
                     )),
                     None => self.close(StreamError::new(
-                        "improper-addressing",
-                        "component stream without 'to'",
+                        "host-unknown",
+                        "the stream header has no 'to': name the component domain",
                     )),
                 }
             }
@@ -227,5 +261,32 @@ mod tests {
         let mut p = StreamParser::new(Limits::default());
         let acts = run(&mut m, &mut p, &HDR.replace("example.test", "other.test"));
         assert!(matches!(acts.last(), Some(Action::Close(e)) if e.condition == "host-unknown"));
+        // Our header does not claim to be the unknown domain.
+        assert!(
+            matches!(&acts[0], Action::Send(b) if !String::from_utf8_lossy(b).contains("from=")),
+            "{acts:?}"
+        );
+    }
+
+    /// An error the driver finds before the component's header (garbage, a timeout) is
+    /// preceded by our header; after it, the header is not repeated.
+    #[test]
+    fn closing_bytes_open_a_stream_only_when_none_is_open() {
+        let secrets: Arc<HashMap<String, String>> =
+            Arc::new([("example.test".to_owned(), "pw".to_owned())].into());
+        let e = StreamError::new("connection-timeout", "no handshake in time");
+        let mut m = ComponentStream::new(secrets.clone(), "abc".into());
+        let out = String::from_utf8(m.closing_bytes(Some(&e))).unwrap();
+        assert!(
+            out.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='abc'>\
+                 <stream:error><connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+            "{out}"
+        );
+        assert!(out.ends_with("</stream:error></stream:stream>"), "{out}");
+        let mut m = ComponentStream::new(secrets, "abc".into());
+        let mut p = StreamParser::new(Limits::default());
+        run(&mut m, &mut p, HDR);
+        let out = String::from_utf8(m.closing_bytes(None)).unwrap();
+        assert_eq!(out, "</stream:stream>");
     }
 }

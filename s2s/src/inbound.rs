@@ -162,6 +162,34 @@ pub enum Action {
     PeerClosed,
 }
 
+/// The XMPP version a stream header asks for (RFC 6120 §4.7.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StreamVersion {
+    /// No `version`, or 0.x: a pre-RFC 3920 peer (no stream features).
+    Legacy,
+    /// 1.x: XMPP 1.0 (a higher minor version is treated as 1.0).
+    V1,
+    /// A higher major version, or one that is not `major.minor`.
+    Unsupported(String),
+}
+
+impl StreamVersion {
+    fn of(v: Option<&str>) -> Self {
+        let Some(v) = v else { return Self::Legacy };
+        let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        match v.split_once('.') {
+            Some((major, minor)) if number(major) && number(minor) => {
+                match major.trim_start_matches('0') {
+                    "" => Self::Legacy,
+                    "1" => Self::V1,
+                    _ => Self::Unsupported(v.to_owned()),
+                }
+            }
+            _ => Self::Unsupported(v.to_owned()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     AwaitHeader,
@@ -185,6 +213,9 @@ pub struct Inbound {
     authorized: HashSet<(String, String)>,
     pending: HashSet<(String, String)>,
     sm_enabled: bool,
+    /// Whether our stream header for the current stream (a new one after STARTTLS and after
+    /// SASL success) is on its way: a stream error needs it first (RFC 6120 §4.9.1.2).
+    header_sent: bool,
     out: Vec<Action>,
 }
 
@@ -204,6 +235,7 @@ impl Inbound {
             authorized: HashSet::new(),
             pending: HashSet::new(),
             sm_enabled: false,
+            header_sent: false,
             out: Vec::new(),
         }
     }
@@ -213,6 +245,7 @@ impl Inbound {
         self.tls = true;
         self.cert = cert;
         self.state = State::AwaitHeader;
+        self.header_sent = false;
     }
 
     /// Our domain as the stream header named it (`to`).
@@ -263,8 +296,45 @@ impl Inbound {
     }
 
     fn close(&mut self, e: StreamError) {
+        if !self.header_sent {
+            let h = self.bare_header();
+            self.send(h);
+        }
         self.state = State::Closed;
         self.out.push(Action::Close(e));
+    }
+
+    /// The bytes that end the current stream (with the stream error `e` if given), for what the driver finds itself
+    /// (parser errors, limits, timeouts, shutdown): our stream header first when this stream
+    /// has none yet, so that the `stream` prefix of `<stream:error>` is bound (RFC 6120
+    /// §4.9.1.2), then the error and `</stream:stream>`. The machine is closed afterwards.
+    pub fn closing_bytes(&mut self, e: Option<&StreamError>) -> Vec<u8> {
+        let mut b = if self.header_sent {
+            Vec::new()
+        } else {
+            self.bare_header()
+        };
+        self.header_sent = true;
+        self.state = State::Closed;
+        match e {
+            Some(e) => b.extend_from_slice(&e.to_bytes()),
+            None => b.extend_from_slice(b"</stream:stream>"),
+        }
+        b
+    }
+
+    /// Our stream header when the peer's header is not known (or not usable): no `from` (we
+    /// do not know which of our domains it wants) and no `to`.
+    fn bare_header(&self) -> Vec<u8> {
+        Header {
+            content_ns: NS_SERVER,
+            from: None,
+            to: None,
+            id: Some(&self.stream_id),
+            version: true,
+            dialback: true,
+        }
+        .to_bytes()
     }
 
     pub fn handle(&mut self, ev: StreamEvent) {
@@ -283,19 +353,23 @@ impl Inbound {
 
     fn on_header(&mut self, h: crate::xml::StreamHeader) {
         let local = h.to.as_deref().map(str::to_ascii_lowercase);
-        // Answer with a header first so that a stream error is well-formed.
-        let reply_from = local.clone();
+        let version = StreamVersion::of(h.version.as_deref());
+        // Answer with a header first so that a stream error is well-formed. It names only a
+        // domain we serve: never claim to be a host we are not.
+        let reply_from = local.clone().filter(|l| self.settings.serves(l));
         self.send(
             Header {
                 content_ns: NS_SERVER,
                 from: reply_from.as_deref(),
                 to: h.from.as_deref(),
                 id: Some(&self.stream_id.clone()),
-                version: h.version.is_some(),
+                // RFC 6120 §4.7.5: the lower of the two versions (ours is 1.0).
+                version: version != StreamVersion::Legacy,
                 dialback: true,
             }
             .to_bytes(),
         );
+        self.header_sent = true;
         if h.default_ns != NS_SERVER {
             return self.close(StreamError::new(
                 "invalid-namespace",
@@ -305,9 +379,21 @@ impl Inbound {
                 ),
             ));
         }
-        if let Some(l) = &local
-            && !self.settings.serves(l)
-        {
+        if let StreamVersion::Unsupported(v) = &version {
+            return self.close(StreamError::new(
+                "unsupported-version",
+                format!("XMPP version {v} is not supported here (1.0 is)"),
+            ));
+        }
+        // RFC 6120 §4.7.2: an s2s stream must name the domain it wants. This gateway hosts
+        // several, so there is no default to fall back to.
+        let Some(l) = &local else {
+            return self.close(StreamError::new(
+                "host-unknown",
+                "the stream header has no 'to': name the domain this stream is for",
+            ));
+        };
+        if !self.settings.serves(l) {
             return self.close(StreamError::new(
                 "host-unknown",
                 format!("{l} is not served here"),
@@ -327,7 +413,7 @@ impl Inbound {
             return self.close(StreamError::new("policy-violation", why));
         }
         self.state = State::Open;
-        if h.version.as_deref() != Some("1.0") {
+        if version == StreamVersion::Legacy {
             // A pre-RFC 3920 peer: no features; only dialback without TLS can work.
             if self.floor.tls_required && !self.tls {
                 return self.close(StreamError::new(
@@ -555,6 +641,7 @@ impl Inbound {
                 self.out.push(Action::ResetParser);
                 self.authorize(local, domain, ok.method, ok.not_after, "sasl-external");
                 self.state = State::AwaitHeader;
+                self.header_sent = false;
             }
             Err(text) => fail(self, "not-authorized", &text),
         }
@@ -1198,5 +1285,119 @@ mod tests {
             "<db:verify from='r.test' to='a.test' id='their-id'>0000</db:verify>",
         ));
         assert!(out.contains("type='invalid'"));
+    }
+
+    /// Our stream header opens `out` exactly once, binds the `stream` prefix, and the stream
+    /// error with `condition` (in the streams namespace) ends it.
+    fn assert_error_document(out: &str, condition: &str) {
+        assert!(
+            out.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams'"),
+            "{out}"
+        );
+        assert_eq!(out.matches("<stream:stream").count(), 1, "{out}");
+        assert!(
+            out.contains(&format!(
+                "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            )),
+            "{out}"
+        );
+        assert!(out.ends_with("</stream:error></stream:stream>"), "{out}");
+    }
+
+    fn open_with(header: &str) -> (Inbound, Vec<Action>) {
+        let mut m = Inbound::new(settings(false, AuthMethods::default()), "sid".into(), false);
+        let mut p = StreamParser::new(Limits::default());
+        let acts = feed(&mut m, &mut p, header);
+        (m, acts)
+    }
+
+    fn closed_with(acts: &[Action]) -> String {
+        let Some(Action::Close(e)) = acts.last() else {
+            panic!("not closed: {acts:?}")
+        };
+        let mut out = sent(acts);
+        out.push_str(&String::from_utf8_lossy(&e.to_bytes()));
+        out
+    }
+
+    /// RFC 6120 §4.7.2: an s2s header without `to` gets host-unknown, not an open stream;
+    /// our header names none of our domains.
+    #[test]
+    fn a_header_without_to_is_host_unknown() {
+        let (_, acts) = open_with(
+            "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+             from='r.test' version='1.0'>",
+        );
+        let out = closed_with(&acts);
+        assert_error_document(&out, "host-unknown");
+        assert!(!out.contains("from="), "{out}");
+        assert!(!out.contains("<stream:features>"), "{out}");
+    }
+
+    /// An unknown `to`: our header does not claim to be that host.
+    #[test]
+    fn an_unknown_to_is_host_unknown_from_nobody() {
+        let (_, acts) = open_with(&header("r.test", "nothere.test"));
+        let out = closed_with(&acts);
+        assert_error_document(&out, "host-unknown");
+        assert!(!out.contains("from='nothere.test'"), "{out}");
+    }
+
+    /// RFC 6120 §4.7.5: a higher major version is unsupported-version; a higher minor
+    /// version is 1.0; no version is a legacy peer.
+    #[test]
+    fn stream_versions() {
+        let with = |v: &str| {
+            format!(
+                "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \
+                 from='r.test' to='a.test'{v}>"
+            )
+        };
+        for bad in [" version='2.0'", " version='one'", " version='1'"] {
+            let (_, acts) = open_with(&with(bad));
+            assert_error_document(&closed_with(&acts), "unsupported-version");
+        }
+        let (_, acts) = open_with(&with(" version='1.1'"));
+        let out = sent(&acts);
+        assert!(
+            out.contains(" version='1.0'>") && out.contains("<stream:features>"),
+            "{out}"
+        );
+        let (_, acts) = open_with(&with(""));
+        let out = sent(&acts);
+        assert!(
+            out.ends_with(" id='sid'>"),
+            "no version, no features: {out}"
+        );
+        assert!(!matches!(acts.last(), Some(Action::Close(_))), "{acts:?}");
+    }
+
+    /// What the driver finds itself (a parser error, a timeout) before the peer's header, and
+    /// again on the new stream after STARTTLS: our header first. Once it is sent, not again.
+    #[test]
+    fn closing_bytes_start_a_stream_only_when_none_is_open() {
+        let e = StreamError::new("not-well-formed", "garbage");
+        let mut m = Inbound::new(settings(false, AuthMethods::default()), "sid".into(), false);
+        let out = String::from_utf8(m.closing_bytes(Some(&e))).unwrap();
+        assert_error_document(&out, "not-well-formed");
+
+        let (mut m, acts) = open_with(&header("r.test", "a.test"));
+        assert!(sent(&acts).starts_with("<?xml"));
+        let out = String::from_utf8(m.closing_bytes(Some(&e))).unwrap();
+        assert!(out.starts_with("<stream:error>"), "{out}");
+
+        let (mut m, _) = open_with(&header("r.test", "a.test"));
+        m.tls_established(None);
+        let out = String::from_utf8(m.closing_bytes(Some(&e))).unwrap();
+        assert_error_document(&out, "not-well-formed");
+        let out = String::from_utf8(
+            Inbound::new(settings(false, AuthMethods::default()), "s".into(), false)
+                .closing_bytes(None),
+        )
+        .unwrap();
+        assert!(
+            out.starts_with("<?xml") && out.ends_with("'1.0'></stream:stream>"),
+            "{out}"
+        );
     }
 }

@@ -453,6 +453,13 @@ impl StreamParser {
         }
 
         if !self.stream_open {
+            // RFC 6120 §4.9.3.10: a stream element in another namespace is invalid-namespace;
+            // anything else where the stream header belongs is bad-format.
+            if local == "stream" && ns != NS_STREAM {
+                return Err(XmlError::InvalidNamespace(format!(
+                    "the stream element must be in {NS_STREAM}, not '{ns}'"
+                )));
+            }
             if local != "stream" || ns != NS_STREAM {
                 return Err(XmlError::BadHeader(format!(
                     "expected <stream:stream xmlns:stream='{NS_STREAM}'>, got <{}>",
@@ -943,8 +950,11 @@ mod tests {
         p.feed(b"<message/>");
         assert!(matches!(all(&mut p), Err(XmlError::BadHeader(_))));
         let mut p = StreamParser::new(Limits::default());
+        // RFC 6120 §4.9.3.10: the wrong streams namespace is invalid-namespace.
         p.feed(b"<stream:stream xmlns:stream='urn:wrong'>");
-        assert!(matches!(all(&mut p), Err(XmlError::BadHeader(_))));
+        let err = all(&mut p).unwrap_err();
+        assert!(matches!(err, XmlError::InvalidNamespace(_)), "{err:?}");
+        assert_eq!(err.condition(), "invalid-namespace");
     }
 
     #[test]

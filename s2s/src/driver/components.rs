@@ -186,7 +186,7 @@ async fn handle(
                             "conflict",
                             format!("a component for {domain} is already connected"),
                         );
-                        conn.close_with(&e.to_bytes()).await;
+                        conn.close_with(&machine.closing_bytes(Some(&e))).await;
                         stop = Some(Err(Failure::new(FailureKind::Auth, e.text)));
                     }
                 },
@@ -210,6 +210,7 @@ async fn handle(
                     ctx.sink().route(st);
                 }
                 Action::Close(e) => {
+                    // The machine queued its stream header before this error.
                     conn.close_with(&e.to_bytes()).await;
                     stop = Some(Err(Failure::new(
                         FailureKind::Auth,
@@ -217,7 +218,7 @@ async fn handle(
                     )));
                 }
                 Action::PeerClosed => {
-                    conn.close_with(b"</stream:stream>").await;
+                    conn.close_with(&machine.closing_bytes(None)).await;
                     stop = Some(Ok(()));
                 }
             }
@@ -230,10 +231,8 @@ async fn handle(
             // Draining: done once the outbound streams are (their bounces may come here),
             // nothing is queued and the component confirmed everything.
             if outbound_done && r.rx.is_empty() && r.acks.ledger.unacked() == 0 {
-                conn.close_with(
-                    &StreamError::new("system-shutdown", "fedgate is shutting down").to_bytes(),
-                )
-                .await;
+                let e = StreamError::new("system-shutdown", "fedgate is shutting down");
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 break Ok(());
             }
         }
@@ -262,7 +261,8 @@ async fn handle(
                 Err(e) => {
                     let f = e.failure();
                     if let super::conn::ReadError::Xml(x) = &e {
-                        conn.close_with(&StreamError::new(x.condition(), f.to_string()).to_bytes()).await;
+                        let e = StreamError::new(x.condition(), f.to_string());
+                        conn.close_with(&machine.closing_bytes(Some(&e))).await;
                     }
                     break Err(f);
                 }
@@ -301,17 +301,19 @@ async fn handle(
             _ = super::pool::sleep_until_opt(deadline), if deadline.is_some() => {
                 if let Some(Err(f)) = registered.as_ref().map(|r| r.acks.check_timeout(Instant::now())) {
                     let e = StreamError::new("connection-timeout", format!("the component did not answer our pings: {f}"));
-                    conn.close_with(&e.to_bytes()).await;
+                    conn.close_with(&machine.closing_bytes(Some(&e))).await;
                     break Err(f);
                 }
             }
             _ = &mut negotiation, if negotiating => {
-                conn.close_with(&StreamError::new("connection-timeout", "no handshake in time").to_bytes()).await;
+                let e = StreamError::new("connection-timeout", "no handshake in time");
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 break Err(Failure::new(FailureKind::Timeout, "component did not complete the handshake"));
             }
             _ = shutdown.changed(), if drain.is_none() => {
                 if registered.is_none() {
-                    conn.close_with(&StreamError::new("system-shutdown", "fedgate is shutting down").to_bytes()).await;
+                    let e = StreamError::new("system-shutdown", "fedgate is shutting down");
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                     break Ok(());
                 }
                 // Deliver what is queued, ask for the last confirmations, then close.
@@ -322,7 +324,8 @@ async fn handle(
             }
             _ = ctx.outbound_drained(), if drain.is_some() && !outbound_done => outbound_done = true,
             _ = super::pool::sleep_until_opt(drain.map(|d| d + std::time::Duration::from_millis(500))), if drain.is_some() => {
-                conn.close_with(&StreamError::new("system-shutdown", "fedgate is shutting down").to_bytes()).await;
+                let e = StreamError::new("system-shutdown", "fedgate is shutting down");
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 break Err(Failure::new(FailureKind::Shutdown, "fedgate is shutting down"));
             }
         }

@@ -5,6 +5,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::io::Io;
+use super::linger::{self, Closed, Linger};
 use crate::wire::{Failure, FailureKind};
 use crate::xml::{Limits, StreamEvent, StreamParser, XmlError};
 
@@ -128,14 +129,15 @@ impl Conn {
         self.io.flush().await
     }
 
-    /// Write what is queued plus `bytes`, then close the transport.
-    pub async fn close_with(&mut self, bytes: &[u8]) {
+    /// Write what is queued plus `bytes`, then close the transport the one way every stream
+    /// is closed ([`linger::close`]: shut down our write side, drain what the peer still
+    /// sends, bounded), so that the peer reads our last words instead of a reset.
+    pub async fn close_with(&mut self, bytes: &[u8]) -> Closed {
         self.queue(bytes);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            let _ = self.flush().await;
-            let _ = self.io.shutdown().await;
-        })
-        .await;
+        let last = std::mem::take(&mut self.wbuf);
+        let how = linger::close(&mut self.io, &last, Linger::STREAM).await;
+        tracing::debug!(?how, "stream transport closed");
+        how
     }
 
     /// STARTTLS as the receiving server: the transport becomes TLS in place.

@@ -238,6 +238,8 @@ async fn run(
                             );
                             // Not the <success/> or valid result queued for this pair.
                             conn.discard_queued();
+                            // The error goes on the stream that authenticated the pair, whose
+                            // header is sent (without the <success/>, SASL starts no new one).
                             conn.close_with(&e.to_bytes()).await;
                             break_on_close(ctx, &remotes);
                             return Err(Failure::new(FailureKind::Limit, e.text));
@@ -323,13 +325,14 @@ async fn run(
                 }
                 Action::Close(e) => {
                     tracing::info!(condition = e.condition, text = %e.text, "closing inbound stream with error");
+                    // The machine queued its stream header before this error.
                     conn.close_with(&e.to_bytes()).await;
                     break_on_close(ctx, &remotes);
                     return Err(stream_error_failure(&e));
                 }
                 Action::PeerClosed => {
                     final_ack(&mut conn, sm.as_deref()).await;
-                    conn.close_with(b"</stream:stream>").await;
+                    conn.close_with(&machine.closing_bytes(None)).await;
                     break_on_close(ctx, &remotes);
                     return Ok(());
                 }
@@ -355,7 +358,7 @@ async fn run(
                 "policy-violation",
                 "limit: too much data before authentication",
             );
-            conn.close_with(&e.to_bytes()).await;
+            conn.close_with(&machine.closing_bytes(Some(&e))).await;
             break Err(Failure::new(FailureKind::Limit, e.text));
         }
         tokio::select! {
@@ -374,7 +377,7 @@ async fn run(
                     let f = e.failure();
                     if let super::conn::ReadError::Xml(x) = &e {
                         let se = StreamError::new(x.condition(), f.to_string());
-                        conn.close_with(&se.to_bytes()).await;
+                        conn.close_with(&machine.closing_bytes(Some(&se))).await;
                     }
                     break Err(f);
                 }
@@ -385,17 +388,17 @@ async fn run(
             _ = super::pool::sleep_until_opt(ack_wanted.map(|(_, by)| by)), if ack_wanted.is_some() => {}
             _ = &mut negotiation, if !*established => {
                 let e = StreamError::new("connection-timeout", "timeout: not authenticated in time");
-                conn.close_with(&e.to_bytes()).await;
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 break Err(Failure::new(FailureKind::Timeout, e.text));
             }
             _ = &mut idle => {
-                conn.close_with(b"</stream:stream>").await;
+                conn.close_with(&machine.closing_bytes(None)).await;
                 break Ok(());
             }
             remote = until_expiry(&expiries) => {
                 // RFC 6120 §13.7.2.3 and §4.9.3.16: the stream must not outlive the certificate.
                 let e = StreamError::new("reset", format!("the certificate of {remote} expired"));
-                conn.close_with(&e.to_bytes()).await;
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 tracing::info!(%remote, "closed inbound stream: peer certificate expired");
                 break Ok(());
             }
@@ -416,7 +419,7 @@ async fn run(
             _ = closing.changed() => {
                 final_ack(&mut conn, sm.as_deref()).await;
                 let e = StreamError::new("system-shutdown", "fedgate is shutting down");
-                conn.close_with(&e.to_bytes()).await;
+                conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 break Ok(());
             }
         }

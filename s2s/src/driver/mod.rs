@@ -8,6 +8,7 @@ pub mod connect;
 pub mod context;
 pub mod dane;
 pub mod io;
+pub mod linger;
 pub mod listener;
 pub mod log_limit;
 pub mod metrics;

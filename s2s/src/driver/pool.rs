@@ -284,6 +284,9 @@ impl Pool {
             .is_shutting_down()
             .then(|| tokio::time::Instant::now() + ctx.settings.shutdown_grace);
         let mut resend = true;
+        // What ends the stream: our closing tag, or a stream error (which carries it). Written
+        // once, at the close: nothing may follow `</stream:stream>` (RFC 6120 §4.9.1).
+        let mut last_words: Vec<u8> = b"</stream:stream>".to_vec();
         let idle = tokio::time::sleep(ctx.settings.idle_timeout);
         tokio::pin!(idle);
         let mut keepalive = tokio::time::interval(ctx.settings.keepalive_interval);
@@ -344,7 +347,7 @@ impl Pool {
                                 tracing::debug!(name = %el.name, %remote, "ignored element on outbound stream");
                             }
                             Err(f) => {
-                                conn.queue(&crate::wire::StreamError::new("undefined-condition", f.detail.clone()).to_bytes());
+                                last_words = crate::wire::StreamError::new("undefined-condition", f.detail.clone()).to_bytes();
                                 break Err(f);
                             }
                         }
@@ -397,7 +400,7 @@ impl Pool {
             Ok(why) if unacked.is_empty() && rest.is_empty() => {
                 tracing::info!(%local, %remote, why, "closing outbound s2s stream");
                 m.streams_closed.with_label_values(&["out", "ok"]).inc();
-                conn.close_with(b"</stream:stream>").await;
+                conn.close_with(&last_words).await;
             }
             end => {
                 let f = end.err().unwrap_or_else(|| {
@@ -413,7 +416,7 @@ impl Pool {
                 if f.kind != FailureKind::Shutdown {
                     ctx.status.error(&remote, &f);
                 }
-                conn.close_with(b"</stream:stream>").await;
+                conn.close_with(&last_words).await;
                 for st in unacked {
                     self.unconfirmed(&local, &remote, st, &f, resend);
                 }
