@@ -17,6 +17,7 @@ mod relay;
 mod sip;
 #[path = "../support/slapd.rs"]
 mod slapd;
+mod stream_errors;
 mod support;
 
 use std::time::Duration;
