@@ -80,13 +80,14 @@ pub enum Action {
     Deliver(Routed),
     Note(Note),
     /// The peer's `<hello>`: hand routes over to this link (see [`crate::delivery`]).
-    /// `incarnation` is the peer's; `peer_has` how many of our routes it has taken (`None`:
-    /// its record is of another incarnation of ours, or it has none).
+    /// `incarnation` is the peer's; `peer_has` how many of our routes it has taken, and how
+    /// many of those it has confirmed (`None`: its record is of another incarnation of ours,
+    /// or it has none).
     Resume {
         incarnation: u64,
-        peer_has: Option<u64>,
+        peer_has: Option<(u64, u64)>,
     },
-    /// `<ack h/>`: the peer has taken `h` of our routes.
+    /// `<ack h/>`: the peer has taken care of `h` of our routes.
     Acked(u64),
     /// Close the link (after sending what precedes).
     Close(LinkFailure),
@@ -334,7 +335,8 @@ impl Session {
             self.peer_head = seq;
             out.push(Action::Resume {
                 incarnation,
-                peer_has: (received.incarnation == dir.incarnation()).then_some(received.count),
+                peer_has: (received.incarnation == dir.incarnation())
+                    .then_some((received.count, received.confirmed)),
             });
             out.push(Action::Note(Note::Up {
                 flagged: self.flagged.clone(),
@@ -914,10 +916,12 @@ mod tests {
         let took = Received {
             incarnation: 0xb,
             count: 5,
+            confirmed: 4,
         };
         let stale = Received {
             incarnation: 0x99,
             count: 7,
+            confirmed: 7,
         };
         let hello = |acts: Vec<Action>| match &acts[..] {
             [Action::Send(m)] => Msg::parse(&m.to_element()).unwrap(),
@@ -930,7 +934,7 @@ mod tests {
             at_b[0],
             Action::Resume {
                 incarnation: 0xa,
-                peer_has: Some(5)
+                peer_has: Some((5, 4))
             }
         );
         let at_a = sa.on_msg(hb, &mut a, now);

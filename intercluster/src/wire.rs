@@ -4,8 +4,10 @@
 //! they carry are both in `NS_CONTENT` once parsed).
 //!
 //! Elements (all top level):
-//! - `<hello cluster incarnation seq consistency version rcvd-inc rcvd/>`: first element each
-//!   side sends (`rcvd`: how many routes of the peer's incarnation `rcvd-inc` it has taken);
+//! - `<hello cluster incarnation seq consistency version rcvd-inc rcvd rcvd-ok/>`: first
+//!   element each side sends (`rcvd`: how many routes of the peer's incarnation `rcvd-inc` it
+//!   has taken; `rcvd-ok`: how many of those its next hop confirmed, the same as `rcvd` when
+//!   absent);
 //! - `<refuse reason>text</refuse>`: the sender closes the link after it;
 //! - `<subscribe origin incarnation? since/>`: "send me `origin`'s log after `since`";
 //! - `<deltas origin incarnation first><put u e/><del u/>…</deltas>`: consecutive changes;
@@ -15,8 +17,9 @@
 //! - `<ping seq/>`, `<pong/>`: heartbeats (the ping carries the sender's log head);
 //! - `<route hops><rcpt to/>…<stanza/></route>`: a routed stanza, for one recipient (its own
 //!   `to`) or several (`rcpt` elements: presence broadcast carried once per link);
-//! - `<ack h/>`: the receiver has taken `h` routes of the sender's incarnation in all
-//!   (see [`crate::delivery`]).
+//! - `<ack h/>`: the receiver has taken care of (delivered to its next hop, which confirmed
+//!   them, or answered) `h` routes of the sender's incarnation in all (see
+//!   [`crate::delivery`]).
 
 use fedgate_s2s::element::{Element, NS_CONTENT};
 
@@ -215,7 +218,8 @@ impl Msg {
                 .with_attr("consistency", consistency)
                 .with_attr("version", VERSION)
                 .with_attr("rcvd-inc", &hex(received.incarnation))
-                .with_attr("rcvd", &received.count.to_string()),
+                .with_attr("rcvd", &received.count.to_string())
+                .with_attr("rcvd-ok", &received.confirmed.to_string()),
             Msg::Refuse { reason, text } => {
                 el("refuse").with_attr("reason", reason).with_text(text)
             }
@@ -318,9 +322,17 @@ impl Msg {
                 incarnation: hexnum(e, "incarnation")?,
                 seq: num(e, "seq")?,
                 consistency: get(e, "consistency")?.to_owned(),
-                received: Received {
-                    incarnation: hexnum(e, "rcvd-inc")?,
-                    count: num(e, "rcvd")?,
+                received: {
+                    let count = num(e, "rcvd")?;
+                    Received {
+                        incarnation: hexnum(e, "rcvd-inc")?,
+                        count,
+                        // Before receipts, everything taken counted as confirmed.
+                        confirmed: match e.attr("rcvd-ok") {
+                            Some(_) => num(e, "rcvd-ok")?.min(count),
+                            None => count,
+                        },
+                    }
                 },
             },
             "refuse" => Msg::Refuse {
@@ -477,6 +489,7 @@ mod tests {
                 received: Received {
                     incarnation: 7,
                     count: 42,
+                    confirmed: 40,
                 },
             },
             Msg::Refuse {

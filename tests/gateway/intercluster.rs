@@ -656,6 +656,106 @@ async fn a_cluster_killed_and_restarted() {
     gn2.shutdown().await;
 }
 
+/// Acknowledged upstream only once the next hop took it: b.test sends over XEP-0198 to london,
+/// which routes to newyork (bob's home), whose component stops reading. While it confirms
+/// nothing, newyork does not acknowledge the routes to london, and london does not acknowledge
+/// the stanzas to b.test: had newyork died then, london would still hold them (and bounce
+/// them), and b.test would still hold them before it. When the component reads again,
+/// everything is delivered and acknowledged all the way back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_is_acknowledged_only_after_the_next_hop_confirmed_it() {
+    let pki = Pki::new();
+    let mut newyork = Cluster::new(&pki, "newyork", &["bob@example.test"]);
+    let london = Cluster::new(&pki, "london", &["carol@example.test"]);
+    let mut b = GwSpec::new(&pki, "b.test");
+    b.static_targets
+        .insert(DOMAIN.into(), format!("tcp://{}:5269", london.spec.ip));
+    newyork
+        .spec
+        .static_targets
+        .insert("b.test".into(), format!("tcp://{}:5269", b.ip));
+    mesh(&[&newyork, &london]);
+    let (gn, gl, gb) = (
+        newyork.spec.start().await,
+        london.spec.start().await,
+        b.start().await,
+    );
+    until_synced(&gl, &[("newyork", 1)]).await;
+    until_synced(&gn, &[("london", 1)]).await;
+    let mut cn = newyork.spec.component(&gn).await;
+    let mut cb = b.component(&gb).await;
+    deliver(
+        &mut cb,
+        &mut cn,
+        "zed@b.test",
+        "bob@example.test",
+        "warm-up",
+    )
+    .await;
+    let unconfirmed = |m: &str, link: &str| {
+        metric(
+            m,
+            &format!("fedgate_unconfirmed_stanzas{{link=\"{link}\"}}"),
+        )
+    };
+    cn.pause(true);
+    let n = 40;
+    for i in 0..n {
+        cb.send(&message(
+            "zed@b.test",
+            "bob@example.test",
+            &format!("k{i}"),
+            "x",
+        ))
+        .await
+        .unwrap();
+    }
+    // newyork wrote them all to its component, which confirms none of them.
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let m = http_get(&gn, "/metrics").await;
+        if unconfirmed(&m, "component") >= n {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not written\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // So london holds every route unacknowledged (the warm-up too, if the component's last
+    // ping answer had not come yet), and b.test every stanza unconfirmed.
+    let s = status(&gl).await;
+    let unacked = s["intercluster"]["peers"]["newyork"]["unacked"].as_u64();
+    assert!(unacked >= Some(n), "{s}");
+    let m = http_get(&gb, "/metrics").await;
+    assert!(unconfirmed(&m, "s2s-out") >= n, "{m}");
+    // The component reads again: all delivered, and confirmed back to b.test.
+    cn.pause(false);
+    let mut got = HashSet::new();
+    while got.len() < n as usize {
+        let e = cn
+            .recv_matching(T, |e| e.name == "message")
+            .await
+            .unwrap_or_else(|e| panic!("{e}: got {}", got.len()));
+        got.insert(e.attr("id").unwrap().to_owned());
+    }
+    until_status(&gl, "routes acknowledged", |ic| {
+        ic["peers"]["newyork"]["unacked"].as_u64() == Some(0)
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let m = http_get(&gb, "/metrics").await;
+        if unconfirmed(&m, "s2s-out") == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not confirmed\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(cn);
+    gb.shutdown().await;
+    gl.shutdown().await;
+    gn.shutdown().await;
+}
+
 /// tokyo and newyork both list dave with epoch 1: every cluster reports the conflict and routes
 /// dave's stanzas to the same cluster (the name that sorts first: newyork), never to both.
 #[tokio::test]

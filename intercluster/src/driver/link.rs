@@ -307,7 +307,9 @@ impl LinkIo {
 }
 
 /// Sends queued stanzas, numbered (see [`crate::delivery`]), as far as the budget of
-/// unacknowledged bytes allows; the rest waits for acknowledgements.
+/// unacknowledged bytes allows; the rest waits for acknowledgements. The receipts of a batch
+/// ride with its last route: acknowledgements are cumulative, so they fire once the peer
+/// confirmed every route of the batch (or the routes were bounced).
 fn send_queued(ic: &Intercluster, peer: &Peer, io: &LinkIo) -> Result<(), LinkFailure> {
     let mut d = lock(&peer.delivery);
     let room = ic
@@ -323,20 +325,56 @@ fn send_queued(ic: &Intercluster, peer: &Peer, io: &LinkIo) -> Result<(), LinkFa
         .with_label_values(&[&peer.name, "out"])
         .inc_by(items.len() as u64);
     let now = Instant::now();
+    let mut receipts = Vec::new();
+    let routes = pack(items.into_iter().map(|(st, h)| {
+        receipts.extend(st.receipt);
+        (st.el, h)
+    }));
+    let last = routes.len().saturating_sub(1);
     let mut out = Vec::new();
-    for r in pack(items.into_iter().map(|(st, h)| (st.el, h))) {
+    let mut refused = Vec::new();
+    for (i, r) in routes.into_iter().enumerate() {
         let before = out.len();
         r.to_element().write_to(&mut out);
-        d.push(io.generation, r, out.len() - before, now);
+        let hold = if i == last {
+            std::mem::take(&mut receipts)
+        } else {
+            Vec::new()
+        };
+        // Owned under this lock, so numbering cannot be refused; if it were, what the route
+        // held is let go of below, outside the lock.
+        if let Err(hold) = d.push(io.generation, r, out.len() - before, now, hold) {
+            refused.push(hold);
+        }
     }
     drop(d);
+    drop(refused);
+    io.send(out)
+}
+
+/// Acknowledges to the peer what our next hops confirmed of its routes, when that changed
+/// since `last` (the peer incarnation and count this link acknowledged last).
+fn send_ack(peer: &Peer, io: &LinkIo, last: &mut (u64, u64)) -> Result<(), LinkFailure> {
+    let d = lock(&peer.delivery);
+    if !d.owns(io.generation) {
+        return Ok(());
+    }
+    let r = d.received();
+    drop(d);
+    let h = r.confirmed;
+    if (r.incarnation, h) == *last {
+        return Ok(());
+    }
+    *last = (r.incarnation, h);
+    let mut out = Vec::new();
+    Msg::Ack { h }.to_element().write_to(&mut out);
     io.send(out)
 }
 
 /// Carries out session actions; `Err` when the link must close.
 fn execute(
     ic: &Intercluster,
-    peer: &Peer,
+    peer: &Arc<Peer>,
     session: &Session,
     acts: Vec<Action>,
     io: &LinkIo,
@@ -344,16 +382,16 @@ fn execute(
 ) -> Result<(), LinkFailure> {
     let mut out = Vec::new();
     let mut closing = None;
-    let mut took = false;
     let name = peer.name.as_str();
     for a in acts {
         match a {
             Action::Send(m) => m.to_element().write_to(&mut out),
             // A replaced link does not take routes: the peer sends them again on the new one.
+            // What it carries is acknowledged once our next hop confirmed it (its receipt).
             Action::Deliver(r) => {
-                if lock(&peer.delivery).take(io.generation) {
-                    took = true;
-                    ic.on_routed(name, r);
+                let taken = lock(&peer.delivery).take(io.generation);
+                if let Some(t) = taken {
+                    ic.on_routed(name, r, Some(peer.receipt(t)));
                 }
             }
             Action::Resume {
@@ -361,6 +399,7 @@ fn execute(
                 peer_has,
             } => {
                 let r = lock(&peer.delivery).resume(io.generation, incarnation, peer_has);
+                drop(r.released);
                 if !r.resend.is_empty() {
                     tracing::info!(peer = %name, routes = r.resend.len(), "sending again the stanzas the peer had not taken when the last link broke");
                     ic.metrics
@@ -387,12 +426,17 @@ fn execute(
             }
             Action::Acked(h) => {
                 let mut d = lock(&peer.delivery);
-                if let Err(e) = d.ack(io.generation, h) {
-                    closing = Some(fail(FailureKind::Protocol, e.to_string()));
-                    break;
-                }
+                let released = match d.ack(io.generation, h) {
+                    Ok(released) => released,
+                    Err(e) => {
+                        closing = Some(fail(FailureKind::Protocol, e.to_string()));
+                        break;
+                    }
+                };
                 let room = d.unacked_bytes() < ic.settings.queue_max_bytes;
                 drop(d);
+                // Fires the receipts of what the peer confirmed: our senders may acknowledge.
+                drop(released);
                 if room && !lock(&peer.queue).is_empty() {
                     peer.wake.notify_one();
                 }
@@ -449,10 +493,6 @@ fn execute(
             }
         }
     }
-    if took {
-        let h = lock(&peer.delivery).received().count;
-        Msg::Ack { h }.to_element().write_to(&mut out);
-    }
     let sent = io.send(out);
     lock(&peer.status).lag = session.lag(Instant::now());
     closing.map_or(sent, Err)
@@ -501,6 +541,7 @@ where
     // From here an older link of this peer neither takes nor sends routes; what we took of
     // the peer's goes into our hello.
     let received = lock(&peer.delivery).take_over(generation);
+    let mut acked = (received.incarnation, received.confirmed);
     let mut session = Session::new(
         &peer.name,
         &digest,
@@ -569,6 +610,9 @@ where
             },
             _ = peer.wake.notified(), if session.is_up() => {
                 send_queued(ic, peer, &io).map(|()| Vec::new())
+            }
+            _ = peer.confirmed.notified(), if session.is_up() => {
+                send_ack(peer, &io, &mut acked).map(|()| Vec::new())
             }
             _ = stop.changed() => break,
             _ = shutdown.changed() => break,

@@ -15,17 +15,18 @@ pub mod metrics;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use fedgate_certs::{Identity, IdentityStore, PeerVerifier};
+use fedgate_s2s::driver::receipt::{Confirm, Receipt};
 use fedgate_s2s::driver::{Origin, Stanza};
 use fedgate_s2s::wire::ErrorType;
 use fedgate_s2s::xml::Limits;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Taken};
 use crate::directory::{Conflict, Directory, Home};
 use crate::failure::LinkFailure;
 use crate::queue::BoundedQueue;
@@ -132,10 +133,15 @@ struct Peer {
     name: String,
     address: Mutex<Option<String>>,
     queue: Mutex<BoundedQueue<(Stanza, u8)>>,
-    /// Routes sent and not yet acknowledged, and what was taken from the peer: they outlive
-    /// links. Lock order: `delivery` before `queue`.
-    delivery: Mutex<Delivery>,
+    /// Routes sent and not yet acknowledged (with the receipts of the stanzas in them), and
+    /// what was taken from the peer: they outlive links. Lock order: `delivery` before
+    /// `queue`.
+    delivery: Mutex<Delivery<Vec<Receipt>>>,
+    /// Where receipts of routes taken from the peer confirm (one per peer incarnation).
+    confirmer: Mutex<Option<(u64, Arc<dyn Confirm>)>>,
     wake: Notify,
+    /// More routes taken from the peer were taken care of: time to acknowledge them.
+    confirmed: Notify,
     status: Mutex<LinkStatus>,
     /// Removal of the peer (or shutdown) stops its tasks.
     stop: watch::Sender<bool>,
@@ -145,6 +151,47 @@ struct Peer {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Confirms routes taken from one incarnation of a peer (see [`Peer::receipt`]).
+struct RouteConfirm {
+    peer: Weak<Peer>,
+    epoch: u64,
+}
+
+impl Confirm for RouteConfirm {
+    fn confirm(&self, seq: u64) {
+        let Some(peer) = self.peer.upgrade() else {
+            return;
+        };
+        let grew = lock(&peer.delivery).confirm(Taken {
+            epoch: self.epoch,
+            seq,
+        });
+        if grew {
+            peer.confirmed.notify_one();
+        }
+    }
+}
+
+impl Peer {
+    /// The receipt of a route taken from this peer: when it fires, the route counts as
+    /// confirmed and is acknowledged to the peer.
+    fn receipt(self: &Arc<Self>, taken: Taken) -> Receipt {
+        let mut c = lock(&self.confirmer);
+        let owner = match &*c {
+            Some((epoch, owner)) if *epoch == taken.epoch => owner.clone(),
+            _ => {
+                let owner: Arc<dyn Confirm> = Arc::new(RouteConfirm {
+                    peer: Arc::downgrade(self),
+                    epoch: taken.epoch,
+                });
+                *c = Some((taken.epoch, owner.clone()));
+                owner
+            }
+        };
+        Receipt::new(taken.seq, owner)
+    }
 }
 
 /// The intercluster runtime of one gateway.
@@ -374,7 +421,9 @@ impl Intercluster {
                         self.settings.queue_max_age,
                     )),
                     delivery: Mutex::new(Delivery::default()),
+                    confirmer: Mutex::new(None),
                     wake: Notify::new(),
+                    confirmed: Notify::new(),
                     status: Mutex::new(LinkStatus::default()),
                     stop: watch::channel(false).0,
                     generation: watch::channel(0).0,
@@ -487,20 +536,24 @@ impl Intercluster {
         self.host.bounce(st, etype, cond, reason, text);
     }
 
-    /// Bounces each stanza of `routes` (their recipients expanded).
+    /// Bounces each stanza of `routes` (their recipients expanded); then lets go of what
+    /// they held, which acknowledges them to their own senders.
     fn bounce_routes(
         &self,
         peer: &str,
-        routes: Vec<Routed>,
+        routes: Vec<(Routed, Vec<Receipt>)>,
         etype: ErrorType,
         cond: &str,
         reason: &str,
         text: &str,
     ) {
-        for el in routes.into_iter().flat_map(Routed::expand) {
-            let size = el.wire_len();
-            let st = Stanza::new(el, size, Origin::Gateway);
-            self.bounce(peer, &st, etype, cond, reason, text);
+        for (route, held) in routes {
+            for el in route.expand() {
+                let size = el.wire_len();
+                let st = Stanza::new(el, size, Origin::Gateway);
+                self.bounce(peer, &st, etype, cond, reason, text);
+            }
+            drop(held);
         }
     }
 
@@ -550,19 +603,21 @@ impl Intercluster {
         }
     }
 
-    /// A route that arrived over the link from `from`.
-    fn on_routed(&self, from: &str, r: Routed) {
+    /// A route that arrived over the link from `from`; `receipt` (shared by the stanzas it
+    /// carries) fires once each was delivered to its next hop, which confirmed it, or answered.
+    fn on_routed(&self, from: &str, r: Routed, receipt: Option<Receipt>) {
         let hops = r.hops;
         let routed_in = self.metrics.routed.with_label_values(&[from, "in"]);
         for el in r.expand() {
             let size = el.wire_len();
-            let st = Stanza::new(
+            let mut st = Stanza::new(
                 el,
                 size,
                 Origin::Intercluster {
                     peer: from.to_owned(),
                 },
             );
+            st.receipt = receipt.clone();
             routed_in.inc();
             let to = st.el.attr("to").unwrap_or_default().to_owned();
             match self.decide(&to, Some(hops)) {
@@ -664,7 +719,7 @@ impl Intercluster {
 
 /// Every 200 ms: expire queued and unacknowledged stanzas (bounce), refresh gauges, log the
 /// conflicts that are new (the directory keeps them up to date).
-async fn housekeeping(ic: std::sync::Weak<Intercluster>, mut shutdown: watch::Receiver<bool>) {
+async fn housekeeping(ic: Weak<Intercluster>, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut known: Vec<String> = Vec::new();

@@ -5,12 +5,21 @@
 //! with an error (the bounce replaces it), or when it was counted as dropped. A stanza resent on
 //! a new stream keeps its receipt, so the sender is acknowledged only for what the next hop took.
 //! If fedgate dies, nothing fires, and the sender still holds what was not acknowledged.
+//!
+//! Any acknowledging link can hand receipts out: it implements [`Confirm`] (XEP-0198 streams
+//! use [`Receipts`]; intercluster links count routes of their own).
 
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::ack::Window;
+
+/// Who is told when a receipt fires: the receiving side of an acknowledging link.
+pub trait Confirm: Send + Sync + 'static {
+    /// The stanza numbered `seq` was taken care of.
+    fn confirm(&self, seq: u64);
+}
 
 /// The receiving side of one acknowledging stream, shared with the receipts it handed out.
 #[derive(Default)]
@@ -27,10 +36,7 @@ impl Receipts {
     /// Count a received stanza and give it its receipt.
     pub fn issue(self: &Arc<Self>) -> Receipt {
         let seq = self.window.lock().expect("receipt window").received();
-        Receipt(Arc::new(Inner {
-            seq,
-            owner: self.clone(),
-        }))
+        Receipt::new(seq, self.clone())
     }
 
     /// (confirmed, received) so far.
@@ -50,9 +56,29 @@ impl Receipts {
     }
 }
 
+impl Confirm for Receipts {
+    fn confirm(&self, seq: u64) {
+        let grew = self
+            .window
+            .lock()
+            .map(|mut w| w.confirm(seq))
+            .unwrap_or(false);
+        if grew {
+            self.changed.notify_one();
+        }
+    }
+}
+
 /// Carried by a stanza; fires when the last clone is dropped.
 #[derive(Clone)]
 pub struct Receipt(Arc<Inner>);
+
+impl Receipt {
+    /// A receipt for stanza `seq` of `owner`'s link.
+    pub fn new(seq: u64, owner: Arc<dyn Confirm>) -> Self {
+        Self(Arc::new(Inner { seq, owner }))
+    }
+}
 
 impl std::fmt::Debug for Receipt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,20 +88,12 @@ impl std::fmt::Debug for Receipt {
 
 struct Inner {
     seq: u64,
-    owner: Arc<Receipts>,
+    owner: Arc<dyn Confirm>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let grew = self
-            .owner
-            .window
-            .lock()
-            .map(|mut w| w.confirm(self.seq))
-            .unwrap_or(false);
-        if grew {
-            self.owner.changed.notify_one();
-        }
+        self.owner.confirm(self.seq);
     }
 }
 
