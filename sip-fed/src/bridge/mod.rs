@@ -38,6 +38,12 @@ use crate::msg::SipMessage;
 use crate::txn::{RequestMatch, ServerTxnId};
 use pending::{Ctx, Pending};
 
+/// What acknowledges a stanza to its sender (see `fedgate_s2s::driver::receipt`). A message
+/// keeps it until its SIP request has a final response (`2xx`: the partner took it; an error:
+/// the stanza was bounced); presence and other stanzas let go of it once translated (presence
+/// is state, which the bridge keeps and sends again).
+pub type Keep = Option<fedgate_s2s::driver::receipt::Receipt>;
+
 /// A connection, as the driver numbers them.
 pub type ConnId = u64;
 
@@ -301,8 +307,8 @@ impl Bridge {
         out
     }
 
-    /// A stanza from the router for a SIP partner.
-    pub fn on_stanza(&mut self, el: Element, now: Instant) -> Vec<Out> {
+    /// A stanza from the router for a SIP partner, with what acknowledges it to its sender.
+    pub fn on_stanza(&mut self, el: Element, keep: Keep, now: Instant) -> Vec<Out> {
         let mut out = Vec::new();
         let (Some(from), Some(to)) = (el.attr("from"), el.attr("to")) else {
             return out;
@@ -316,7 +322,7 @@ impl Bridge {
             return out;
         }
         match el.name.as_str() {
-            "message" => session::on_message(self, el, from, to, now, &mut out),
+            "message" => session::on_message(self, el, keep, from, to, now, &mut out),
             "presence" => presence::on_presence(self, el, from, to, now, &mut out),
             _ => bounce(
                 &el,
@@ -539,8 +545,19 @@ impl Bridge {
             Some(h) => h.value = via,
             None => req.prepend_header("Via", via),
         }
-        if let Err(e) = self.pending.insert(&req, ctx, now) {
+        if let Err(failed) = self.pending.insert(&req, ctx, now) {
+            let (e, ctx) = *failed;
             tracing::warn!(error = %e, "sip: request not sent");
+            // The message it carried must not vanish: its sender hears why.
+            if let Some(stanza) = ctx.stanza() {
+                bounce(
+                    stanza,
+                    ErrorType::Wait,
+                    "internal-server-error",
+                    &format!("fedgate: the SIP request could not be sent ({e})"),
+                    out,
+                );
+            }
             return;
         }
         out.push(Out::Sip { dest, msg: req });

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use fedgate_s2s::element::Element;
 
+use super::Keep;
 use crate::msg::SipMessage;
 use crate::txn::{
     ClientTxnId, RequestMatch, ServerTxnId, Timeout, TransactionLayer, TxnConfig, TxnError,
@@ -19,6 +20,7 @@ pub(crate) enum Ctx {
     Page {
         partner: String,
         stanza: Element,
+        keep: Keep,
     },
     /// INVITE opening the session `key`, carrying the first message `stanza` (bounced if
     /// the INVITE fails).
@@ -26,12 +28,14 @@ pub(crate) enum Ctx {
         partner: String,
         key: (String, String),
         stanza: Element,
+        keep: Keep,
     },
     /// In-dialog MESSAGE of session `key`.
     SessionMessage {
         partner: String,
         key: (String, String),
         stanza: Element,
+        keep: Keep,
     },
     Bye {
         partner: String,
@@ -59,6 +63,16 @@ pub(crate) enum SubscribeKind {
 }
 
 impl Ctx {
+    /// The message this request carries, if any.
+    pub fn stanza(&self) -> Option<&Element> {
+        match self {
+            Ctx::Page { stanza, .. }
+            | Ctx::Invite { stanza, .. }
+            | Ctx::SessionMessage { stanza, .. } => Some(stanza),
+            _ => None,
+        }
+    }
+
     pub fn partner(&self) -> &str {
         match self {
             Ctx::Page { partner, .. }
@@ -89,10 +103,20 @@ impl Pending {
     }
 
     /// Registers a request we send (not ACK).
-    pub fn insert(&mut self, req: &SipMessage, ctx: Ctx, now: Instant) -> Result<(), TxnError> {
-        let id = self.layer.send_request(req, now)?;
-        self.ctx.insert(id, ctx);
-        Ok(())
+    /// Registers a request to send; `Err` hands `ctx` back (nothing was registered).
+    pub fn insert(
+        &mut self,
+        req: &SipMessage,
+        ctx: Ctx,
+        now: Instant,
+    ) -> Result<(), Box<(TxnError, Ctx)>> {
+        match self.layer.send_request(req, now) {
+            Ok(id) => {
+                self.ctx.insert(id, ctx);
+                Ok(())
+            }
+            Err(e) => Err(Box::new((e, ctx))),
+        }
     }
 
     /// A final response to one of our requests: what it was for, and the request. Provisional

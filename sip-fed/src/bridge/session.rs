@@ -20,7 +20,7 @@ use fedgate_s2s::wire::ErrorType;
 
 use super::pending::Ctx;
 use super::{
-    Awaiting, Bridge, BridgeConfig, ConnId, Dest, Flavor, Out, ReqCtx, add_to_tag_if_missing,
+    Awaiting, Bridge, BridgeConfig, ConnId, Dest, Flavor, Keep, Out, ReqCtx, add_to_tag_if_missing,
     bounce, bounce_sip, header_jid, respond, respond_with, set_lang, stanza, stanza_lang,
 };
 use crate::address::{Jid, jid_to_sip};
@@ -31,9 +31,9 @@ use crate::msg::SipMessage;
 type Key = (String, String);
 
 enum State {
-    /// INVITE sent; messages written meanwhile.
+    /// INVITE sent; messages written meanwhile (with what acknowledges each to its sender).
     Inviting {
-        queue: Vec<Element>,
+        queue: Vec<(Element, Keep)>,
     },
     Up,
 }
@@ -120,6 +120,7 @@ fn body_of(el: &Element) -> Option<String> {
 pub(super) fn on_message(
     b: &mut Bridge,
     el: Element,
+    keep: Keep,
     from: Jid,
     to: Jid,
     now: Instant,
@@ -138,13 +139,13 @@ pub(super) fn on_message(
         .unwrap_or(());
     let have_session = b.sessions.by_key.contains_key(&k);
     if !have_session && b.flavor(&partner) == Flavor::Standard {
-        page_message(b, el, &from, &to, &text, now, out);
+        page_message(b, el, keep, &from, &to, &text, now, out);
         return;
     }
     match b.sessions.by_key.get_mut(&k).map(|s| &mut s.state) {
-        Some(State::Inviting { queue }) => queue.push(el),
-        Some(State::Up) => session_message(b, &k, el, &text, now, out),
-        None => invite(b, el, from, to, &text, now, out),
+        Some(State::Inviting { queue }) => queue.push((el, keep)),
+        Some(State::Up) => session_message(b, &k, el, keep, &text, now, out),
+        None => invite(b, el, keep, from, to, &text, now, out),
     }
 }
 
@@ -156,9 +157,11 @@ fn text_body(msg: &mut SipMessage, text: &str, lang: Option<&str>) {
     msg.body = text.as_bytes().to_vec();
 }
 
+#[allow(clippy::too_many_arguments)]
 fn page_message(
     b: &mut Bridge,
     el: Element,
+    keep: Keep,
     from: &Jid,
     to: &Jid,
     text: &str,
@@ -206,6 +209,7 @@ fn page_message(
         Ctx::Page {
             partner,
             stanza: el,
+            keep,
         },
         now,
         out,
@@ -221,9 +225,11 @@ fn im_sdp(host: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn invite(
     b: &mut Bridge,
     el: Element,
+    keep: Keep,
     from: Jid,
     to: Jid,
     text: &str,
@@ -272,6 +278,7 @@ fn invite(
         partner,
         key: k.clone(),
         stanza: el,
+        keep,
     };
     let before = out.len();
     b.send_request(req, dest, ctx, now, out);
@@ -300,6 +307,7 @@ fn session_message(
     b: &mut Bridge,
     k: &Key,
     el: Element,
+    keep: Keep,
     text: &str,
     now: Instant,
     out: &mut Vec<Out>,
@@ -323,6 +331,7 @@ fn session_message(
             partner,
             key: k.clone(),
             stanza: el,
+            keep,
         },
         now,
         out,
@@ -595,11 +604,17 @@ pub(super) fn on_final(
 ) {
     let code = resp.code().unwrap_or(500);
     match ctx {
-        Ctx::Page { stanza, .. } if code >= 300 => bounce_sip(&stanza, resp, out),
+        // What a request carried is acknowledged to its sender when `keep` goes: here, after
+        // the final response was handled (the stanza delivered, or bounced).
+        Ctx::Page { stanza, keep, .. } if code >= 300 => {
+            bounce_sip(&stanza, resp, out);
+            drop(keep);
+        }
         Ctx::Page { .. } => {}
         Ctx::Invite {
             key: k,
             stanza: first,
+            keep: _first_keep,
             partner,
         } => {
             // The session this INVITE opens, unless another one took its place meanwhile (a
@@ -617,7 +632,8 @@ pub(super) fn on_final(
                     }) => queue,
                     _ => Vec::new(),
                 };
-                for el in std::iter::once(&first).chain(queued.iter()) {
+                bounce_sip(&first, resp, out);
+                for (el, _keep) in &queued {
                     bounce_sip(el, resp, out);
                 }
                 return;
@@ -635,7 +651,7 @@ pub(super) fn on_final(
                             ..
                         }) = b.sessions.remove(&k)
                     {
-                        for el in &queue {
+                        for (el, _keep) in &queue {
                             bounce(
                                 el,
                                 ErrorType::Cancel,
@@ -680,12 +696,17 @@ pub(super) fn on_final(
                 State::Inviting { queue } => queue,
                 State::Up => Vec::new(),
             };
-            for el in queue {
+            for (el, keep) in queue {
                 let text = body_of(&el).unwrap_or_default();
-                session_message(b, &k, el, &text, now, out);
+                session_message(b, &k, el, keep, &text, now, out);
             }
         }
-        Ctx::SessionMessage { key: k, stanza, .. } => {
+        Ctx::SessionMessage {
+            key: k,
+            stanza,
+            keep,
+            ..
+        } => {
             if code == 481 || code == 408 {
                 // The partner forgot the session: start a new one for this message.
                 b.sessions.remove(&k);
@@ -695,7 +716,7 @@ pub(super) fn on_final(
                 ) && code == 481
                 {
                     let text = body_of(&stanza).unwrap_or_default();
-                    invite(b, stanza, from, to, &text, now, out);
+                    invite(b, stanza, keep, from, to, &text, now, out);
                     return;
                 }
                 bounce_sip(&stanza, resp, out);

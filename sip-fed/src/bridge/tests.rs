@@ -90,6 +90,7 @@ fn subscription_refresh_tolerates_a_missing_expires_and_has_jitter() {
     let t0 = Instant::now();
     let out = b.on_stanza(
         presence("alice@example.test", "bob@lync.test", Some("subscribe")),
+        None,
         t0,
     );
     let sub = sip(&out)[0].clone();
@@ -119,6 +120,7 @@ fn notify_states_map_to_xmpp_and_a_timeout_resubscribes() {
     let t0 = Instant::now();
     let out = b.on_stanza(
         presence("alice@example.test", "bob@lync.test", Some("subscribe")),
+        None,
         t0,
     );
     let sub = sip(&out)[0].clone();
@@ -173,7 +175,7 @@ fn a_request_without_answer_fails_as_remote_server_timeout() {
         .with_attr("to", "bob@lync.test")
         .with_attr("id", "m1")
         .with_child(Element::new("body", NS_CONTENT).with_text("hello"));
-    let out = b.on_stanza(msg, t0);
+    let out = b.on_stanza(msg, None, t0);
     assert_eq!(sip(&out)[0].method(), Some("MESSAGE"));
     assert!(b.poll(t0 + Duration::from_secs(31)).is_empty());
     let out = b.poll(t0 + Duration::from_secs(32));
@@ -191,6 +193,7 @@ fn the_watcher_sees_the_most_available_resource() {
     // Alice already authorized bob (no store: memory).
     b.on_stanza(
         presence("alice@example.test", "bob@lync.test", Some("subscribed")),
+        None,
         t0,
     );
     let s = out_of_dialog(
@@ -218,12 +221,12 @@ fn the_watcher_sees_the_most_available_resource() {
     // Two resources: dnd on one, chat on the other; the watcher sees chat.
     let mut dnd = presence("alice@example.test/desk", "bob@lync.test", None);
     dnd = dnd.with_child(Element::new("show", NS_CONTENT).with_text("dnd"));
-    let out = b.on_stanza(dnd, t0);
+    let out = b.on_stanza(dnd, None, t0);
     let dnd_notify = sip(&out)[0].clone();
     let mut chat = presence("alice@example.test/phone", "bob@lync.test", None);
     chat = chat.with_child(Element::new("show", NS_CONTENT).with_text("chat"));
     // RFC 6665 §4.2.2: no new NOTIFY in the dialog before the previous one is answered.
-    assert!(sip(&b.on_stanza(chat, t0)).is_empty());
+    assert!(sip(&b.on_stanza(chat, None, t0)).is_empty());
     let out = b.on_response(ok(&dnd_notify), t0);
     let n = sip(&out)[0];
     let body = String::from_utf8_lossy(&n.body);
@@ -349,6 +352,7 @@ fn an_invite_whose_2xx_makes_no_dialog_ends_its_session() {
     let t0 = Instant::now();
     let out = b.on_stanza(
         chat("alice@example.test/pc", "bob@lync.test", "m1", "one"),
+        None,
         t0,
     );
     let invite = sip(&out)[0].clone();
@@ -357,6 +361,7 @@ fn an_invite_whose_2xx_makes_no_dialog_ends_its_session() {
     assert!(
         b.on_stanza(
             chat("alice@example.test/pc", "bob@lync.test", "m2", "two"),
+            None,
             t0
         )
         .is_empty()
@@ -369,6 +374,7 @@ fn an_invite_whose_2xx_makes_no_dialog_ends_its_session() {
     // The next message opens a new session instead of queueing forever.
     let out = b.on_stanza(
         chat("alice@example.test/pc", "bob@lync.test", "m3", "three"),
+        None,
         t0,
     );
     let again = sip(&out)[0];
@@ -383,6 +389,7 @@ fn the_answer_to_an_invite_superseded_by_the_partners_session_leaves_that_sessio
     let t0 = Instant::now();
     let out = b.on_stanza(
         chat("alice@example.test/pc", "bob@lync.test", "m1", "one"),
+        None,
         t0,
     );
     let invite = sip(&out)[0].clone();
@@ -395,6 +402,7 @@ fn the_answer_to_an_invite_superseded_by_the_partners_session_leaves_that_sessio
     assert_eq!(xmpp(&out)[0].attr("id"), Some("m1"));
     let out = b.on_stanza(
         chat("alice@example.test/pc", "bob@lync.test", "m2", "two"),
+        None,
         t0,
     );
     let m = sip(&out)[0];
@@ -408,15 +416,18 @@ fn a_fetch_whose_notify_never_comes_is_given_up() {
     let t0 = Instant::now();
     b.on_stanza(
         presence("alice@example.test", "bob@lync.test", Some("subscribed")),
+        None,
         t0,
     );
     b.on_stanza(
         presence("alice@example.test", "bob@lync.test", Some("subscribe")),
+        None,
         t0,
     );
     // A probe: a one-off SUBSCRIBE Expires: 0.
     let out = b.on_stanza(
         presence("alice@example.test", "bob@lync.test", Some("probe")),
+        None,
         t0,
     );
     let fetch = sip(&out)
@@ -439,6 +450,7 @@ fn a_notify_that_times_out_or_is_refused_ends_the_subscription() {
         let t0 = Instant::now();
         b.on_stanza(
             presence("alice@example.test", "bob@lync.test", Some("subscribed")),
+            None,
             t0,
         );
         let sub =
@@ -452,7 +464,7 @@ fn a_notify_that_times_out_or_is_refused_ends_the_subscription() {
         assert!(sip(&out).is_empty(), "{code}");
         let online = presence("alice@example.test/pc", "bob@lync.test", None);
         assert!(
-            sip(&b.on_stanza(online, t0)).is_empty(),
+            sip(&b.on_stanza(online, None, t0)).is_empty(),
             "{code}: no NOTIFY after it"
         );
         let refresh = next_in_dialog(&sub, &to_tag(&ok), 2, "gone");
@@ -801,12 +813,12 @@ mod chaos {
                 }
                 55..80 => {
                     let st = self.stanza();
-                    let out = self.b.on_stanza(st, self.now);
+                    let out = self.b.on_stanza(st, None, self.now);
                     self.take(out, None);
                 }
                 80..85 => {
                     if let Some(err) = self.error_for_routed() {
-                        let out = self.b.on_stanza(err, self.now);
+                        let out = self.b.on_stanza(err, None, self.now);
                         self.take(out, None);
                     }
                 }
@@ -978,4 +990,74 @@ fn answers_that_name_what_is_supported_carry_the_right_headers() {
             .is_some_and(|a| a.starts_with("text/plain")),
         "{r:?}"
     );
+}
+
+/// A message is acknowledged to its sender (its receipt fires) only once its SIP request has a
+/// final response: page mode on `200`, session mode when the INVITE that carries it (or the
+/// in-dialog MESSAGE) is answered, and a message bounced on an error answer after the bounce.
+#[test]
+fn a_message_is_acknowledged_upstream_only_after_the_partners_final_answer() {
+    use fedgate_s2s::driver::receipt::Receipts;
+    let t0 = Instant::now();
+    // Page mode (a standards partner).
+    let mut b = bridge();
+    let r = Receipts::new();
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@sip.test", "p1", "one"),
+        Some(r.issue()),
+        t0,
+    );
+    let page = sip(&out)[0].clone();
+    assert_eq!(page.method(), Some("MESSAGE"));
+    assert_eq!(r.counts(), (0, 1), "sent, not yet answered");
+    let out = b.on_response(SipMessage::response_to(&page, 100, "Trying"), t0);
+    assert!(out.is_empty());
+    assert_eq!(r.counts(), (0, 1), "a provisional answer takes nothing");
+    b.on_response(ok(&page), t0);
+    assert_eq!(r.counts(), (1, 1));
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@sip.test", "p2", "two"),
+        Some(r.issue()),
+        t0,
+    );
+    let page = sip(&out)[0].clone();
+    let out = b.on_response(SipMessage::response_to(&page, 480, "Unavailable"), t0);
+    assert_eq!(xmpp(&out)[0].attr("id"), Some("p2"), "bounced");
+    assert_eq!(r.counts(), (2, 2), "answered with an error: taken care of");
+
+    // Session mode (Microsoft): the first message rides in the INVITE, the second waits.
+    let mut b = bridge();
+    b.cfg.flavors.insert("lync.test".into(), Flavor::Microsoft);
+    let r = Receipts::new();
+    let out = b.on_stanza(
+        chat("alice@example.test/pc", "bob@lync.test", "m1", "one"),
+        Some(r.issue()),
+        t0,
+    );
+    let invite = sip(&out)[0].clone();
+    assert!(
+        b.on_stanza(
+            chat("alice@example.test/pc", "bob@lync.test", "m2", "two"),
+            Some(r.issue()),
+            t0,
+        )
+        .is_empty()
+    );
+    assert_eq!(r.counts(), (0, 2));
+    let out = b.on_response(
+        ok_with_tag(&invite, &[("Contact", "<sip:bob@10.0.0.9;transport=tls>")]),
+        t0,
+    );
+    assert_eq!(
+        r.counts(),
+        (1, 2),
+        "the INVITE's message is taken, the queued one is sent"
+    );
+    let message = sip(&out)
+        .into_iter()
+        .find(|m| m.method() == Some("MESSAGE"))
+        .expect("the queued message goes in the dialog")
+        .clone();
+    b.on_response(ok(&message), t0);
+    assert_eq!(r.counts(), (2, 2));
 }

@@ -120,7 +120,7 @@ impl Core {
                 },
                 st = stanzas.recv() => match st {
                     Some(st) => {
-                        let outs = self.bridge.on_stanza(st.el, Instant::now());
+                        let outs = self.bridge.on_stanza(st.el, st.receipt, Instant::now());
                         self.apply(outs, &mut stanzas);
                     }
                     None => return,
@@ -321,7 +321,7 @@ impl Core {
             }
             // Bounces the router produced while we routed.
             while let Ok(st) = stanzas.try_recv() {
-                work.extend(self.bridge.on_stanza(st.el, Instant::now()));
+                work.extend(self.bridge.on_stanza(st.el, st.receipt, Instant::now()));
             }
             if work.is_empty() {
                 if routed {
