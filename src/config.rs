@@ -118,6 +118,10 @@ pub struct S2sConfig {
     pub unacked_domains: BTreeMap<String, String>,
     /// How long a shutdown may take to deliver or bounce what is queued and unconfirmed.
     pub shutdown_grace_secs: u64,
+    /// Not a setting (no key in the file): `fedgate bench relay` turns it off to measure what
+    /// acknowledged delivery costs.
+    #[serde(skip)]
+    pub confirm_delivery: bool,
 }
 
 impl Default for S2sConfig {
@@ -148,6 +152,7 @@ impl Default for S2sConfig {
             max_unacked_bytes: 4 * 1024 * 1024,
             unacked: "resend".into(),
             unacked_domains: BTreeMap::new(),
+            confirm_delivery: true,
             shutdown_grace_secs: 10,
         }
     }

@@ -80,6 +80,7 @@ pub fn stream_settings(cfg: &Config) -> StreamSettings {
             timeout: secs(s.ack_timeout_secs),
             max_unacked: s.max_unacked,
             max_unacked_bytes: s.max_unacked_bytes,
+            confirm: s.confirm_delivery,
         },
         unacked: unacked(&s.unacked),
         unacked_by_domain: s
@@ -87,7 +88,7 @@ pub fn stream_settings(cfg: &Config) -> StreamSettings {
             .iter()
             .map(|(d, v)| (d.to_ascii_lowercase(), unacked(v)))
             .collect(),
-        stream_management: s.stream_management,
+        stream_management: s.stream_management && s.confirm_delivery,
         shutdown_grace: secs(s.shutdown_grace_secs),
         ..StreamSettings::default()
     }

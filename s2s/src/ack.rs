@@ -33,6 +33,10 @@ pub struct AckSettings {
     pub max_unacked: usize,
     /// At most this many bytes outstanding.
     pub max_unacked_bytes: usize,
+    /// `false` for measurement only (`fedgate bench relay` compares both): links ask for no
+    /// confirmation and count what they wrote as taken, as before acknowledged delivery, so
+    /// what a broken link held in buffers is lost.
+    pub confirm: bool,
 }
 
 impl Default for AckSettings {
@@ -43,6 +47,7 @@ impl Default for AckSettings {
             timeout: Duration::from_secs(60),
             max_unacked: 4096,
             max_unacked_bytes: 4 * 1024 * 1024,
+            confirm: true,
         }
     }
 }
@@ -56,6 +61,8 @@ pub enum Mode {
     Sm,
     /// XEP-0199 pings.
     Ping,
+    /// No confirmation ([`AckSettings::confirm`] off): written counts as taken.
+    Off,
 }
 
 /// What the driver must send to ask for confirmations.
@@ -155,8 +162,16 @@ impl<T> Ledger<T> {
         self.q.len() < self.settings.max_unacked && self.bytes < self.settings.max_unacked_bytes
     }
 
-    /// A stanza of `size` bytes was written.
+    /// A stanza of `size` bytes was written. Without confirmations ([`Mode::Off`]) it is
+    /// let go of at once.
     pub fn sent(&mut self, item: T, size: usize, now: Instant) {
+        if self.mode == Mode::Off {
+            self.sent += 1;
+            self.acked = self.sent;
+            self.requested_upto = self.sent;
+            drop(item);
+            return;
+        }
         self.q.push_back(Entry {
             seq: self.sent,
             item,
@@ -372,6 +387,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_unacked: 10,
             max_unacked_bytes: 1000,
+            confirm: true,
         }
     }
 
@@ -577,5 +593,23 @@ mod tests {
         assert!(w.confirm(c));
         assert_eq!((w.confirmed(), w.received_total()), (3, 3));
         assert!(!w.confirm(99));
+    }
+
+    #[test]
+    fn without_confirmations_written_counts_as_taken() {
+        use std::rc::Rc;
+        let t = Instant::now();
+        let mut l = Ledger::new(settings(), Mode::Off, "p");
+        let item = Rc::new(());
+        for _ in 0..5 {
+            l.sent(item.clone(), 10, t);
+        }
+        assert_eq!(Rc::strong_count(&item), 1, "let go of at once");
+        assert_eq!((l.unacked(), l.unacked_bytes()), (0, 0));
+        assert!(l.has_room());
+        assert_eq!(l.poll_request(t + Duration::from_secs(1)), None);
+        assert_eq!(l.request_now(t), None);
+        assert_eq!(l.next_deadline(), None);
+        assert!(l.take_unacked().is_empty());
     }
 }

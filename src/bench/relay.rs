@@ -55,7 +55,7 @@ fn secret(domain: &str) -> String {
     format!("bench-component-secret-{domain}")
 }
 
-fn config(pki: &LabPki, me: &Side, peer: &Side) -> anyhow::Result<Config> {
+fn config(pki: &LabPki, me: &Side, peer: &Side, acks: bool) -> anyhow::Result<Config> {
     let (cert, key) = pki.issue(me.domain, &LeafSpec::dns(&[me.domain]))?;
     let text = format!(
         "[[domains]]\nname = \"{d}\"\ncert = {c}\nkey = {k}\ncomponent_secret = \"{cs}\"\n\n\
@@ -75,8 +75,18 @@ fn config(pki: &LabPki, me: &Side, peer: &Side) -> anyhow::Result<Config> {
         pip = peer.ip,
         ca = toml_path(&pki.ca_path()),
     );
-    Config::from_toml(&text, "<bench relay config>", pki.dir.path(), &Env::new())
-        .map_err(|e| anyhow::anyhow!("{e}\n{text}"))
+    let mut cfg = Config::from_toml(&text, "<bench relay config>", pki.dir.path(), &Env::new())
+        .map_err(|e| anyhow::anyhow!("{e}\n{text}"))?;
+    cfg.s2s.confirm_delivery = acks;
+    Ok(cfg)
+}
+
+/// What one run measured.
+struct Figures {
+    /// Stanzas/s a→b and b→a.
+    rates: [f64; 2],
+    /// p50, p99, p999 latency in ms.
+    latency: [f64; 3],
 }
 
 /// XEP-0114 handshake, then the raw socket halves (the bench reads and writes bytes itself so
@@ -381,8 +391,71 @@ async fn latency(
 
 pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
     let pki = LabPki::new("fedgate bench CA")?;
-    let ca = config(&pki, &A, &B)?;
-    let cb = config(&pki, &B, &A)?;
+    let body = vec![b'x'; o.body_bytes];
+    let mut sample = Vec::new();
+    push_message(&mut sample, A.domain, B.domain, "T12345", &body);
+    println!("fedgate bench relay");
+    println!(
+        "  gateways: a.bench.test ({}:5269) and b.bench.test ({}:5269) in this process, tokio runtime of the caller",
+        A.ip, B.ip
+    );
+    println!("  s2s: STARTTLS + SASL EXTERNAL, bench CA; one outbound stream per direction");
+    println!(
+        "  components: XEP-0114 on :5347; s2s.max_queue_bytes = {} MiB; at most {} messages in flight in throughput runs",
+        QUEUE_BYTES >> 20,
+        thousands(WINDOW)
+    );
+    println!(
+        "  message: {} bytes on the wire (body {} bytes)",
+        sample.len(),
+        o.body_bytes
+    );
+    println!();
+    println!(
+        "== without acknowledgements (for comparison only: written counts as delivered, as before acknowledged delivery)"
+    );
+    let off = run_once(&o, &pki, &body, &sample, false).await?;
+    println!();
+    println!(
+        "== with acknowledgements (the product: XEP-0198 between the gateways, XEP-0199 pings on the component links)"
+    );
+    let on = run_once(&o, &pki, &body, &sample, true).await?;
+    println!();
+    println!("acknowledged delivery costs (with / without):");
+    for (i, dir) in ["a→b", "b→a"].iter().enumerate() {
+        println!(
+            "  throughput {dir}: {} vs {} stanzas/s = {:.1} %",
+            thousands(on.rates[i] as u64),
+            thousands(off.rates[i] as u64),
+            100.0 * on.rates[i] / off.rates[i]
+        );
+    }
+    for (i, q) in ["p50", "p99", "p999"].iter().enumerate() {
+        println!(
+            "  latency {q} at {} stanzas/s: {:.3} ms vs {:.3} ms",
+            thousands(o.rate),
+            on.latency[i],
+            off.latency[i]
+        );
+    }
+    if let Some(rss) = super::rss_kib(std::process::id()) {
+        println!(
+            "  bench process RSS at the end (both runs' gateways stopped): {} KiB",
+            thousands(rss)
+        );
+    }
+    Ok(())
+}
+
+async fn run_once(
+    o: &RelayOpts,
+    pki: &LabPki,
+    body: &[u8],
+    sample: &[u8],
+    acks: bool,
+) -> anyhow::Result<Figures> {
+    let ca = config(pki, &A, &B, acks)?;
+    let cb = config(pki, &B, &A, acks)?;
     let ga = Gateway::start(&ca).await.context("gateway a.bench.test")?;
     let gb = Gateway::start(&cb).await.context("gateway b.bench.test")?;
     let epoch = Instant::now();
@@ -401,43 +474,22 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
     }
     let mut eb = ends.pop().expect("b");
     let mut ea = ends.pop().expect("a");
-    let body = vec![b'x'; o.body_bytes];
-    let mut sample = Vec::new();
-    push_message(&mut sample, A.domain, B.domain, "T12345", &body);
-
-    println!("fedgate bench relay");
-    println!(
-        "  gateways: a.bench.test ({}:5269) and b.bench.test ({}:5269) in this process, tokio runtime of the caller",
-        A.ip, B.ip
-    );
-    println!("  s2s: STARTTLS + SASL EXTERNAL, bench CA; one outbound stream per direction");
-    println!(
-        "  components: XEP-0114 on :5347; s2s.max_queue_bytes = {} MiB; at most {} messages in flight in throughput runs",
-        QUEUE_BYTES >> 20,
-        thousands(WINDOW)
-    );
-    println!(
-        "  message: {} bytes on the wire (body {} bytes)",
-        sample.len(),
-        o.body_bytes
-    );
 
     // Warm-up: establishes the s2s streams both ways.
     let warm = 2_000.min(o.messages.max(1));
-    throughput(&mut ea, &eb, warm, &body, epoch)
+    throughput(&mut ea, &eb, warm, body, epoch)
         .await
         .context("warm-up a→b")?;
-    throughput(&mut eb, &ea, warm, &body, epoch)
+    throughput(&mut eb, &ea, warm, body, epoch)
         .await
         .context("warm-up b→a")?;
 
-    println!();
     println!(
         "throughput ({} messages each way, pipelined)",
         thousands(o.messages)
     );
-    let mut results = Vec::new();
-    for (label, from_a) in [
+    let mut rates = [0.0; 2];
+    for (i, (label, from_a)) in [
         (
             "a→b: component a → gw a (local→remote) → s2s → gw b (remote→local) → component b",
             true,
@@ -446,11 +498,14 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
             "b→a: component b → gw b (local→remote) → s2s → gw a (remote→local) → component a",
             false,
         ),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let d = if from_a {
-            throughput(&mut ea, &eb, o.messages, &body, epoch).await?
+            throughput(&mut ea, &eb, o.messages, body, epoch).await?
         } else {
-            throughput(&mut eb, &ea, o.messages, &body, epoch).await?
+            throughput(&mut eb, &ea, o.messages, body, epoch).await?
         };
         let rate = o.messages as f64 / d.as_secs_f64();
         let mbps = rate * sample.len() as f64 / 1e6;
@@ -460,16 +515,15 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
             d.as_secs_f64(),
             mbps
         );
-        results.push(rate);
+        rates[i] = rate;
     }
 
-    println!();
     println!(
         "latency a→b at {} stanzas/s offered for {} s (send time in the id; includes both gateways, s2s TLS and both component streams)",
         thousands(o.rate),
         o.latency_secs
     );
-    let (v, achieved, writes) = latency(&mut ea, &eb, o.rate, o.latency_secs, &body, epoch).await?;
+    let (v, achieved, writes) = latency(&mut ea, &eb, o.rate, o.latency_secs, body, epoch).await?;
     println!(
         "  offered {} stanzas/s in {} writes; {} samples",
         thousands(achieved as u64),
@@ -477,15 +531,19 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
         thousands(v.len() as u64)
     );
     let ms = |us: u32| f64::from(us) / 1000.0;
-    println!(
-        "  p50 {:.3} ms   p99 {:.3} ms   p999 {:.3} ms   max {:.3} ms",
+    let latency = [
         ms(quantile(&v, 0.5)),
         ms(quantile(&v, 0.99)),
         ms(quantile(&v, 0.999)),
+    ];
+    println!(
+        "  p50 {:.3} ms   p99 {:.3} ms   p999 {:.3} ms   max {:.3} ms",
+        latency[0],
+        latency[1],
+        latency[2],
         ms(v.last().copied().unwrap_or(0))
     );
     let errors = ea.seen.errors.load(Ordering::Relaxed) + eb.seen.errors.load(Ordering::Relaxed);
-    println!();
     println!("  error bounces received by the components: {errors}");
     // The gateways' own counters (warm-up included): every message crossed both.
     let routed = |gw: &Gateway, path: &str, remote: &str| {
@@ -502,6 +560,33 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
         thousands(routed(&gb, "local-to-remote", A.domain)),
         thousands(routed(&ga, "remote-to-local", B.domain)),
     );
+    // How the links confirmed (both gateways): proof that the run measured what it says.
+    let mut modes = Vec::new();
+    for link in ["s2s-out", "component"] {
+        for mode in ["sm", "ping"] {
+            let n: u64 = [&ga, &gb]
+                .iter()
+                .map(|g| {
+                    g.ctx
+                        .metrics
+                        .ack_mode
+                        .with_label_values(&[link, mode])
+                        .get()
+                })
+                .sum();
+            if n > 0 {
+                modes.push(format!("{link} by {mode}: {n}"));
+            }
+        }
+    }
+    println!(
+        "  links by confirmation: {}",
+        if modes.is_empty() {
+            "none (acknowledgements off)".to_owned()
+        } else {
+            modes.join(", ")
+        }
+    );
     if let Some(rss) = super::rss_kib(std::process::id()) {
         println!(
             "  bench process RSS (both gateways + bench): {} KiB",
@@ -512,5 +597,5 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
     drop(eb);
     ga.shutdown().await;
     gb.shutdown().await;
-    Ok(())
+    Ok(Figures { rates, latency })
 }

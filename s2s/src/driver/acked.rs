@@ -40,7 +40,9 @@ impl AckedLink {
         (ping_from, ping_to): (&str, &str),
         answer_from: &str,
     ) -> Self {
-        let mode = if sm {
+        let mode = if !ctx.settings.acks.confirm {
+            Mode::Off
+        } else if sm {
             conn.queue(b"<enable xmlns='urn:xmpp:sm:3'/>");
             Mode::SmPending
         } else {
@@ -73,12 +75,16 @@ impl AckedLink {
         match self.ledger.mode() {
             Mode::Ping => "ping",
             Mode::Sm | Mode::SmPending => "sm",
+            Mode::Off => "off",
         }
     }
 
     /// A stanza was written to `conn`'s buffer.
     pub fn wrote(&mut self, st: Stanza, now: Instant) {
         let size = st.size;
+        if self.ledger.mode() == Mode::Off {
+            return self.ledger.sent(st, size, now);
+        }
         self.ledger.sent(st, size, now);
         self.ctx
             .metrics

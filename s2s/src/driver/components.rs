@@ -355,7 +355,7 @@ async fn handle(
             for mut st in r.acks.take_unacked() {
                 if f.kind != FailureKind::Shutdown
                     && st.resent == 0
-                    && ctx.settings.unacked == Unacked::Resend
+                    && ctx.settings.unacked_for(&domain) == Unacked::Resend
                 {
                     st.resent += 1;
                     ctx.metrics.resent.with_label_values(&["component"]).inc();
