@@ -100,3 +100,39 @@ async fn stream_is_closed_when_the_peer_certificate_expires() {
     ga.shutdown().await;
     gb.shutdown().await;
 }
+
+/// A stream that ends (here normally: the peer closes it) takes its certificate's expiry out
+/// of `/status` and `fedgate_peer_cert_expiry_seconds`: a stale expiry would go negative and
+/// alert on a certificate the partner replaced long ago.
+#[tokio::test]
+async fn a_closed_stream_leaves_no_peer_certificate_expiry_behind() {
+    let pki = Pki::new();
+    let (a, b, _dns) = srv_pair(&pki).await;
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut ca = a.component(&ga).await;
+    let mut cb = b.component(&gb).await;
+    assert_delivered(&mut cb, &mut ca, "bob@b.test", "alice@a.test", "hello").await;
+    let expires =
+        |s: &serde_json::Value| s["remote_domains"]["b.test"]["peer_cert_expires"].clone();
+    let s: serde_json::Value = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
+    assert!(expires(&s).is_i64(), "{s}");
+    let series = "fedgate_peer_cert_expiry_seconds{remote_domain=\"b.test\"}";
+    assert!(http_get(&ga, "/metrics").await.contains(series));
+    // b.test goes away: it closes its stream to a.test cleanly.
+    drop(cb);
+    gb.shutdown().await;
+    let mut s = serde_json::Value::Null;
+    for _ in 0..150 {
+        s = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
+        if s["remote_domains"]["b.test"]["inbound_streams"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s["remote_domains"]["b.test"]["inbound_streams"], 0, "{s}");
+    assert!(expires(&s).is_null(), "{s}");
+    let m = http_get(&ga, "/metrics").await;
+    assert!(!m.contains(series), "{m}");
+    drop(ca);
+    ga.shutdown().await;
+}

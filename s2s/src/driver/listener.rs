@@ -161,9 +161,8 @@ async fn run(
     tokio::pin!(negotiation);
     let idle = tokio::time::sleep(s.idle_timeout);
     tokio::pin!(idle);
-    let mut remotes: Vec<String> = Vec::new();
-    // (remote, not_after) of the certificates that authenticated pairs on this stream.
-    let mut expiries: Vec<(String, i64)> = Vec::new();
+    // What this stream adds to the per-domain status, taken out however it ends.
+    let mut marks = StatusMarks::new(ctx);
     let mut routed: std::collections::HashMap<String, prometheus::IntCounter> =
         std::collections::HashMap::new();
     let result = loop {
@@ -215,8 +214,7 @@ async fn run(
                     mechanism,
                 } => {
                     if let Some(t) = not_after {
-                        ctx.status.peer_cert_add(&remote, t);
-                        expiries.push((remote.clone(), t));
+                        marks.peer_cert(&remote, t);
                     }
                     ctx.metrics
                         .auth
@@ -224,7 +222,7 @@ async fn run(
                         .inc();
                     ctx.status.authenticated(&remote, &local, method.as_str());
                     tracing::info!(%local, %remote, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "inbound s2s pair authenticated");
-                    if !remotes.contains(&remote) {
+                    if !marks.remotes.contains(&remote) {
                         let max = ctx.gate().floor(&remote, true).max_streams;
                         let open = ctx.status.inbound_streams(&remote);
                         if let Some(max) = max
@@ -241,11 +239,9 @@ async fn run(
                             // The error goes on the stream that authenticated the pair, whose
                             // header is sent (without the <success/>, SASL starts no new one).
                             conn.close_with(&e.to_bytes()).await;
-                            break_on_close(ctx, &remotes);
                             return Err(Failure::new(FailureKind::Limit, e.text));
                         }
-                        ctx.status.stream_opened(&remote, false);
-                        remotes.push(remote);
+                        marks.stream_opened(remote);
                     }
                     if !*established {
                         *established = true;
@@ -327,13 +323,11 @@ async fn run(
                     tracing::info!(condition = e.condition, text = %e.text, "closing inbound stream with error");
                     // The machine queued its stream header before this error.
                     conn.close_with(&e.to_bytes()).await;
-                    break_on_close(ctx, &remotes);
                     return Err(stream_error_failure(&e));
                 }
                 Action::PeerClosed => {
                     final_ack(&mut conn, sm.as_deref()).await;
                     conn.close_with(&machine.closing_bytes(None)).await;
-                    break_on_close(ctx, &remotes);
                     return Ok(());
                 }
             }
@@ -395,7 +389,7 @@ async fn run(
                 conn.close_with(&machine.closing_bytes(None)).await;
                 break Ok(());
             }
-            remote = until_expiry(&expiries) => {
+            remote = until_expiry(&marks.expiries) => {
                 // RFC 6120 §13.7.2.3 and §4.9.3.16: the stream must not outlive the certificate.
                 let e = StreamError::new("reset", format!("the certificate of {remote} expired"));
                 conn.close_with(&machine.closing_bytes(Some(&e))).await;
@@ -407,7 +401,7 @@ async fn run(
             _ = shutdown.changed(), if !shutdown_begun => shutdown_begun = true,
             // The errors owed to the peer found no room: tell it with a stream error rather
             // than drop them silently.
-            _ = overload.changed() => if ctx.is_overloaded(&remotes) {
+            _ = overload.changed() => if ctx.is_overloaded(&marks.remotes) {
                 final_ack(&mut conn, sm.as_deref()).await;
                 let e = StreamError::new(
                     "resource-constraint",
@@ -424,11 +418,49 @@ async fn run(
             }
         }
     };
-    break_on_close(ctx, &remotes);
-    for (r, t) in &expiries {
-        ctx.status.peer_cert_remove(r, *t);
-    }
+    drop(marks);
     result
+}
+
+/// The marks one inbound stream leaves in the per-domain status (an open stream per remote
+/// domain it authenticated, the expiry of each certificate that authenticated a pair): taken
+/// out when the stream ends, whether it ends normally, by a limit, by a stream error or by a
+/// failure, so that `/status` and `fedgate_peer_cert_expiry_seconds` show only live streams.
+struct StatusMarks<'a> {
+    ctx: &'a S2sContext,
+    remotes: Vec<String>,
+    expiries: Vec<(String, i64)>,
+}
+
+impl<'a> StatusMarks<'a> {
+    fn new(ctx: &'a S2sContext) -> Self {
+        Self {
+            ctx,
+            remotes: Vec::new(),
+            expiries: Vec::new(),
+        }
+    }
+
+    fn stream_opened(&mut self, remote: String) {
+        self.ctx.status.stream_opened(&remote, false);
+        self.remotes.push(remote);
+    }
+
+    fn peer_cert(&mut self, remote: &str, not_after: i64) {
+        self.ctx.status.peer_cert_add(remote, not_after);
+        self.expiries.push((remote.to_owned(), not_after));
+    }
+}
+
+impl Drop for StatusMarks<'_> {
+    fn drop(&mut self) {
+        for r in &self.remotes {
+            self.ctx.status.stream_closed(r, false);
+        }
+        for (r, t) in &self.expiries {
+            self.ctx.status.peer_cert_remove(r, *t);
+        }
+    }
 }
 
 /// How long a peer's `<r/>` may wait for the next hops before it is answered with what they
@@ -487,12 +519,6 @@ pub(crate) async fn until_expiry(expiries: &[(String, i64)]) -> String {
     let left = u64::try_from(t.saturating_sub(now)).unwrap_or(0) + 1;
     tokio::time::sleep(std::time::Duration::from_secs(left)).await;
     remote.clone()
-}
-
-fn break_on_close(ctx: &S2sContext, remotes: &[String]) {
-    for r in remotes {
-        ctx.status.stream_closed(r, false);
-    }
 }
 
 fn stream_error_failure(e: &StreamError) -> Failure {
