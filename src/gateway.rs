@@ -215,6 +215,9 @@ impl Gateway {
             &registry,
         )
         .map_err(|e| anyhow::anyhow!("policy file refused:\n{e}"))?;
+        let verifier = Arc::new(verifier);
+        let base_verifier = verifier.clone();
+        policy.set_verifier_builder(Box::new(move |anchors| base_verifier.with_anchors(anchors)));
         let ctx = S2sContext::new(
             settings,
             hosted,
@@ -224,6 +227,7 @@ impl Gateway {
             resolver,
             &registry,
             component_secrets,
+            policy.clone(),
         );
         let mut provers: Vec<Arc<dyn fedgate_s2s::driver::context::IdentityProver>> = Vec::new();
         if cfg.tls.dane {
@@ -263,9 +267,6 @@ impl Gateway {
         let certs = CertReloader::new(cfg, ctx.identities.clone(), anchors, &registry);
         let pool = Pool::new(ctx.clone());
         let components = Arc::new(Components::default());
-        let base_verifier = ctx.verifier.clone();
-        policy.set_verifier_builder(Box::new(move |anchors| base_verifier.with_anchors(anchors)));
-        ctx.set_gate(policy.clone());
         let internal_domains: Arc<HashSet<String>> = Arc::new(
             cfg.domains
                 .iter()

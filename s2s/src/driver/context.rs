@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::dialback::DialbackSecret;
 use crate::element::Element;
-use crate::gate::{Floor, Gatekeeper, Open};
+use crate::gate::Gatekeeper;
 use crate::inbound::{AuthMethod, AuthMethods, CertCheck, CertOk};
 use crate::resolve::S2sResolver;
 use crate::xml::Limits;
@@ -178,9 +178,13 @@ pub struct S2sContext {
     pub resolver: S2sResolver,
     pub metrics: Metrics,
     pub status: Status,
+    /// Inbound streams per remote domain, for the policy's `max_streams`.
+    pub stream_limits: Arc<super::stream_limit::StreamLimits>,
     pub component_secrets: Arc<HashMap<String, String>>,
     sink: OnceLock<Arc<dyn StanzaSink>>,
-    gate: OnceLock<Arc<dyn Gatekeeper>>,
+    /// The policy, from construction on: there is no moment in which streams could run
+    /// without it (no fail-open by start-up order).
+    gate: Arc<dyn Gatekeeper>,
     provers: OnceLock<Vec<Arc<dyn IdentityProver>>>,
     shutdown: watch::Sender<bool>,
     /// Our pings awaiting an answer, by id: where the answer must come from, and the link
@@ -214,10 +218,11 @@ impl S2sContext {
         hosted: HashSet<String>,
         secret: DialbackSecret,
         identities: IdentityStore,
-        verifier: PeerVerifier,
+        verifier: Arc<PeerVerifier>,
         resolver: S2sResolver,
         registry: &prometheus::Registry,
         component_secrets: HashMap<String, String>,
+        gate: Arc<dyn Gatekeeper>,
     ) -> Arc<Self> {
         let identities = Arc::new(identities);
         let server_tls = tokio_rustls::TlsAcceptor::from(fedgate_certs::server_config(
@@ -257,7 +262,7 @@ impl S2sContext {
             hosted: Arc::new(hosted),
             secret,
             identities,
-            verifier: Arc::new(verifier),
+            verifier,
             server_tls,
             server_tls_for,
             anonymous_tls: tokio_rustls::TlsConnector::from(fedgate_certs::client_config(
@@ -268,9 +273,10 @@ impl S2sContext {
             resolver,
             metrics: Metrics::new(registry),
             status: Status::default(),
+            stream_limits: super::stream_limit::StreamLimits::new(),
             component_secrets: Arc::new(component_secrets),
             sink: OnceLock::new(),
-            gate: OnceLock::new(),
+            gate,
             provers: OnceLock::new(),
             shutdown: watch::channel(false).0,
             pings: Mutex::new(HashMap::new()),
@@ -293,23 +299,9 @@ impl S2sContext {
         self.sink.get().expect("sink set before serving")
     }
 
-    /// Connects the policy. Without one, everyone may federate with the global floor.
-    pub fn set_gate(&self, gate: Arc<dyn Gatekeeper>) {
-        let _ = self.gate.set(gate);
-    }
-
+    /// The policy the context was made with.
     pub fn gate(&self) -> Arc<dyn Gatekeeper> {
-        self.gate
-            .get_or_init(|| {
-                Arc::new(Open(Floor {
-                    tls_required: self.settings.tls_required,
-                    auth: self.settings.auth,
-                    pins: Vec::new(),
-                    max_streams: None,
-                    rule: None,
-                }))
-            })
-            .clone()
+        self.gate.clone()
     }
 
     /// The TLS acceptor for STARTTLS on a stream whose header named `local`.

@@ -224,24 +224,26 @@ async fn run(
                     tracing::info!(%local, %remote, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "inbound s2s pair authenticated");
                     if !marks.remotes.contains(&remote) {
                         let max = ctx.gate().floor(&remote, true).max_streams;
-                        let open = ctx.status.inbound_streams(&remote);
-                        if let Some(max) = max
-                            && open >= max
-                        {
-                            let e = StreamError::new(
-                                "policy-violation",
-                                format!(
-                                    "limit: {remote} already has {open} inbound streams (policy allows {max})"
-                                ),
-                            );
-                            // Not the <success/> or valid result queued for this pair.
-                            conn.discard_queued();
-                            // The error goes on the stream that authenticated the pair, whose
-                            // header is sent (without the <success/>, SASL starts no new one).
-                            conn.close_with(&e.to_bytes()).await;
-                            return Err(Failure::new(FailureKind::Limit, e.text));
-                        }
-                        marks.stream_opened(remote);
+                        let slot = match ctx.stream_limits.try_open(&remote, max) {
+                            Ok(slot) => slot,
+                            Err(open) => {
+                                let e = StreamError::new(
+                                    "policy-violation",
+                                    format!(
+                                        "limit: {remote} already has {open} inbound streams (policy allows {})",
+                                        max.unwrap_or(open)
+                                    ),
+                                );
+                                // Not the <success/> or valid result queued for this pair.
+                                conn.discard_queued();
+                                // The error goes on the stream that authenticated the pair,
+                                // whose header is sent (without the <success/>, SASL starts
+                                // no new one).
+                                conn.close_with(&e.to_bytes()).await;
+                                return Err(Failure::new(FailureKind::Limit, e.text));
+                            }
+                        };
+                        marks.stream_opened(remote, slot);
                     }
                     if !*established {
                         *established = true;
@@ -429,6 +431,8 @@ async fn run(
 struct StatusMarks<'a> {
     ctx: &'a S2sContext,
     remotes: Vec<String>,
+    /// The streams counted against each remote domain's `max_streams`.
+    slots: Vec<super::stream_limit::StreamSlot>,
     expiries: Vec<(String, i64)>,
 }
 
@@ -437,13 +441,15 @@ impl<'a> StatusMarks<'a> {
         Self {
             ctx,
             remotes: Vec::new(),
+            slots: Vec::new(),
             expiries: Vec::new(),
         }
     }
 
-    fn stream_opened(&mut self, remote: String) {
+    fn stream_opened(&mut self, remote: String, slot: super::stream_limit::StreamSlot) {
         self.ctx.status.stream_opened(&remote, false);
         self.remotes.push(remote);
+        self.slots.push(slot);
     }
 
     fn peer_cert(&mut self, remote: &str, not_after: i64) {

@@ -16,6 +16,7 @@ pub mod pool;
 pub mod posh;
 pub mod receipt;
 pub mod status;
+pub mod stream_limit;
 
 pub use components::Components;
 pub use context::{Origin, S2sContext, Stanza, StanzaSink, StreamSettings};

@@ -48,14 +48,6 @@ impl Status {
         });
     }
 
-    pub fn inbound_streams(&self, remote: &str) -> u32 {
-        self.domains
-            .lock()
-            .expect("status lock")
-            .get(remote)
-            .map_or(0, |d| d.inbound_streams)
-    }
-
     pub fn stream_closed(&self, remote: &str, outbound: bool) {
         self.with(remote, |d| {
             if outbound {
