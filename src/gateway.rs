@@ -295,7 +295,12 @@ impl Gateway {
             .await
             .map_err(|e| anyhow::anyhow!("{}: sip: {e}", cfg.source))?;
             policy.set_sip_partners(partners.clone());
-            let route = Arc::new(SipRoute::new(link, partners, cfg.sip.discover));
+            let route = Arc::new(SipRoute::new(
+                link,
+                pool.clone(),
+                partners,
+                cfg.sip.discover,
+            ));
             router.set_sip(route.clone());
             Some(route)
         } else {

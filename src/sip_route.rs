@@ -5,14 +5,15 @@
 //! `_sipfederationtls._tcp.<domain>` and no `_xmpp-server`/`_xmpps-server` records. XMPP wins
 //! whenever it is explicit or its records exist, so a domain is never reached over both. The
 //! discovery answer is cached for [`DISCOVERY_TTL`]; stanzas for a domain being looked up wait
-//! (bounded) and are routed again when the answer is in.
+//! (bounded) and go on when the answer is in, to the SIP link or the s2s pool: the router's
+//! checks (policy, rate) ran once, before they were parked, and do not run again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fedgate_s2s::driver::{S2sContext, Stanza};
-use fedgate_s2s::wire::ErrorType;
+use fedgate_s2s::driver::{Pool, S2sContext, Stanza};
+use fedgate_s2s::wire::{ErrorType, stanza_domains};
 use fedgate_sip::driver::SipFed;
 use fedgate_sip::driver::discover::{Discovered, discover_protocol};
 
@@ -31,6 +32,8 @@ pub enum Choice {
 
 pub struct SipRoute {
     pub link: SipFed,
+    /// Where parked stanzas go when the domain turns out to be XMPP.
+    pool: Arc<Pool>,
     partners: HashSet<String>,
     discover: bool,
     cache: Mutex<HashMap<String, (bool, Instant)>>,
@@ -38,9 +41,10 @@ pub struct SipRoute {
 }
 
 impl SipRoute {
-    pub fn new(link: SipFed, partners: HashSet<String>, discover: bool) -> Self {
+    pub fn new(link: SipFed, pool: Arc<Pool>, partners: HashSet<String>, discover: bool) -> Self {
         Self {
             link,
+            pool,
             partners,
             discover,
             cache: Mutex::default(),
@@ -107,7 +111,8 @@ impl SipRoute {
         }
     }
 
-    /// Parks `st` until `domain`'s protocol is known, starting the lookup if needed.
+    /// Parks `st`, which passed the router's checks, until `domain`'s protocol is known
+    /// (starting the lookup if needed); then hands it to the SIP link or the s2s pool.
     pub fn park(self: &Arc<Self>, ctx: &Arc<S2sContext>, domain: &str, st: Stanza) {
         let first = {
             let mut w = self.waiting.lock().expect("sip route lock");
@@ -153,7 +158,17 @@ impl SipRoute {
                 .remove(&domain)
                 .unwrap_or_default();
             for st in parked {
-                ctx.sink().route(st);
+                if sip {
+                    this.send(&ctx, st);
+                    continue;
+                }
+                match stanza_domains(&st.el) {
+                    (Some(from), Some(to)) => {
+                        let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+                        this.pool.send(&from, &to, st);
+                    }
+                    _ => ctx.metrics.dropped.with_label_values(&["no-address"]).inc(),
+                }
             }
         });
     }

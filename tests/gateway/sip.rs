@@ -713,6 +713,69 @@ async fn sip_domains_are_discovered_through_dns() {
     );
 }
 
+/// A stanza that waits for a domain's protocol discovery passes the policy once: with a rate
+/// of one stanza (burst 1), the one message is delivered, not refused by its own second pass.
+#[tokio::test]
+async fn a_stanza_parked_during_discovery_passes_the_policy_once() {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let mut zone = Zone::new();
+    sip_srv_to(&mut zone, "lync.test", "edge.lync.test", partner.ip, 5061);
+    let dns = dns(zone).await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "default = \"allow\"\n\n[[rule]]\nid = \"lync-slow\"\ndomains = [\"lync.test\"]\n\
+         action = \"allow\"\ndirection = \"both\"\nrate = { per_second = 0.01, burst = 1 }\n",
+    )
+    .unwrap();
+    let mut spec = GwSpec::new(&pki, "example.test");
+    spec.dns = Some(dns.addr());
+    spec.extra = format!(
+        "\n[policy]\nfile = {:?}\n\n[sip]\nlisten = [\"{}:5061\"]\ndefault_flavor = \"standard\"\n",
+        policy.display().to_string(),
+        spec.ip
+    );
+    let gw = spec.start().await;
+    let mut alice = spec.component(&gw).await;
+    alice
+        .send(&message(
+            "alice@example.test",
+            "bob@lync.test",
+            "r1",
+            "once",
+        ))
+        .await
+        .unwrap();
+    let mut edge = accept(&listener, &partner).await;
+    let req = edge.recv(T).await.unwrap();
+    assert_eq!(req.method(), Some("MESSAGE"));
+    assert_eq!(String::from_utf8_lossy(&req.body), "once");
+    edge.send(&answer(&req, 200, "OK", "t")).await.unwrap();
+    let m = http_get(&gw, "/metrics").await;
+    assert_eq!(metric(&m, "fedgate_policy_rate_limited_total"), 0, "{m}");
+    // The next one finds the bucket empty: the rate is enforced, once per stanza.
+    alice
+        .send(&message(
+            "alice@example.test",
+            "bob@lync.test",
+            "r2",
+            "twice",
+        ))
+        .await
+        .unwrap();
+    let err = alice
+        .recv_matching(T, |e| e.attr("id") == Some("r2"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&err.to_bytes()).into_owned();
+    assert!(text.contains("resource-constraint"), "{text}");
+    let m = http_get(&gw, "/metrics").await;
+    assert_eq!(metric(&m, "fedgate_policy_rate_limited_total"), 1, "{m}");
+}
+
 /// Where fedgate connects for a SIP domain, asked of a real DNS server: `_sipfederationtls`
 /// first; else the NAPTR records for SIP over TLS (by order, then preference; other transports
 /// skipped; an owner without SRV records passed over) to their SRV owner; else `_sips._tcp`;
