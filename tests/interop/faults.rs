@@ -30,6 +30,7 @@ use fedgate_certs::dev::LeafSpec;
 use tokio::time::Instant;
 
 use super::srv_literal;
+use crate::gw_child::GwChild;
 use crate::peers::*;
 use crate::support::*;
 
@@ -170,7 +171,14 @@ fn prosody_max_h(log: &str) -> u64 {
 fn prosody_acked_out(log: &str) -> u64 {
     log.lines()
         .filter(|l| l.contains("s2sout"))
-        .filter_map(|l| l.split("(acked: ").nth(1)?.split(')').next()?.parse::<u64>().ok())
+        .filter_map(|l| {
+            l.split("(acked: ")
+                .nth(1)?
+                .split(')')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -208,8 +216,7 @@ async fn remote_setup(remote: &str, remote_ip: Ipv4Addr, user: &str) -> Remote {
 /// either way).
 async fn prosody_sm(r: &Remote, ip: Ipv4Addr) -> Prosody {
     let (pc, pk) = r._pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
-    let mut opts =
-        ProsodyOpts::new("p.test", ip, r.dns.addr(), pc, pk).user("alice", &r.user_pw);
+    let mut opts = ProsodyOpts::new("p.test", ip, r.dns.addr(), pc, pk).user("alice", &r.user_pw);
     opts.extra_modules = vec!["smacks".into()];
     opts.trust_ca = Some(r._pki.ca_path());
     opts.secure_auth = true;
@@ -224,7 +231,12 @@ async fn client(r: &Remote, addr: std::net::SocketAddr) -> XmppClient {
 
 /// One message from the remote user to the component and one back, so that both streams
 /// exist (and have negotiated their acknowledgements) before the burst.
-async fn warm_up(comp: &mut ComponentClient, user: &mut XmppClient, local: &str, diag: &dyn Fn() -> String) {
+async fn warm_up(
+    comp: &mut ComponentClient,
+    user: &mut XmppClient,
+    local: &str,
+    diag: &dyn Fn() -> String,
+) {
     user.send_message(local, "warm-up").await.unwrap();
     let m = comp
         .recv_matching(W, |e| e.name == "message")
@@ -265,8 +277,9 @@ async fn remote_dies_while_sending(
     diag: &dyn Fn() -> String,
 ) -> (Tally, u64, u64) {
     let local = "bob@example.test";
-    let routed_key =
-        format!("fedgate_stanzas_routed_total{{path=\"remote-to-local\",remote_domain=\"{remote}\"}}");
+    let routed_key = format!(
+        "fedgate_stanzas_routed_total{{path=\"remote-to-local\",remote_domain=\"{remote}\"}}"
+    );
     let acked_key = "fedgate_stanzas_confirmed_total{link=\"s2s-in\"}";
     let m0 = http_get(g, "/metrics").await;
     let (routed0, acked0) = (metric(&m0, &routed_key), metric(&m0, acked_key));
@@ -276,7 +289,11 @@ async fn remote_dies_while_sending(
         .unwrap();
     let deadline = Instant::now() + W;
     while t.delivered.len() < KILL_AT {
-        assert!(Instant::now() < deadline, "the burst did not arrive\n{}", diag());
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not arrive\n{}",
+            diag()
+        );
         read_component(comp, &mut t, Duration::from_millis(20)).await;
     }
     kill();
@@ -288,7 +305,10 @@ async fn remote_dies_while_sending(
         read_component(comp, &mut t, Duration::from_millis(100)).await;
         last = http_get(g, "/metrics").await;
         let accepted = metric(&last, &routed_key) - routed0;
-        let inbound = metric(&last, "fedgate_streams{direction=\"in\",state=\"established\"}");
+        let inbound = metric(
+            &last,
+            "fedgate_streams{direction=\"in\",state=\"established\"}",
+        );
         if inbound == 0 && t.delivered.len() as u64 >= accepted {
             break;
         }
@@ -322,7 +342,10 @@ async fn remote_dies_while_sending(
             told <= acked,
             "Prosody's log says fedgate acknowledged {told}, fedgate counted {acked}"
         );
-        assert!(acked > 0, "fedgate acknowledged nothing with XEP-0198\n{last}");
+        assert!(
+            acked > 0,
+            "fedgate acknowledged nothing with XEP-0198\n{last}"
+        );
     }
     (t, accepted, acked)
 }
@@ -370,7 +393,11 @@ async fn remote_dies_while_receiving(
         }
     }
     while !killed {
-        assert!(Instant::now() < deadline, "the burst did not arrive\n{}", diag());
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not arrive\n{}",
+            diag()
+        );
         match user.next_event_within(Duration::from_millis(50)).await {
             Some(ev) => {
                 client_event(&ev, &mut t);
@@ -396,8 +423,7 @@ async fn remote_dies_while_receiving(
         read_component(comp, &mut t, Duration::from_millis(100)).await;
         let m = http_get(g, "/metrics").await;
         confirmed = metric(&m, confirmed_key) - confirmed0;
-        if metric(&m, unconfirmed_key) == 0
-            && t.vanished(|i| (i as u64) < confirmed).is_empty()
+        if metric(&m, unconfirmed_key) == 0 && t.vanished(|i| (i as u64) < confirmed).is_empty()
             || Instant::now() >= deadline
         {
             break;
@@ -469,14 +495,8 @@ async fn prosody_killed_mid_burst_loses_nothing_fedgate_accepted() {
     warm_up(&mut comp, &mut alice, "bob@example.test", &diag).await;
     let h_log = prosody.dir().join("prosody.log");
     let log_before = read_lossy(&h_log).len();
-    let (t, confirmed) = remote_dies_while_receiving(
-        &g,
-        &mut comp,
-        &mut alice,
-        &mut || prosody.kill(),
-        &diag,
-    )
-    .await;
+    let (t, confirmed) =
+        remote_dies_while_receiving(&g, &mut comp, &mut alice, &mut || prosody.kill(), &diag).await;
     // Prosody's own account: the h it sent for this stream covers what fedgate let go.
     let h = prosody_max_h(&read_lossy(&h_log)[log_before..]);
     assert!(
@@ -527,7 +547,10 @@ async fn ejabberd_killed_mid_burst_loses_nothing_fedgate_accepted() {
     warm_up(&mut comp, &mut carol, "dave@example.test", &diag).await;
     let m = http_get(&g, "/metrics").await;
     assert!(
-        metric(&m, "fedgate_ack_links_total{link=\"s2s-out\",mode=\"ping\"}") >= 1,
+        metric(
+            &m,
+            "fedgate_ack_links_total{link=\"s2s-out\",mode=\"ping\"}"
+        ) >= 1,
         "fedgate confirms by pings towards ejabberd\n{m}"
     );
     assert_eq!(
@@ -563,14 +586,9 @@ async fn ejabberd_killed_mid_burst_loses_nothing_fedgate_accepted() {
     let mut ejabberd = start(&r).await;
     let mut carol = client(&r, ejabberd.c2s_addr()).await;
     warm_up(&mut comp, &mut carol, "dave@example.test", &diag).await;
-    let (t, confirmed) = remote_dies_while_receiving(
-        &g,
-        &mut comp,
-        &mut carol,
-        &mut || ejabberd.kill(),
-        &diag,
-    )
-    .await;
+    let (t, confirmed) =
+        remote_dies_while_receiving(&g, &mut comp, &mut carol, &mut || ejabberd.kill(), &diag)
+            .await;
     let lost_by_ejabberd = (0..confirmed as usize)
         .filter(|i| !t.delivered.contains_key(&format!("c{i}")))
         .count();
@@ -597,9 +615,13 @@ async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
     let r = remote_setup("p.test", p_ip, "alice").await;
     let mut gw = GwChild::start(&r.gw).await;
     let connect = async |gw: &GwChild| {
-        ComponentClient::connect(gw.component_addr(), "example.test", &r.gw.component_secret())
-            .await
-            .unwrap()
+        ComponentClient::connect(
+            gw.component_addr(),
+            "example.test",
+            &r.gw.component_secret(),
+        )
+        .await
+        .unwrap()
     };
     let mut comp = connect(&gw).await;
     let prosody = prosody_sm(&r, p_ip).await;
@@ -614,11 +636,22 @@ async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
 
     let mut t = Tally::new("k", N);
     alice
-        .burst("bob@example.test", "k", N, "burst", 20, Duration::from_millis(15))
+        .burst(
+            "bob@example.test",
+            "k",
+            N,
+            "burst",
+            20,
+            Duration::from_millis(15),
+        )
         .unwrap();
     let deadline = Instant::now() + W;
     while t.delivered.len() < KILL_AT {
-        assert!(Instant::now() < deadline, "the burst did not arrive\n{}", diag());
+        assert!(
+            Instant::now() < deadline,
+            "the burst did not arrive\n{}",
+            diag()
+        );
         read_component(&mut comp, &mut t, Duration::from_millis(20)).await;
     }
     let pid = gw.pid();

@@ -3,6 +3,8 @@
 //! as the local user side of example.test. A missing peer fails these tests (never a skip).
 
 mod faults;
+#[path = "../support/gw_child.rs"]
+mod gw_child;
 mod internal;
 #[path = "../support/peers.rs"]
 mod peers;

@@ -848,7 +848,6 @@ impl Ejabberd {
         self.killed = true;
     }
 
-
     /// PIDs of processes whose command line names this node (beam.smp, ctl leftovers).
     fn node_pids(&self) -> Vec<u32> {
         let mut pids = Vec::new();
