@@ -182,6 +182,15 @@ fn prosody_acked_out(log: &str) -> u64 {
         .sum()
 }
 
+/// Sends `sig` to process `pid` (one the test started).
+fn signal(sig: &str, pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
 struct Remote {
     _pki: Pki,
     dns: TestDns,
@@ -285,7 +294,7 @@ async fn remote_dies_while_sending(
     let (routed0, acked0) = (metric(&m0, &routed_key), metric(&m0, acked_key));
     let told0 = prosody_log.map(|l| prosody_acked_out(&l()));
     let mut t = Tally::new("r", N);
-    user.burst(local, "r", N, "burst", 20, Duration::from_millis(15))
+    user.burst(local, "r", N, "burst", 5, Duration::from_millis(20))
         .unwrap();
     let deadline = Instant::now() + W;
     while t.delivered.len() < KILL_AT {
@@ -336,6 +345,10 @@ async fn remote_dies_while_sending(
         "the component got what fedgate took, no more\n{last}"
     );
     assert!(acked <= accepted, "acknowledged {acked} of {accepted}");
+    assert!(
+        accepted < N as u64,
+        "the crash came after the burst: fedgate took all {N}"
+    );
     if let (Some(l), Some(told0)) = (prosody_log, told0) {
         let told = prosody_acked_out(&l()) - told0;
         assert!(
@@ -350,8 +363,44 @@ async fn remote_dies_while_sending(
     (t, accepted, acked)
 }
 
-/// Component → remote user; the remote server is SIGKILLed when its user has `KILL_AT` of
-/// the burst (the component goes on sending). Every message is delivered, bounced to the
+/// Where a crash of the receiving remote server stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// SIGSTOPped: it reads nothing, and fedgate's stanzas pile up unread in the socket.
+    Frozen,
+    Killed,
+}
+
+/// Freezes the remote server once its user has `KILL_AT` of the burst, and kills it once
+/// fedgate has at least 20 stanzas written to it and unconfirmed: a crash with stanzas in
+/// flight, which the remote server never read.
+async fn advance(
+    phase: &mut Phase,
+    t: &Tally,
+    g: &fedgate::gateway::Gateway,
+    freeze: &mut dyn FnMut(),
+    kill: &mut dyn FnMut(),
+) {
+    match phase {
+        Phase::Running if t.delivered.len() >= KILL_AT => {
+            freeze();
+            *phase = Phase::Frozen;
+        }
+        Phase::Frozen => {
+            let m = http_get(g, "/metrics").await;
+            if metric(&m, "fedgate_unconfirmed_stanzas{link=\"s2s-out\"}") >= 20 {
+                kill();
+                *phase = Phase::Killed;
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Component → remote user; the remote server freezes when its user has `KILL_AT` of the
+/// burst and is SIGKILLed once fedgate has stanzas in flight to it (the component goes on
+/// sending). Every message is delivered, bounced to the
 /// component, or was confirmed by the remote server before it died
 /// (`fedgate_stanzas_confirmed_total{link="s2s-out"}`: the first ones of the stream, as a
 /// stream is ordered).
@@ -359,6 +408,7 @@ async fn remote_dies_while_receiving(
     g: &fedgate::gateway::Gateway,
     comp: &mut ComponentClient,
     user: &mut XmppClient,
+    freeze: &mut dyn FnMut(),
     kill: &mut dyn FnMut(),
     diag: &dyn Fn() -> String,
 ) -> (Tally, u64) {
@@ -375,7 +425,7 @@ async fn remote_dies_while_receiving(
     .await;
     let confirmed0 = metric(&m0, confirmed_key);
     let mut t = Tally::new("c", N);
-    let mut killed = false;
+    let mut phase = Phase::Running;
     let deadline = Instant::now() + W;
     for i in 0..N {
         comp.send(&message(&from, &remote_user, &format!("c{i}"), "burst"))
@@ -385,29 +435,20 @@ async fn remote_dies_while_receiving(
             while let Some(ev) = user.next_event_within(Duration::from_millis(15)).await {
                 client_event(&ev, &mut t);
             }
-            if !killed && t.delivered.len() >= KILL_AT {
-                kill();
-                killed = true;
-            }
+            advance(&mut phase, &t, g, freeze, kill).await;
             read_component(comp, &mut t, Duration::from_millis(1)).await;
         }
     }
-    while !killed {
+    while phase != Phase::Killed {
         assert!(
             Instant::now() < deadline,
-            "the burst did not arrive\n{}",
+            "the burst did not arrive ({phase:?})\n{}",
             diag()
         );
-        match user.next_event_within(Duration::from_millis(50)).await {
-            Some(ev) => {
-                client_event(&ev, &mut t);
-            }
-            None => {}
+        if let Some(ev) = user.next_event_within(Duration::from_millis(50)).await {
+            client_event(&ev, &mut t);
         }
-        if t.delivered.len() >= KILL_AT {
-            kill();
-            killed = true;
-        }
+        advance(&mut phase, &t, g, freeze, kill).await;
     }
     // The user's last events, up to its disconnect.
     while Instant::now() < deadline {
@@ -495,8 +536,16 @@ async fn prosody_killed_mid_burst_loses_nothing_fedgate_accepted() {
     warm_up(&mut comp, &mut alice, "bob@example.test", &diag).await;
     let h_log = prosody.dir().join("prosody.log");
     let log_before = read_lossy(&h_log).len();
-    let (t, confirmed) =
-        remote_dies_while_receiving(&g, &mut comp, &mut alice, &mut || prosody.kill(), &diag).await;
+    let pid = prosody.pid();
+    let (t, confirmed) = remote_dies_while_receiving(
+        &g,
+        &mut comp,
+        &mut alice,
+        &mut || signal("STOP", pid),
+        &mut || prosody.kill(),
+        &diag,
+    )
+    .await;
     // Prosody's own account: the h it sent for this stream covers what fedgate let go.
     let h = prosody_max_h(&read_lossy(&h_log)[log_before..]);
     assert!(
@@ -586,9 +635,16 @@ async fn ejabberd_killed_mid_burst_loses_nothing_fedgate_accepted() {
     let mut ejabberd = start(&r).await;
     let mut carol = client(&r, ejabberd.c2s_addr()).await;
     warm_up(&mut comp, &mut carol, "dave@example.test", &diag).await;
-    let (t, confirmed) =
-        remote_dies_while_receiving(&g, &mut comp, &mut carol, &mut || ejabberd.kill(), &diag)
-            .await;
+    let beam = ejabberd.beam_pid().expect("ejabberd's pid");
+    let (t, confirmed) = remote_dies_while_receiving(
+        &g,
+        &mut comp,
+        &mut carol,
+        &mut || signal("STOP", beam),
+        &mut || ejabberd.kill(),
+        &diag,
+    )
+    .await;
     let lost_by_ejabberd = (0..confirmed as usize)
         .filter(|i| !t.delivered.contains_key(&format!("c{i}")))
         .count();
@@ -612,7 +668,10 @@ async fn ejabberd_killed_mid_burst_loses_nothing_fedgate_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
     let p_ip = next_ip();
-    let r = remote_setup("p.test", p_ip, "alice").await;
+    let mut r = remote_setup("p.test", p_ip, "alice").await;
+    // At most 16 stanzas written to the component and unconfirmed: when it stalls, fedgate
+    // keeps the rest of what it took in its queue.
+    r.gw.extra_s2s = "max_unacked = 16\n".into();
     let mut gw = GwChild::start(&r.gw).await;
     let connect = async |gw: &GwChild| {
         ComponentClient::connect(
@@ -641,8 +700,9 @@ async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
             "k",
             N,
             "burst",
-            20,
-            Duration::from_millis(15),
+            // Slower than the other bursts: it goes on while fedgate is down and restarts.
+            5,
+            Duration::from_millis(20),
         )
         .unwrap();
     let deadline = Instant::now() + W;
@@ -654,11 +714,26 @@ async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
         );
         read_component(&mut comp, &mut t, Duration::from_millis(20)).await;
     }
+    // The local service stalls (it stops reading and so answering pings): fedgate holds
+    // what it took from Prosody and the service has not confirmed, at most `max_unacked`
+    // written to the service, the rest queued. Then fedgate dies.
+    comp.pause(true);
+    let held = until_metrics(
+        async || gw.http_get("/metrics").await,
+        "fedgate did not fill its link to the stalled component",
+        |m| {
+            metric(m, "fedgate_unconfirmed_stanzas{link=\"component\"}") >= 16
+                && metric(m, "fedgate_queued_bytes") > 0
+        },
+    )
+    .await;
+    let acked_before_kill = metric(&held, "fedgate_stanzas_confirmed_total{link=\"s2s-in\"}");
     let pid = gw.pid();
     gw.kill();
-    // The component sees its stream end; whatever it had read is counted.
-    read_component(&mut comp, &mut t, Duration::from_millis(100)).await;
-    let at_kill = t.delivered.len();
+    // The component reads what reached its socket, then sees its stream end.
+    comp.pause(false);
+    read_component(&mut comp, &mut t, Duration::from_millis(300)).await;
+    let at_kill: std::collections::HashSet<String> = t.delivered.keys().cloned().collect();
     gw.restart().await;
     let mut comp = connect(&gw).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -681,11 +756,26 @@ async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
         gw.log_text(),
         diag()
     );
+    let after_restart = t
+        .delivered
+        .keys()
+        .filter(|id| !at_kill.contains(*id))
+        .count();
     print_figures(
         "fedgate killed, p.test → component",
         &t,
-        &format!("; {at_kill} delivered before the kill of fedgate (pid {pid}), 0 vanished"),
+        &format!(
+            "; {} delivered before the kill of fedgate (pid {pid}), which had acknowledged {acked_before_kill} to Prosody (the warm-up included), {after_restart} by the restarted fedgate, 0 vanished",
+            at_kill.len()
+        ),
     );
+    // The restarted gateway carries the next message (Prosody's new stream).
+    alice
+        .send_command(r#"{"send":{"to":"bob@example.test","body":"after","id":"after-restart"}}"#)
+        .unwrap();
+    comp.recv_matching(W, |e| e.attr("id") == Some("after-restart"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", gw.log_text(), diag()));
     alice.close();
     drop(prosody);
     drop(gw);

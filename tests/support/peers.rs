@@ -801,6 +801,11 @@ impl Ejabberd {
         &self.node
     }
 
+    /// The PID of the node's beam process.
+    pub fn beam_pid(&self) -> Option<u32> {
+        self.beam_pid.or_else(|| self.read_pid_file())
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("dir present until drop").path()
     }
