@@ -19,6 +19,11 @@
 //!   Prosody user sent must be delivered to the component or come back to the user as an
 //!   error; a message that is both was delivered by the killed fedgate whose acknowledgement
 //!   died with it (the documented duplicate side effect).
+//!
+//! The receiving remote server is frozen (SIGSTOP) just before its SIGKILL, until fedgate has
+//! stanzas written to it that it never read: those are the ones a crash puts at risk. fedgate
+//! is killed while the local service stalls, so that it holds stanzas it took and the
+//! service has not confirmed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -157,7 +162,7 @@ async fn until_metrics(
     }
 }
 
-/// The largest `h` Prosody's log says it sent in answer to an `<r/>` from `since` on.
+/// The largest `h` Prosody's log says it sent in answer to an `<r/>`.
 fn prosody_max_h(log: &str) -> u64 {
     log.lines()
         .filter_map(|l| l.split("Received ack request, acking for ").nth(1))
@@ -192,7 +197,7 @@ fn signal(sig: &str, pid: u32) {
 }
 
 struct Remote {
-    _pki: Pki,
+    pki: Pki,
     dns: TestDns,
     gw: GwSpec,
     user_jid: String,
@@ -209,7 +214,7 @@ async fn remote_setup(remote: &str, remote_ip: Ipv4Addr, user: &str) -> Remote {
     let dns = dns(zone).await;
     gw.dns = Some(dns.addr());
     Remote {
-        _pki: pki,
+        pki,
         dns,
         gw,
         user_jid: format!("{user}@{remote}"),
@@ -224,10 +229,10 @@ async fn remote_setup(remote: &str, remote_ip: Ipv4Addr, user: &str) -> Remote {
 /// authenticates with SASL EXTERNAL and has XEP-0198 too (its own outbound stream enables it
 /// either way).
 async fn prosody_sm(r: &Remote, ip: Ipv4Addr) -> Prosody {
-    let (pc, pk) = r._pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
+    let (pc, pk) = r.pki.leaf("p.test", &LeafSpec::dns(&["p.test"]));
     let mut opts = ProsodyOpts::new("p.test", ip, r.dns.addr(), pc, pk).user("alice", &r.user_pw);
     opts.extra_modules = vec!["smacks".into()];
-    opts.trust_ca = Some(r._pki.ca_path());
+    opts.trust_ca = Some(r.pki.ca_path());
     opts.secure_auth = true;
     Prosody::start(opts).await.unwrap()
 }
@@ -480,6 +485,17 @@ async fn remote_dies_while_receiving(
         &vanished[..vanished.len().min(20)],
         http_get(g, "/metrics").await
     );
+    // A bounce is never for a stanza the remote server confirmed: a message both delivered
+    // and bounced is one whose confirmation was lost with the crash.
+    let bounced_confirmed: Vec<_> = t
+        .ids()
+        .take(confirmed as usize)
+        .filter(|id| t.bounced.contains_key(id))
+        .collect();
+    assert!(
+        bounced_confirmed.is_empty(),
+        "bounced although the remote server confirmed them: {bounced_confirmed:?}"
+    );
     (t, confirmed)
 }
 
@@ -584,7 +600,7 @@ async fn ejabberd_killed_mid_burst_loses_nothing_fedgate_accepted() {
     let g = r.gw.start().await;
     let mut comp = r.gw.component(&g).await;
     let start = async |r: &Remote| {
-        let (ec, ek) = r._pki.leaf("e.test", &LeafSpec::dns(&["e.test"]));
+        let (ec, ek) = r.pki.leaf("e.test", &LeafSpec::dns(&["e.test"]));
         let opts =
             EjabberdOpts::new("e.test", e_ip, r.dns.addr(), ec, ek).user("carol", &r.user_pw);
         Ejabberd::start(opts).await.unwrap()
@@ -755,6 +771,19 @@ async fn fedgate_killed_mid_burst_leaves_the_rest_with_prosody() {
         &vanished[..vanished.len().min(20)],
         gw.log_text(),
         diag()
+    );
+    // Prosody bounced nothing fedgate had acknowledged (the first `acked_before_kill` of its
+    // stream, the warm-up one of them): the messages both delivered and bounced are those
+    // whose acknowledgement died with fedgate.
+    let acked_burst = acked_before_kill.saturating_sub(1) as usize;
+    let bounced_acked: Vec<_> = t
+        .ids()
+        .take(acked_burst)
+        .filter(|id| t.bounced.contains_key(id))
+        .collect();
+    assert!(
+        bounced_acked.is_empty(),
+        "Prosody bounced messages fedgate had acknowledged: {bounced_acked:?}"
     );
     let after_restart = t
         .delivered
