@@ -502,3 +502,108 @@ async fn a_ping_to_a_hosted_domain_is_answered_by_the_gateway() {
     ga.shutdown().await;
     gb.shutdown().await;
 }
+
+/// The error reserve runs out (README "Acknowledged delivery", `error-queue-full`): b.test
+/// floods a user of a.test whose service is not attached, so a.test answers every message
+/// with an error, while the network from a.test back to b.test stalls. The errors fill a.test's
+/// queue towards b.test (its stream may hold only `max_unacked` unconfirmed), then its reserve;
+/// the next error finds no room, is dropped and counted, and a.test closes b.test's stream into
+/// a.test with a `resource-constraint` stream error, which b.test reads and reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_without_room_close_the_senders_stream_with_resource_constraint() {
+    let pki = Pki::new();
+    let mut a = GwSpec::new(&pki, "a.test");
+    let mut b = GwSpec::new(&pki, "b.test");
+    let relay_ip = next_ip();
+    let relay = CuttingRelay::start((relay_ip, 5269).into(), (b.ip, 5269).into(), 0, 0..1, 0).await;
+    a.static_targets
+        .insert("b.test".into(), format!("tcp://{relay_ip}:5269"));
+    b.static_targets
+        .insert("a.test".into(), format!("tcp://{}:5269", a.ip));
+    // A small queue towards b.test, and at most 16 errors written and unconfirmed: the
+    // reserve for errors is then max(16384 / 4, 16 × 512) = 8 KiB past the 16 KiB cap.
+    a.extra_s2s = "max_queue_bytes = 16384\nmax_unacked = 16\n".into();
+    let (ga, gb) = (a.start().await, b.start().await);
+    let mut cb = b.component(&gb).await;
+    // No component of a.test: a.test answers service-unavailable, on its own stream to
+    // b.test through the relay, which works at first.
+    cb.send(&message("bob@b.test", "alice@a.test", "first", "x"))
+        .await
+        .unwrap();
+    let e = cb.recv(T).await.unwrap();
+    assert_eq!(
+        (e.attr("id"), e.attr("type")),
+        (Some("first"), Some("error"))
+    );
+    relay.stall(true);
+    let n = 400;
+    let (mut rb, mut wb) = cb.split();
+    let writer = tokio::spawn(async move {
+        for i in 0..n {
+            let m = message("bob@b.test", "alice@a.test", &format!("o{i}"), "x");
+            if wb.send(&m).await.is_err() {
+                break;
+            }
+        }
+        wb
+    });
+    // b.test hears of it: its stream to a.test ended with the stream error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let detail = loop {
+        let s: serde_json::Value = serde_json::from_str(&http_get(&gb, "/status").await).unwrap();
+        let d = s["remote_domains"]["a.test"]["last_error"]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if d.contains("resource-constraint") {
+            break d;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b.test's stream was not closed with resource-constraint: {s}\n{}",
+            http_get(&ga, "/metrics").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        detail.contains("peer sent stream error resource-constraint")
+            && detail.contains("found no room"),
+        "{detail}"
+    );
+    let m = http_get(&ga, "/metrics").await;
+    let dropped = metrics_line(
+        &m,
+        "fedgate_stanzas_dropped_total{reason=\"error-queue-full\"}",
+    );
+    assert!(dropped >= 1, "the error without room is counted\n{m}");
+    assert!(
+        metrics_line(
+            &m,
+            "fedgate_streams_closed_total{direction=\"in\",result=\"limit\"}"
+        ) >= 1,
+        "a.test counts the closed inbound stream as a limit\n{m}"
+    );
+    // The network comes back: what a.test kept for b.test arrives.
+    relay.stall(false);
+    let _wb = writer.await.unwrap();
+    let mut answered = BTreeSet::new();
+    while let Ok(el) = rb.recv(Duration::from_secs(2)).await {
+        if el.attr("type") == Some("error") {
+            answered.insert(el.attr("id").unwrap_or_default().to_owned());
+        }
+    }
+    // Nothing else is lost: every message was answered, or its error is one of those counted.
+    let unanswered = (0..n)
+        .filter(|i| !answered.contains(&format!("o{i}")))
+        .count();
+    assert!(
+        unanswered as u64 <= dropped,
+        "{unanswered} of {n} unanswered, only {dropped} errors counted as dropped"
+    );
+    eprintln!(
+        "error-queue-full test: {n} sent, {} answered with errors, {dropped} errors dropped for want of room; b.test read: {detail}",
+        answered.len()
+    );
+    ga.shutdown().await;
+    gb.shutdown().await;
+}

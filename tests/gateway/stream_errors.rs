@@ -40,7 +40,12 @@ enum End {
 }
 
 /// Everything the gateway sends until the connection ends.
-async fn read_answer(mut rd: OwnedReadHalf) -> (Vec<u8>, End) {
+async fn read_answer(rd: OwnedReadHalf) -> (Vec<u8>, End) {
+    read_to_end(rd).await
+}
+
+/// Everything `rd` yields until it ends (over TLS: until the gateway's `close_notify`).
+async fn read_to_end(mut rd: impl tokio::io::AsyncRead + Unpin) -> (Vec<u8>, End) {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let end = tokio::time::timeout(T, async {
@@ -264,5 +269,154 @@ async fn an_oversized_stanza_is_answered_while_the_client_keeps_writing() {
         }
     };
     assert!(sent > 0);
+    gb.shutdown().await;
+}
+
+/// A TLS client that trusts the test CA (`alpn`: the protocols offered, for direct TLS).
+fn tls_connector(pki: &Pki, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(pki.ca_path()).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+/// Reads from `tcp` until what was read so far contains `marker`.
+async fn read_until(tcp: &mut TcpStream, marker: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(T, async {
+        while !String::from_utf8_lossy(&got).contains(marker) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before {marker}: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {marker}: {}", String::from_utf8_lossy(&got)));
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Sends `input` on the TLS stream and reads the answer until the gateway's `close_notify`;
+/// then the TCP connection under it must end with a FIN, not a reset.
+async fn tls_exchange(
+    mut tls: tokio_rustls::client::TlsStream<TcpStream>,
+    input: &[u8],
+) -> (Vec<u8>, End) {
+    let _ = tls.write_all(input).await;
+    let _ = tls.flush().await;
+    let (bytes, end) = read_to_end(&mut tls).await;
+    if !matches!(end, End::Eof) {
+        return (bytes, end);
+    }
+    // After close_notify: the transport itself closes with a FIN (EOF), not a reset.
+    let (tcp, _) = tls.get_mut();
+    let mut rest = [0u8; 64];
+    let tcp_end = match tokio::time::timeout(T, tcp.read(&mut rest)).await {
+        Ok(Ok(0)) => End::Eof,
+        Ok(Ok(n)) => End::Error(io::Error::other(format!("{n} bytes after close_notify"))),
+        Ok(Err(e)) => End::Error(e),
+        Err(_) => End::Timeout,
+    };
+    (bytes, tcp_end)
+}
+
+/// STARTTLS on a fresh connection: the first stream's header and features, `<starttls/>`,
+/// `<proceed/>`, the TLS handshake for b.test.
+async fn starttls(
+    addr: (Ipv4Addr, u16),
+    tls: &tokio_rustls::TlsConnector,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(s2s_header("to='b.test' from='r.test' version='1.0'").as_bytes())
+        .await
+        .unwrap();
+    let features = read_until(&mut tcp, "</stream:features>").await;
+    assert!(
+        features.contains("urn:ietf:params:xml:ns:xmpp-tls"),
+        "{features}"
+    );
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    read_until(&mut tcp, "<proceed").await;
+    let name = rustls_pki_types::ServerName::try_from("b.test").unwrap();
+    tls.connect(name, tcp).await.unwrap()
+}
+
+/// The same checks after TLS: on the stream that STARTTLS restarts, and on a direct TLS
+/// (XEP-0368) listener. The gateway's answer is a new stream document of its own (its header
+/// first), with one error and its closing tag and nothing after, then TLS `close_notify` and
+/// a TCP FIN.
+#[tokio::test]
+async fn stream_errors_after_tls_are_well_formed_documents() {
+    let pki = Pki::new();
+    let mut b = GwSpec::new(&pki, "b.test");
+    b.extra_s2s = format!("direct_tls_listen = [\"{}:5270\"]\n", b.ip);
+    let gb = b.start().await;
+    let s2s = (b.ip, 5269);
+    let connector = tls_connector(&pki, &[]);
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "after STARTTLS: a new header for a host not served here",
+            s2s_header("to='nothere.test' from='r.test' version='1.0'"),
+            "host-unknown",
+        ),
+        (
+            "after STARTTLS: garbage instead of the new header",
+            "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n".into(),
+            "not-well-formed",
+        ),
+        (
+            "after STARTTLS: not-well-formed XML on the new stream",
+            s2s_header("to='b.test' from='r.test' version='1.0'")
+                + "<message to='x@b.test' from='y@r.test'><body>hi</bod></message>",
+            "not-well-formed",
+        ),
+        (
+            "after STARTTLS: an unsupported version on the new stream",
+            s2s_header("to='b.test' from='r.test' version='2.0'"),
+            "unsupported-version",
+        ),
+    ];
+    for (case, input, condition) in &cases {
+        let tls = starttls(s2s, &connector).await;
+        let (bytes, end) = tls_exchange(tls, input.as_bytes()).await;
+        assert_stream_error(case, &bytes, &end, "jabber:server", condition);
+    }
+
+    let direct = tls_connector(&pki, &[b"xmpp-server"]);
+    let direct_cases: Vec<(&str, String, &str)> = vec![
+        (
+            "direct TLS: garbage before any header",
+            "GET / HTTP/1.1\r\nHost: b.test\r\n\r\n".into(),
+            "not-well-formed",
+        ),
+        (
+            "direct TLS: a header for a host not served here",
+            s2s_header("to='nothere.test' from='r.test' version='1.0'"),
+            "host-unknown",
+        ),
+    ];
+    for (case, input, condition) in &direct_cases {
+        let tcp = TcpStream::connect((b.ip, 5270)).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("b.test").unwrap();
+        let tls = direct.connect(name, tcp).await.unwrap();
+        let (bytes, end) = tls_exchange(tls, input.as_bytes()).await;
+        assert_stream_error(case, &bytes, &end, "jabber:server", condition);
+    }
     gb.shutdown().await;
 }

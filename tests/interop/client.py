@@ -5,7 +5,10 @@ Usage: client.py JID PASSWORD HOST PORT [--no-auto-accept]
 
 Protocol: one JSON object per line.
   stdin (commands):
-    {"send": {"to": JID, "body": TEXT, "type": "chat"}}        type optional (default "chat")
+    {"send": {"to": JID, "body": TEXT, "type": "chat", "id": ID}}  type, id optional
+    {"burst": {"to": JID, "prefix": P, "n": N, "body": TEXT, "pause_every": K, "pause": S}}
+                                                               N chat messages with ids P0..P(N-1),
+                                                               a pause of S seconds after every K
     {"subscribe": JID}                                         presence type=subscribe
     {"presence": {"to": JID?, "type": T?, "show": S?, "status": S?}}
     {"iq_ping": JID}  or  {"iq_ping": {"to": JID, "timeout": SECONDS}}   XEP-0199
@@ -14,7 +17,8 @@ Protocol: one JSON object per line.
   stdout (events):
     {"connected": true, "jid": FULL_JID}                       session started (presence sent)
     {"message": {"from": BARE, "from_full": FULL, "body": TEXT, "type": T, "id": ID}}
-    {"message_error": {"from": BARE, "from_full": FULL, "condition": C, "text": TEXT}}
+    {"message_error": {"from": BARE, "from_full": FULL, "condition": C, "text": TEXT, "id": ID}}
+    {"burst_sent": {"prefix": P, "n": N}}                      the burst was handed to the socket
     {"presence": {"from": BARE, "from_full": FULL, "type": T, "status": S}}
                                                                T = available|unavailable|
                                                                subscribe|subscribed|unsubscribe|
@@ -102,7 +106,7 @@ class Client(slixmpp.ClientXMPP):
     def on_message_error(self, msg):
         emit({"message_error": {"from": str(msg["from"].bare), "from_full": str(msg["from"]),
                                 "condition": error_condition(msg),
-                                "text": msg["error"]["text"]}})
+                                "text": msg["error"]["text"], "id": msg["id"]}})
 
     def on_presence(self, pres):
         emit({"presence": {"from": str(pres["from"].bare), "from_full": str(pres["from"]),
@@ -129,10 +133,26 @@ class Client(slixmpp.ClientXMPP):
             emit({"error": {"kind": "iq_ping", "to": to, "condition": "timeout",
                             "text": f"no answer within {timeout}s"}})
 
+    async def burst(self, a):
+        """Messages with ids prefix0.., paced so that a kill can land in the middle."""
+        every, pause = int(a.get("pause_every", 0)), float(a.get("pause", 0))
+        for i in range(int(a["n"])):
+            m = self.make_message(mto=a["to"], mbody=a["body"], mtype="chat")
+            m["id"] = "%s%d" % (a["prefix"], i)
+            m.send()
+            if every and i % every == every - 1:
+                await asyncio.sleep(pause)
+        emit({"burst_sent": {"prefix": a["prefix"], "n": int(a["n"])}})
+
     def handle_command(self, cmd):
         if "send" in cmd:
             a = cmd["send"]
-            self.send_message(mto=a["to"], mbody=a["body"], mtype=a.get("type", "chat"))
+            m = self.make_message(mto=a["to"], mbody=a["body"], mtype=a.get("type", "chat"))
+            if "id" in a:
+                m["id"] = a["id"]
+            m.send()
+        elif "burst" in cmd:
+            asyncio.ensure_future(self.burst(cmd["burst"]))
         elif "subscribe" in cmd:
             self.send_presence_subscription(pto=cmd["subscribe"], ptype="subscribe")
         elif "presence" in cmd:

@@ -2,6 +2,9 @@
 //! remote domains, slixmpp clients logged into them, and a XEP-0114 component behind fedgate
 //! as the local user side of example.test. A missing peer fails these tests (never a skip).
 
+mod faults;
+#[path = "../support/gw_child.rs"]
+mod gw_child;
 mod internal;
 #[path = "../support/peers.rs"]
 mod peers;

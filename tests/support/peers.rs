@@ -295,6 +295,9 @@ pub struct Prosody {
     config: PathBuf,
     domain: String,
     ip: Ipv4Addr,
+    binary: PathBuf,
+    /// Processes started so far (1, then one more per restart).
+    runs: u32,
 }
 
 impl Prosody {
@@ -359,34 +362,44 @@ impl Prosody {
             run_cmd(cmd, format!("prosodyctl register {user}@{}", opts.domain)).await?;
         }
 
-        let out = std::fs::File::create(d.join("prosody.stdout"))?;
-        let child = Command::new(&prosody)
-            .arg("--config")
-            .arg(&config)
-            .arg("-F")
-            .current_dir(&d)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("spawning prosody")?;
+        let child = Self::spawn(&prosody, &config, &d, "prosody.stdout")?;
         let mut this = Self {
             child,
             dir: Some(dir),
             config,
             domain: opts.domain.clone(),
             ip: opts.ip,
+            binary: prosody,
+            runs: 1,
         };
+        this.wait_listening().await?;
+        Ok(this)
+    }
 
+    fn spawn(prosody: &Path, config: &Path, dir: &Path, out: &str) -> Result<Child> {
+        let out = std::fs::File::create(dir.join(out))?;
+        Command::new(prosody)
+            .arg("--config")
+            .arg(config)
+            .arg("-F")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawning prosody")
+    }
+
+    async fn wait_listening(&mut self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         for port in [5222, 5269] {
-            let addr = SocketAddr::from((opts.ip, port));
+            let addr = SocketAddr::from((self.ip, port));
             loop {
-                if let Ok(Some(status)) = this.child.try_wait() {
+                if let Ok(Some(status)) = self.child.try_wait() {
                     bail!(
                         "prosody for {} exited during startup ({status}):\n{}",
-                        this.domain,
-                        this.diagnostics()
+                        self.domain,
+                        self.diagnostics()
                     );
                 }
                 if wait_tcp(
@@ -400,13 +413,32 @@ impl Prosody {
                 if Instant::now() >= deadline {
                     bail!(
                         "prosody for {} not listening on {addr} after {START_TIMEOUT:?}:\n{}",
-                        this.domain,
-                        this.diagnostics()
+                        self.domain,
+                        self.diagnostics()
                     );
                 }
             }
         }
-        Ok(this)
+        Ok(())
+    }
+
+    /// SIGKILL by PID, as a crash: no stream is closed, nothing is flushed. The directory
+    /// (accounts, offline messages, the log) stays for [`Self::restart`].
+    pub fn kill(&mut self) {
+        signal_pid(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+
+    /// Starts the same server again (same config and data) after [`Self::kill`]; its output
+    /// goes to `prosody.stdout.N`, its log on in `prosody.log`.
+    pub async fn restart(&mut self) -> Result<()> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            bail!("prosody for {} is still running", self.domain);
+        }
+        self.runs += 1;
+        let out = format!("prosody.stdout.{}", self.runs);
+        self.child = Self::spawn(&self.binary, &self.config, self.dir(), &out)?;
+        self.wait_listening().await
     }
 
     pub fn c2s_addr(&self) -> SocketAddr {
@@ -557,6 +589,8 @@ pub struct Ejabberd {
     ip: Ipv4Addr,
     node: String,
     beam_pid: Option<u32>,
+    /// Killed by [`Ejabberd::kill`]: nothing to stop politely.
+    killed: bool,
 }
 
 static EJABBERD_SEQ: AtomicU32 = AtomicU32::new(0);
@@ -673,6 +707,7 @@ impl Ejabberd {
             ip: opts.ip,
             node,
             beam_pid: None,
+            killed: false,
         };
         this.ctl(&["start"]).await?;
 
@@ -766,6 +801,11 @@ impl Ejabberd {
         &self.node
     }
 
+    /// The PID of the node's beam process.
+    pub fn beam_pid(&self) -> Option<u32> {
+        self.beam_pid.or_else(|| self.read_pid_file())
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.as_ref().expect("dir present until drop").path()
     }
@@ -787,6 +827,30 @@ impl Ejabberd {
     /// `ejabberdctl stop`, then SIGKILL by PID whatever is left of this node.
     pub fn stop(self) {
         drop(self)
+    }
+    /// SIGKILL by PID of the node's beam process (and whatever else runs for this node), as
+    /// a crash: no stream is closed, nothing is flushed.
+    pub fn kill(&mut self) {
+        let beam = self.beam_pid.or_else(|| self.read_pid_file());
+        if let Some(pid) = beam {
+            signal_pid(pid, "KILL");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive: Vec<u32> = self
+                .node_pids()
+                .into_iter()
+                .chain(beam.filter(|p| pid_alive(*p)))
+                .collect();
+            if alive.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for pid in alive {
+                signal_pid(pid, "KILL");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.killed = true;
     }
 
     /// PIDs of processes whose command line names this node (beam.smp, ctl leftovers).
@@ -820,12 +884,14 @@ impl Drop for Ejabberd {
     fn drop(&mut self) {
         let Some(_) = self.dir.as_ref() else { return };
         let beam = self.beam_pid.or_else(|| self.read_pid_file());
-        let _ = self
-            .ctl_command(&["stop"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        if !self.killed {
+            let _ = self
+                .ctl_command(&["stop"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let mut alive = self.node_pids();
@@ -976,6 +1042,36 @@ impl XmppClient {
             json_str(to),
             json_str(body)
         ))
+    }
+
+    /// `n` chat messages to `to` with ids `{prefix}0` .. `{prefix}{n-1}`, sent by the client
+    /// in the background (a `burst_sent` event follows), with a pause of `pause` after every
+    /// `pause_every` messages (0: none).
+    pub fn burst(
+        &mut self,
+        to: &str,
+        prefix: &str,
+        n: usize,
+        body: &str,
+        pause_every: usize,
+        pause: Duration,
+    ) -> Result<()> {
+        self.send_command(&format!(
+            r#"{{"burst":{{"to":{},"prefix":{},"n":{n},"body":{},"pause_every":{pause_every},"pause":{}}}}}"#,
+            json_str(to),
+            json_str(prefix),
+            json_str(body),
+            pause.as_secs_f64()
+        ))
+    }
+
+    /// The next event (queued ones first), or None if none comes within `timeout` or the
+    /// client process has ended.
+    pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Json> {
+        if let Some(ev) = self.pending.pop_front() {
+            return Some(ev);
+        }
+        self.next_event(Instant::now() + timeout).await.ok()
     }
 
     /// Next chat/normal message with a body: (bare from JID, body). A message error

@@ -15,6 +15,8 @@ pub struct CuttingRelay {
     pub addr: SocketAddr,
     /// Connections cut so far.
     pub cuts: Arc<AtomicUsize>,
+    /// While true, no byte passes either way (and none is read): a stalled network.
+    stall: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,6 +56,7 @@ impl CuttingRelay {
         let addr = listener.local_addr().unwrap();
         let done = Arc::new(AtomicUsize::new(0));
         let counter = done.clone();
+        let (stall, stall_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut left = cuts;
@@ -67,13 +70,14 @@ impl CuttingRelay {
                     rng.random_range(after.clone())
                 });
                 let counter = counter.clone();
+                let stall = stall_rx.clone();
                 conns.spawn(async move {
                     let Ok(server) = TcpStream::connect(target).await else {
                         return;
                     };
                     let _ = client.set_nodelay(true);
                     let _ = server.set_nodelay(true);
-                    if relay(client, server, cut, rate).await {
+                    if relay(client, server, cut, rate, stall).await {
                         counter.fetch_add(1, Ordering::Relaxed);
                     }
                 });
@@ -82,12 +86,40 @@ impl CuttingRelay {
         Self {
             addr,
             cuts: done,
+            stall,
             task,
         }
     }
 
     pub fn cuts(&self) -> usize {
         self.cuts.load(Ordering::Relaxed)
+    }
+
+    /// Stops (true) or resumes (false) every connection in both directions: nothing is read
+    /// from either side while stalled, so the senders' writes back up.
+    pub fn stall(&self, on: bool) {
+        self.stall.send_replace(on);
+    }
+}
+
+/// Copies `from` to `to` while not stalled.
+async fn copy_unless_stalled(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    mut stall: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if stall.wait_for(|s| !*s).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stall.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -97,21 +129,29 @@ async fn relay(
     server: TcpStream,
     cut: Option<usize>,
     rate: Option<usize>,
+    mut stall: tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
+    let down_stall = stall.clone();
     let down = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        copy_unless_stalled(&mut sr, &mut cw, down_stall).await;
         let _ = cw.shutdown().await;
     });
     let mut buf = vec![0u8; if rate.is_some() { 1024 } else { 4096 }];
     let mut passed = 0usize;
     let mut cut_done = false;
     loop {
+        if stall.wait_for(|s| !*s).await.is_err() {
+            break;
+        }
         let n = match cr.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if stall.wait_for(|s| !*s).await.is_err() {
+            break;
+        }
         let n = match cut {
             Some(c) if passed + n >= c => {
                 // Forward up to the cut point, then drop both connections.

@@ -132,6 +132,9 @@ impl AckedLink {
         m.unconfirmed
             .with_label_values(&[self.link])
             .sub(items.len() as i64);
+        m.confirmed
+            .with_label_values(&[self.link])
+            .inc_by(items.len() as u64);
         if let Some(rtt) = rtt {
             m.ack_rtt
                 .with_label_values(&[self.link, self.mode_label()])

@@ -328,7 +328,7 @@ async fn run(
                     return Err(stream_error_failure(&e));
                 }
                 Action::PeerClosed => {
-                    final_ack(&mut conn, sm.as_deref()).await;
+                    final_ack(ctx, &mut conn, sm.as_deref()).await;
                     conn.close_with(&machine.closing_bytes(None)).await;
                     return Ok(());
                 }
@@ -337,9 +337,7 @@ async fn run(
         if let (Some(r), Some((upto, by))) = (&sm, ack_wanted) {
             let (confirmed, _) = r.counts();
             if confirmed >= upto || tokio::time::Instant::now() >= by {
-                conn.queue(
-                    format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", confirmed as u32).as_bytes(),
-                );
+                conn.queue(&ack_element(ctx, r));
                 ack_wanted = None;
             }
         }
@@ -404,7 +402,7 @@ async fn run(
             // The errors owed to the peer found no room: tell it with a stream error rather
             // than drop them silently.
             _ = overload.changed() => if ctx.is_overloaded(&marks.remotes) {
-                final_ack(&mut conn, sm.as_deref()).await;
+                final_ack(ctx, &mut conn, sm.as_deref()).await;
                 let e = StreamError::new(
                     "resource-constraint",
                     "limit: the errors owed to your domain found no room in the queue back to you",
@@ -413,7 +411,7 @@ async fn run(
                 break Err(Failure::new(FailureKind::Limit, e.text));
             },
             _ = closing.changed() => {
-                final_ack(&mut conn, sm.as_deref()).await;
+                final_ack(ctx, &mut conn, sm.as_deref()).await;
                 let e = StreamError::new("system-shutdown", "fedgate is shutting down");
                 conn.close_with(&machine.closing_bytes(Some(&e))).await;
                 break Ok(());
@@ -476,7 +474,7 @@ const ACK_ANSWER_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs
 /// Before closing a stream with XEP-0198: wait briefly for the next hops, then tell the peer
 /// what was taken care of (XEP-0198 §5: a last `<a/>` before the close), so it resends or
 /// bounces only the rest.
-async fn final_ack(conn: &mut Conn, sm: Option<&Receipts>) {
+async fn final_ack(ctx: &S2sContext, conn: &mut Conn, sm: Option<&Receipts>) {
     let Some(r) = sm else { return };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
         loop {
@@ -488,7 +486,17 @@ async fn final_ack(conn: &mut Conn, sm: Option<&Receipts>) {
         }
     })
     .await;
-    conn.queue(format!("<a xmlns='urn:xmpp:sm:3' h='{}'/>", r.h()).as_bytes());
+    conn.queue(&ack_element(ctx, r));
+}
+
+/// The XEP-0198 `<a/>` telling the peer what the next hops took, counted as acknowledged.
+fn ack_element(ctx: &S2sContext, r: &Receipts) -> Vec<u8> {
+    let (h, newly) = r.tell();
+    ctx.metrics
+        .confirmed
+        .with_label_values(&["s2s-in"])
+        .inc_by(newly);
+    format!("<a xmlns='urn:xmpp:sm:3' h='{h}'/>").into_bytes()
 }
 
 /// Answers (iq results, errors) still flow while draining: they complete work in flight.

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub unconfirmed: IntGaugeVec,
     /// Stanzas sent again on a new stream because the broken one never confirmed them.
     pub resent: IntCounterVec,
+    /// Stanzas confirmed, by link kind: by the next hop on sending links (s2s-out, internal,
+    /// component); on s2s-in, acknowledged to the sending server with XEP-0198.
+    pub confirmed: IntCounterVec,
     /// Round-trip time of acknowledgement requests (XEP-0198 `<r/>` or XEP-0199 ping).
     pub ack_rtt: HistogramVec,
     /// Links that negotiated XEP-0198, by direction, and those that fell back to pings.
@@ -109,6 +112,12 @@ impl Metrics {
                 r,
                 "fedgate_stanzas_resent_total",
                 "Stanzas sent again on a new stream because the broken one never confirmed them",
+                &["link"],
+            ),
+            confirmed: vec_counter(
+                r,
+                "fedgate_stanzas_confirmed_total",
+                "Stanzas confirmed by the next hop (s2s-out, internal, component) or acknowledged to the sending server with XEP-0198 (s2s-in)",
                 &["link"],
             ),
             ack_mode: vec_counter(

@@ -26,6 +26,8 @@ pub trait Confirm: Send + Sync + 'static {
 pub struct Receipts {
     window: Mutex<Window>,
     changed: Notify,
+    /// The confirmed count last told to the peer.
+    told: std::sync::atomic::AtomicU64,
 }
 
 impl Receipts {
@@ -48,6 +50,16 @@ impl Receipts {
     /// The XEP-0198 `h` to send: the confirmed prefix modulo 2^32.
     pub fn h(&self) -> u32 {
         self.window.lock().expect("receipt window").h()
+    }
+
+    /// The `h` to tell the peer now, and how many stanzas it acknowledges that earlier
+    /// answers did not.
+    pub fn tell(&self) -> (u32, u64) {
+        let w = self.window.lock().expect("receipt window");
+        let before = self
+            .told
+            .swap(w.confirmed(), std::sync::atomic::Ordering::Relaxed);
+        (w.h(), w.confirmed().saturating_sub(before))
     }
 
     /// Resolves after the confirmed prefix grew (a permit is kept if nobody waited).
@@ -114,6 +126,8 @@ mod tests {
         drop(a2);
         assert_eq!(r.counts(), (2, 2));
         assert_eq!(r.h(), 2);
+        assert_eq!(r.tell(), (2, 2));
+        assert_eq!(r.tell(), (2, 0), "told once");
         // The growth left a permit for the next waiter.
         tokio::time::timeout(std::time::Duration::from_secs(1), r.changed())
             .await
