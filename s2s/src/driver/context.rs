@@ -204,7 +204,10 @@ pub struct S2sContext {
     pub log_limit: super::log_limit::LogLimit,
     /// Remote domains whose errors found no room even in the error reserve of the queue
     /// back to them, with when: their inbound streams close with `resource-constraint`.
-    overloaded: Mutex<HashMap<String, std::time::Instant>>,
+    /// With the receipts of the stanzas whose errors were dropped: held, so that the
+    /// sender's XEP-0198 `h` stops before them and the sender resends or bounces them itself
+    /// once its stream is closed; let go of when the hold ends.
+    overloaded: Mutex<HashMap<String, (std::time::Instant, Vec<super::receipt::Receipt>)>>,
     overload: watch::Sender<u64>,
 }
 
@@ -675,6 +678,8 @@ fn check_peer_uncached(
 
 /// How long a remote domain counts as overloaded after its errors found no room.
 const OVERLOAD_HOLD: Duration = Duration::from_secs(5);
+/// Receipts held per overloaded remote domain at most (beyond, they fire as before).
+const MAX_HELD_RECEIPTS: usize = 65_536;
 
 /// What an error reply takes at most in the reserve, for sizing it: addressing, an excerpt of
 /// the body (see [`crate::wire::EXCERPT_BYTES`]) and the condition's text.
@@ -705,7 +710,7 @@ impl S2sContext {
     /// An error towards `remote` found no room, even in the reserve: count it, and have the
     /// streams from `remote` closed with `resource-constraint` (RFC 6120 §4.9.3.17) so that
     /// the sender learns of the overload instead of losing answers silently.
-    pub fn error_without_room(&self, remote: &str, st: &Stanza) {
+    pub fn error_without_room(&self, remote: &str, mut st: Stanza) {
         self.metrics
             .dropped
             .with_label_values(&["error-queue-full"])
@@ -719,11 +724,28 @@ impl S2sContext {
         }
         let now = std::time::Instant::now();
         let mut o = self.overloaded.lock().expect("overload lock");
-        o.retain(|_, at| now.duration_since(*at) < OVERLOAD_HOLD);
-        if o.len() < 4096 {
-            o.insert(remote.to_ascii_lowercase(), now);
+        let mut ended = Vec::new();
+        o.retain(|_, (at, held)| {
+            let keep = now.duration_since(*at) < OVERLOAD_HOLD;
+            if !keep {
+                ended.append(held);
+            }
+            keep
+        });
+        if o.len() < 4096 || o.contains_key(remote) {
+            let (at, held) = o
+                .entry(remote.to_ascii_lowercase())
+                .or_insert_with(|| (now, Vec::new()));
+            *at = now;
+            // The original stanza is not acknowledged to its sender while its answer is lost.
+            if held.len() < MAX_HELD_RECEIPTS {
+                held.extend(st.receipt.take());
+            }
         }
         drop(o);
+        // Let go of outside the lock: a receipt that fires may take other locks.
+        drop(ended);
+        drop(st);
         self.overload.send_modify(|n| *n += 1);
     }
 
@@ -733,7 +755,7 @@ impl S2sContext {
         let o = self.overloaded.lock().expect("overload lock");
         remotes.iter().any(|r| {
             o.get(r)
-                .is_some_and(|at| now.duration_since(*at) < OVERLOAD_HOLD)
+                .is_some_and(|(at, _)| now.duration_since(*at) < OVERLOAD_HOLD)
         })
     }
 
@@ -766,6 +788,10 @@ impl S2sContext {
             .map(str::to_ascii_lowercase)
             .find(|d| self.hosted.contains(d));
         let reply = crate::wire::bounce(&st.el, etype, condition, text, by.as_deref());
+        // The error carries the original's receipt: the sender of an acknowledging link
+        // hears "taken" once the error was taken care of, and not if the error is lost.
+        let mut reply = Stanza::generated(reply);
+        reply.receipt = st.receipt.clone();
         self.metrics.bounced.with_label_values(&[reason]).inc();
         let sender = from.unwrap_or("");
         if let Some(left_out) = self
@@ -774,7 +800,7 @@ impl S2sContext {
         {
             tracing::info!(reason, condition, to = ?st.el.attr("from"), %text, left_out, "bounced stanza (left_out: like ones since the last line)");
         }
-        self.sink().route(Stanza::generated(reply));
+        self.sink().route(reply);
     }
 
     /// Bounce for a failed link, with the RFC 6120 condition that matches the failure kind.

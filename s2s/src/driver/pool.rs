@@ -96,7 +96,7 @@ impl Pool {
             if link.queued.load(Ordering::Relaxed) + size > cap {
                 drop(links);
                 if st.el.attr("type") == Some("error") {
-                    return self.ctx.error_without_room(remote, &st);
+                    return self.ctx.error_without_room(remote, st);
                 }
                 return self.ctx.bounce(
                     &st,
