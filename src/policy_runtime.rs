@@ -63,8 +63,21 @@ impl Metrics {
 struct Bucket {
     tokens: f64,
     at: Instant,
+    /// The rate and burst it was last used with.
+    per_second: f64,
+    burst: u32,
 }
 
+impl Bucket {
+    /// Whether it has refilled by `now`: forgetting it then changes nothing.
+    fn full(&self, now: Instant) -> bool {
+        self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second
+            >= f64::from(self.burst)
+    }
+}
+
+/// Past this many buckets, the ones that have refilled are forgotten (never one that has not:
+/// that would lift a limit). Buckets live only while they refill, so the map stays small.
 const MAX_BUCKETS: usize = 100_000;
 
 pub struct PolicyRuntime {
@@ -318,16 +331,19 @@ impl PolicyRuntime {
         };
         let inbound = direction == Direction::Inbound;
         let mut b = self.buckets.lock().expect("buckets lock");
-        if b.len() >= MAX_BUCKETS {
-            b.retain(|_, v| v.at.elapsed() < Duration::from_secs(60));
-        }
         let now = Instant::now();
+        if b.len() >= MAX_BUCKETS {
+            b.retain(|_, v| !v.full(now));
+        }
         let e = b
             .entry((remote_domain.to_owned(), inbound))
             .or_insert(Bucket {
                 tokens: f64::from(burst),
                 at: now,
+                per_second,
+                burst,
             });
+        (e.per_second, e.burst) = (per_second, burst);
         e.tokens =
             (e.tokens + now.duration_since(e.at).as_secs_f64() * per_second).min(f64::from(burst));
         e.at = now;
@@ -483,4 +499,26 @@ pub fn watch(rt: Arc<PolicyRuntime>) -> Option<notify::RecommendedWatcher> {
         }
     });
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refilled_buckets_may_be_forgotten() {
+        let t0 = Instant::now();
+        // 0.01 stanzas/s, burst 1, just used: empty for 100 s.
+        let b = Bucket {
+            tokens: 0.0,
+            at: t0,
+            per_second: 0.01,
+            burst: 1,
+        };
+        assert!(
+            !b.full(t0 + Duration::from_secs(60)),
+            "forgetting it would lift the limit"
+        );
+        assert!(b.full(t0 + Duration::from_secs(100)));
+    }
 }

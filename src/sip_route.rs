@@ -21,6 +21,8 @@ use fedgate_sip::driver::discover::{Discovered, discover_protocol};
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(600);
 /// Stanzas waiting for one domain's discovery.
 const MAX_WAITING: usize = 1000;
+/// Domains whose discovered protocol is remembered at most.
+const MAX_DISCOVERED: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {
@@ -36,7 +38,8 @@ pub struct SipRoute {
     pool: Arc<Pool>,
     partners: HashSet<String>,
     discover: bool,
-    cache: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Discovered protocols (DNS-derived): bounded, each for [`DISCOVERY_TTL`].
+    cache: moka::sync::Cache<String, (bool, Instant)>,
     waiting: Mutex<HashMap<String, Vec<Stanza>>>,
 }
 
@@ -47,7 +50,10 @@ impl SipRoute {
             pool,
             partners,
             discover,
-            cache: Mutex::default(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(MAX_DISCOVERED)
+                .time_to_live(DISCOVERY_TTL)
+                .build(),
             waiting: Mutex::default(),
         }
     }
@@ -69,9 +75,9 @@ impl SipRoute {
         if !self.discover {
             return Choice::Xmpp;
         }
-        match self.cache.lock().expect("sip route lock").get(domain) {
+        match self.cache.get(domain) {
             Some((sip, at)) if at.elapsed() < DISCOVERY_TTL => {
-                if *sip {
+                if sip {
                     Choice::Sip
                 } else {
                     Choice::Xmpp
@@ -88,13 +94,10 @@ impl SipRoute {
         if !self.discover || self.partners.contains(domain) {
             return;
         }
-        let mut cache = self.cache.lock().expect("sip route lock");
-        match cache.get(domain) {
+        match self.cache.get(domain) {
             Some((_, at)) if at.elapsed() < DISCOVERY_TTL / 2 => {}
             Some((false, at)) if at.elapsed() < DISCOVERY_TTL => {}
-            _ => {
-                cache.insert(domain.to_owned(), (true, Instant::now()));
-            }
+            _ => self.cache.insert(domain.to_owned(), (true, Instant::now())),
         }
     }
 
@@ -147,10 +150,7 @@ impl SipRoute {
             if sip {
                 tracing::info!(%domain, "discovered a SIP federation domain (_sipfederationtls, no XMPP SRV)");
             }
-            this.cache
-                .lock()
-                .expect("sip route lock")
-                .insert(domain.clone(), (sip, Instant::now()));
+            this.cache.insert(domain.clone(), (sip, Instant::now()));
             let parked = this
                 .waiting
                 .lock()

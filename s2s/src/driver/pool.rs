@@ -47,16 +47,26 @@ struct Backoff {
 pub struct Pool {
     ctx: Arc<S2sContext>,
     links: Mutex<HashMap<Pair, Link>>,
-    backoff: Mutex<HashMap<String, Backoff>>,
+    /// Failed remote domains: bounded in size, and an entry goes once it has not been renewed
+    /// for a few maximum backoffs (the next failure then starts from the shortest wait).
+    backoff: moka::sync::Cache<String, Arc<Backoff>>,
     next_id: AtomicU64,
 }
 
+/// Remote domains remembered as failed at most (a flood of failing domains evicts the least
+/// recently used, which may then be retried early).
+const BACKOFF_CAPACITY: u64 = 100_000;
+
 impl Pool {
     pub fn new(ctx: Arc<S2sContext>) -> Arc<Self> {
+        let remember = (ctx.settings.retry_backoff_max * 4).max(Duration::from_secs(60));
         Arc::new(Self {
             ctx,
+            backoff: moka::sync::Cache::builder()
+                .max_capacity(BACKOFF_CAPACITY)
+                .time_to_live(remember)
+                .build(),
             links: Mutex::new(HashMap::new()),
-            backoff: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
     }
@@ -143,8 +153,7 @@ impl Pool {
     }
 
     fn backing_off(&self, remote: &str) -> Option<Failure> {
-        let b = self.backoff.lock().expect("backoff lock");
-        let e = b.get(remote)?;
+        let e = self.backoff.get(remote)?;
         let left = e.until.checked_duration_since(Instant::now())?;
         let mut f = e.failure.clone();
         f.detail = format!("{} (next attempt in {} s)", f.detail, left.as_secs() + 1);
@@ -153,19 +162,18 @@ impl Pool {
 
     fn record_failure(&self, remote: &str, f: &Failure) {
         let s = &self.ctx.settings;
-        let mut b = self.backoff.lock().expect("backoff lock");
-        let delay = b.get(remote).map_or(s.retry_backoff_min, |e| {
+        let delay = self.backoff.get(remote).map_or(s.retry_backoff_min, |e| {
             (e.delay * 2).min(s.retry_backoff_max)
         });
         // Up to 25 % jitter so that many domains do not retry in step.
         let jitter = delay.mul_f64(rand::rng().random_range(0.0..0.25));
-        b.insert(
+        self.backoff.insert(
             remote.to_owned(),
-            Backoff {
+            Arc::new(Backoff {
                 until: Instant::now() + delay + jitter,
                 delay,
                 failure: f.clone(),
-            },
+            }),
         );
     }
 
@@ -250,7 +258,7 @@ impl Pool {
                 return;
             }
         };
-        self.backoff.lock().expect("backoff lock").remove(&remote);
+        self.backoff.invalidate(&remote);
         m.auth
             .with_label_values(&["out", method.as_str(), mechanism, "ok"])
             .inc();

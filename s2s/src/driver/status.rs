@@ -1,9 +1,9 @@
 //! Per-remote-domain state for `/status` and `fedgate` logs: streams, how they authenticated,
 //! the last attempts and the last error.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::SystemTime;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use crate::wire::Failure;
 
@@ -21,21 +21,36 @@ pub struct DomainStatus {
     pub peer_cert_expiry: Vec<i64>,
 }
 
-#[derive(Default)]
+/// A display, not enforcement state (limits keep their own counts): bounded in size, and a
+/// domain nothing happened with for [`IDLE`] is forgotten; with more domains than
+/// [`MAX_DOMAINS`], the least recently used go first.
 pub struct Status {
-    domains: Mutex<HashMap<String, DomainStatus>>,
+    domains: moka::sync::Cache<String, Arc<Mutex<DomainStatus>>>,
 }
 
 const MAX_ATTEMPTS: usize = 5;
-const MAX_DOMAINS: usize = 10_000;
+const MAX_DOMAINS: u64 = 100_000;
+const IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Default for Status {
+    fn default() -> Self {
+        Self::with_capacity(MAX_DOMAINS)
+    }
+}
 
 impl Status {
-    fn with(&self, domain: &str, f: impl FnOnce(&mut DomainStatus)) {
-        let mut m = self.domains.lock().expect("status lock");
-        if !m.contains_key(domain) && m.len() >= MAX_DOMAINS {
-            return;
+    fn with_capacity(domains: u64) -> Self {
+        Self {
+            domains: moka::sync::Cache::builder()
+                .max_capacity(domains)
+                .time_to_idle(IDLE)
+                .build(),
         }
-        f(m.entry(domain.to_owned()).or_default());
+    }
+
+    fn with(&self, domain: &str, f: impl FnOnce(&mut DomainStatus)) {
+        let d = self.domains.get_with_by_ref(domain, Arc::default);
+        f(&mut d.lock().expect("status lock"));
     }
 
     pub fn stream_opened(&self, remote: &str, outbound: bool) {
@@ -102,10 +117,31 @@ impl Status {
 
     pub fn snapshot(&self) -> BTreeMap<String, DomainStatus> {
         self.domains
-            .lock()
-            .expect("status lock")
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| ((*k).clone(), v.lock().expect("status lock").clone()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_is_bounded_and_keeps_recording_new_domains() {
+        let s = Status::with_capacity(100);
+        for i in 0..1000 {
+            s.stream_opened(&format!("d{i}.test"), false);
+        }
+        s.domains.run_pending_tasks();
+        assert!(
+            s.domains.entry_count() <= 100,
+            "{}",
+            s.domains.entry_count()
+        );
+        // A domain seen now is recorded (the old map refused new domains once full).
+        s.stream_opened("late.test", true);
+        let snap = s.snapshot();
+        assert_eq!(snap["late.test"].outbound_streams, 1);
     }
 }
