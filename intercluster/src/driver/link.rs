@@ -199,7 +199,14 @@ pub(super) async fn accept_loop(ic: Arc<Intercluster>, listener: TcpListener) {
             r = listener.accept() => {
                 let Ok((sock, from)) = r else { continue };
                 let ic = ic.clone();
-                tokio::spawn(async move {
+                let span = tracing::info_span!(
+                    "intercluster",
+                    direction = "in",
+                    %from,
+                    peer = tracing::field::Empty,
+                    generation = tracing::field::Empty,
+                );
+                tokio::spawn(tracing::Instrument::instrument(async move {
                     if let Err((peer, f)) = accept_one(&ic, sock).await {
                         let p = peer.as_deref().and_then(|n| ic.peer(n));
                         let name = peer.unwrap_or_else(|| format!("unknown ({from})"));
@@ -211,7 +218,7 @@ pub(super) async fn accept_loop(ic: Arc<Intercluster>, listener: TcpListener) {
                             lock(&p.status).last_error = Some((unix_now(), f));
                         }
                     }
-                });
+                }, span));
             }
             _ = shutdown.changed() => return,
         }
@@ -239,6 +246,7 @@ async fn accept_one(
             fail(FailureKind::Protocol, "stream header without 'from'"),
         ));
     };
+    tracing::Span::current().record("peer", name.as_str());
     let Some(peer) = ic.peer(&name) else {
         return Err((
             Some(name.clone()),
@@ -515,6 +523,7 @@ where
         *g += 1;
         generation = *g;
     });
+    tracing::Span::current().record("generation", generation);
     let mut gen_rx = peer.generation.subscribe();
     let mut stop = peer.stop.subscribe();
     let mut shutdown = ic.shutdown.subscribe();

@@ -431,7 +431,16 @@ impl Intercluster {
                 self.metrics.link_up.with_label_values(&[name]).set(0);
                 tracing::info!(peer = %name, address = ?cfg.address, "intercluster peer added");
                 if self.settings.cluster.as_str() < *name {
-                    tokio::spawn(link::dial_loop(self.clone(), peer.clone()));
+                    let span = tracing::info_span!(
+                        "intercluster",
+                        direction = "out",
+                        peer = %name,
+                        generation = tracing::field::Empty,
+                    );
+                    tokio::spawn(tracing::Instrument::instrument(
+                        link::dial_loop(self.clone(), peer.clone()),
+                        span,
+                    ));
                 }
                 map.insert((*name).to_owned(), peer);
             }

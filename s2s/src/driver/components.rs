@@ -109,11 +109,20 @@ pub async fn serve(ctx: Arc<S2sContext>, components: Arc<Components>, listener: 
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
                     let (ctx, components) = (ctx.clone(), components.clone());
-                    tokio::spawn(async move {
-                        if let Err(f) = handle(&ctx, &components, tcp, peer).await {
-                            tracing::info!(%peer, failure = %f, "component stream ended");
-                        }
-                    });
+                    let span = tracing::info_span!(
+                        "component",
+                        %peer,
+                        domain = tracing::field::Empty,
+                        link = tracing::field::Empty,
+                    );
+                    tokio::spawn(tracing::Instrument::instrument(
+                        async move {
+                            if let Err(f) = handle(&ctx, &components, tcp, peer).await {
+                                tracing::info!(failure = %f, "component stream ended");
+                            }
+                        },
+                        span,
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "component accept failed");
@@ -162,6 +171,9 @@ async fn handle(
                             .streams
                             .with_label_values(&["component", "established"])
                             .inc();
+                        let span = tracing::Span::current();
+                        span.record("domain", domain.as_str());
+                        span.record("link", id);
                         // A component has no XEP-0198: pings on its stream confirm delivery.
                         let acks = AckedLink::new(
                             ctx,

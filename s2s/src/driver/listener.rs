@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use super::conn::Conn;
 use super::context::{Origin, S2sContext, Stanza, new_stream_id};
@@ -33,7 +34,20 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
                     let (ctx, pool, internal) = (ctx.clone(), pool.clone(), internal.clone());
-                    tokio::spawn(async move { handle(ctx, pool, tcp, peer, direct_tls_only, internal).await });
+                    // Every line of this stream carries who it is with: the fields are filled
+                    // in as they become known (stream id at the header, the pair at auth).
+                    let span = tracing::info_span!(
+                        "s2s_in",
+                        %peer,
+                        internal = internal.is_some(),
+                        stream = tracing::field::Empty,
+                        local = tracing::field::Empty,
+                        remote = tracing::field::Empty,
+                        auth = tracing::field::Empty,
+                    );
+                    tokio::spawn(
+                        handle(ctx, pool, tcp, peer, direct_tls_only, internal).instrument(span),
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -131,7 +145,9 @@ async fn run(
         internal,
         stream_management: s.stream_management,
     };
-    let mut machine = Inbound::new(settings, new_stream_id(), false);
+    let stream_id = new_stream_id();
+    tracing::Span::current().record("stream", stream_id.as_str());
+    let mut machine = Inbound::new(settings, stream_id, false);
     let mut peer = None;
     if first[0] == 0x16 || direct_tls_only {
         tokio::time::timeout(s.negotiation_timeout, conn.accept_tls(&ctx.server_tls))
@@ -215,6 +231,13 @@ async fn run(
                 } => {
                     if let Some(t) = not_after {
                         marks.peer_cert(&remote, t);
+                    }
+                    if marks.remotes.is_empty() {
+                        // The stream's first pair (more may be multiplexed on it later).
+                        let span = tracing::Span::current();
+                        span.record("local", local.as_str());
+                        span.record("remote", remote.as_str());
+                        span.record("auth", method.as_str());
                     }
                     ctx.metrics
                         .auth

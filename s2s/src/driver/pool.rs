@@ -183,7 +183,18 @@ impl Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let pool = self.clone();
         let (l, r, q) = (local.to_owned(), remote.to_owned(), queued.clone());
-        tokio::spawn(async move { pool.run_link(id, l, r, rx, q).await });
+        let span = tracing::info_span!(
+            "s2s_out",
+            local = %l,
+            remote = %r,
+            link = id,
+            target = tracing::field::Empty,
+            auth = tracing::field::Empty,
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { pool.run_link(id, l, r, rx, q).await },
+            span,
+        ));
         Link { id, tx, queued }
     }
 
@@ -265,6 +276,9 @@ impl Pool {
         m.streams.with_label_values(&["out", "established"]).inc();
         ctx.status.stream_opened(&remote, true);
         ctx.status.authenticated(&remote, &local, method.as_str());
+        let span = tracing::Span::current();
+        span.record("target", target.to_string());
+        span.record("auth", method.as_str());
         tracing::info!(%local, %remote, %target, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), sm = sm_offered, "outbound s2s established");
         conn.parser.set_limits(ctx.settings.limits);
         let label = m.domain_label(&remote);

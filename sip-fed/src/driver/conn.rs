@@ -120,7 +120,16 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             _ = shutdown.changed() => return,
         };
         let shared = shared.clone();
-        tokio::spawn(async move { inbound(shared, tcp, addr).await });
+        let span = tracing::info_span!(
+            "sip_conn",
+            direction = "in",
+            peer = %addr,
+            partner = tracing::field::Empty
+        );
+        tokio::spawn(tracing::Instrument::instrument(
+            async move { inbound(shared, tcp, addr).await },
+            span,
+        ));
     }
 }
 

@@ -458,7 +458,16 @@ impl Core {
             }
             _ => {
                 self.links.insert(key.clone(), Link::Connecting(vec![msg]));
-                tokio::spawn(conn::connect(self.shared.clone(), key.0, key.1));
+                let span = tracing::info_span!(
+                    "sip_conn",
+                    direction = "out",
+                    partner = %key.0,
+                    local = %key.1
+                );
+                tokio::spawn(tracing::Instrument::instrument(
+                    conn::connect(self.shared.clone(), key.0, key.1),
+                    span,
+                ));
             }
         }
     }
