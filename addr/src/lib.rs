@@ -313,9 +313,12 @@ pub fn canonical_localpart(s: &str) -> Result<Cow<'_, str>, JidError> {
             Cow::Borrowed(s)
         });
     }
-    let out = UsernameCaseMapped::enforce(s)
-        .map_err(|_| JidError::Precis(P, "UsernameCaseMapped"))?;
-    if let Some(c) = out.chars().find(|c| c.is_ascii() && LOCAL_FORBIDDEN.contains(&(*c as u8))) {
+    let out =
+        UsernameCaseMapped::enforce(s).map_err(|_| JidError::Precis(P, "UsernameCaseMapped"))?;
+    if let Some(c) = out
+        .chars()
+        .find(|c| c.is_ascii() && LOCAL_FORBIDDEN.contains(&(*c as u8)))
+    {
         return Err(JidError::Forbidden(P, c));
     }
     if out.len() > MAX_PART {

@@ -1,7 +1,9 @@
 use super::*;
 
 fn canon(s: &str) -> String {
-    canonical(s).unwrap_or_else(|e| panic!("{s:?}: {e}")).into_owned()
+    canonical(s)
+        .unwrap_or_else(|e| panic!("{s:?}: {e}"))
+        .into_owned()
 }
 
 #[test]
@@ -100,10 +102,16 @@ fn jid_parts_and_forms() {
     assert_eq!(j.resource(), Some("Desk/1@x"));
     assert_eq!(j.bare_str(), "alice@bücher.example");
     assert_eq!(j.to_bare().as_str(), "alice@bücher.example");
-    assert_eq!(j.to_bare().with_resource("r").unwrap().as_str(), "alice@bücher.example/r");
+    assert_eq!(
+        j.to_bare().with_resource("r").unwrap().as_str(),
+        "alice@bücher.example/r"
+    );
     assert_eq!(domain_of(j.as_str()), "bücher.example");
     let d = Jid::domain_jid("EXAMPLE.test.").unwrap();
-    assert_eq!((d.local(), d.domain(), d.resource()), (None, "example.test", None));
+    assert_eq!(
+        (d.local(), d.domain(), d.resource()),
+        (None, "example.test", None)
+    );
     assert_eq!(
         Jid::from_parts(Some("Bob"), "xn--bcher-kva.example", Some("x")).unwrap(),
         Jid::parse("bob@bücher.example/x").unwrap()
@@ -112,12 +120,24 @@ fn jid_parts_and_forms() {
 
 #[test]
 fn a_labels_for_dns_and_tls() {
-    assert_eq!(domain_to_ascii("bücher.example").unwrap(), "xn--bcher-kva.example");
-    assert_eq!(domain_to_ascii("Bücher.Example.").unwrap(), "xn--bcher-kva.example");
+    assert_eq!(
+        domain_to_ascii("bücher.example").unwrap(),
+        "xn--bcher-kva.example"
+    );
+    assert_eq!(
+        domain_to_ascii("Bücher.Example.").unwrap(),
+        "xn--bcher-kva.example"
+    );
     assert_eq!(domain_to_ascii("example.test").unwrap(), "example.test");
-    assert!(matches!(domain_to_ascii("example.test"), Ok(Cow::Borrowed(_))));
+    assert!(matches!(
+        domain_to_ascii("example.test"),
+        Ok(Cow::Borrowed(_))
+    ));
     assert_eq!(domain_to_ascii("EXAMPLE.test").unwrap(), "example.test");
     assert!(domain_to_ascii("a..b").is_err());
     // and back
-    assert_eq!(canonical_domain("xn--bcher-kva.example").unwrap(), "bücher.example");
+    assert_eq!(
+        canonical_domain("xn--bcher-kva.example").unwrap(),
+        "bücher.example"
+    );
 }

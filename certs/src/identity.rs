@@ -135,7 +135,12 @@ impl Identity {
 /// store: a TLS SNI in A-labels and a stream `to` in U-labels find the same identity.
 fn store_key(domain: &str) -> String {
     fedgate_jid::canonical_domain(domain).map_or_else(
-        |_| domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase(),
+        |_| {
+            domain
+                .strip_suffix('.')
+                .unwrap_or(domain)
+                .to_ascii_lowercase()
+        },
         std::borrow::Cow::into_owned,
     )
 }

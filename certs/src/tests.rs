@@ -76,7 +76,10 @@ fn internationalized_domains_match_in_a_label_form() {
         .unwrap_err();
     assert_eq!(f.kind, CertFailureKind::Name);
     let chain = p.leaf(&LeafSpec::dns(&["*.xn--bcher-kva.example"]));
-    let v = p.verifier.verify(&chain, "chat.bücher.example", true, now()).unwrap();
+    let v = p
+        .verifier
+        .verify(&chain, "chat.bücher.example", true, now())
+        .unwrap();
     assert_eq!(v.matched, NameMatch::WildcardDnsId);
 }
 

@@ -681,11 +681,11 @@ impl<'a> Parser<'a> {
                 Ok(j) => j,
                 Err(e) => {
                     let m = match e.part() {
-                        fedgate_jid::Part::Domain => check_domain(
-                            &domain.strip_suffix('.').unwrap_or(domain).to_lowercase(),
-                        )
-                        .err()
-                        .unwrap_or_else(|| format!("`{s}`: {e}")),
+                        fedgate_jid::Part::Domain => {
+                            check_domain(&domain.strip_suffix('.').unwrap_or(domain).to_lowercase())
+                                .err()
+                                .unwrap_or_else(|| format!("`{s}`: {e}"))
+                        }
                         _ => format!("`{s}`: {e}"),
                     };
                     self.err(&span, m);

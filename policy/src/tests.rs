@@ -1224,7 +1224,11 @@ fn malformed_remote_addresses_are_denied() {
     ] {
         let d = p.decide(&req(remote, Kind::Message, Inbound));
         assert!(!d.allow, "{remote}");
-        assert!(d.reason.contains("not a valid XMPP address"), "{}", d.reason);
+        assert!(
+            d.reason.contains("not a valid XMPP address"),
+            "{}",
+            d.reason
+        );
         assert!(!p.decide_fast(&req(remote, Kind::Message, Inbound)).allow);
     }
 }
@@ -1263,7 +1267,10 @@ allow_users = [\"ａｌｉｃｅ@trailing.test\", \"bob@xn--bcher-kva.example\"]
             "`bob@xn--bcher-kva.example` is not written in canonical form; read as `bob@bücher.example`",
         ),
     ] {
-        assert!(has(&d, at, needle), "expected `{at}` … `{needle}` in {d:#?}");
+        assert!(
+            has(&d, at, needle),
+            "expected `{at}` … `{needle}` in {d:#?}"
+        );
     }
     // Canonical patterns draw no such warning.
     assert!(

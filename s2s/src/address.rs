@@ -25,7 +25,11 @@ pub struct Malformed {
 
 impl std::fmt::Display for Malformed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the '{}' address is malformed: {}", self.attr, self.error)
+        write!(
+            f,
+            "the '{}' address is malformed: {}",
+            self.attr, self.error
+        )
     }
 }
 
@@ -35,7 +39,11 @@ impl std::fmt::Display for Malformed {
 pub fn canonicalize_stanza(el: &mut Element) -> Result<(), Malformed> {
     let mut first = None;
     for attr in ["from", "to"] {
-        let Some(a) = el.attrs.iter_mut().find(|a| a.ns.is_empty() && a.name == attr) else {
+        let Some(a) = el
+            .attrs
+            .iter_mut()
+            .find(|a| a.ns.is_empty() && a.name == attr)
+        else {
             continue;
         };
         match canonical(&a.value) {
@@ -68,7 +76,11 @@ mod tests {
             .with_attr("to", "a b@example.test");
         let e = canonicalize_stanza(&mut m).unwrap_err();
         assert_eq!(e.attr, "to");
-        assert_eq!(m.attr("from"), Some("alice@example.test"), "still rewritten");
+        assert_eq!(
+            m.attr("from"),
+            Some("alice@example.test"),
+            "still rewritten"
+        );
         assert_eq!(m.attr("to"), Some("a b@example.test"), "left as it came");
     }
 }

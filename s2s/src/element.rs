@@ -303,7 +303,10 @@ mod tests {
         assert_eq!(d("example.test/a@b").as_deref(), Some("example.test"));
         assert_eq!(d("example.test.").as_deref(), Some("example.test"));
         assert_eq!(d("a b@EXAMPLE.test").as_deref(), Some("example.test"));
-        assert_eq!(d("x@xn--bcher-kva.example").as_deref(), Some("bücher.example"));
+        assert_eq!(
+            d("x@xn--bcher-kva.example").as_deref(),
+            Some("bücher.example")
+        );
         assert_eq!(d("alice@"), None);
         assert_eq!(d("alice@a..b"), None);
         assert_eq!(d(""), None);

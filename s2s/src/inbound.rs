@@ -363,10 +363,9 @@ impl Inbound {
     fn on_header(&mut self, h: crate::xml::StreamHeader) {
         // Domains in canonical form (RFC 7622; U-labels): a name without one is not served
         // here (`to`) or refused below (`from`).
-        let local = h
-            .to
-            .as_deref()
-            .map(|d| jid_domain(d).map_or_else(|| d.to_ascii_lowercase(), Cow::into_owned));
+        let local =
+            h.to.as_deref()
+                .map(|d| jid_domain(d).map_or_else(|| d.to_ascii_lowercase(), Cow::into_owned));
         let version = StreamVersion::of(h.version.as_deref());
         // Answer with a header first so that a stream error is well-formed. It names only a
         // domain we serve: never claim to be a host we are not.
@@ -1118,9 +1117,18 @@ mod tests {
         // Malformed localpart, empty label, overlong resource: jid-malformed, the stream lives.
         let long = "x".repeat(1024);
         for (input, attr) in [
-            ("<message from='x@r.test' to='a b@a.test'/>".to_owned(), "to"),
-            ("<message from='x:y@r.test' to='bob@a.test'/>".to_owned(), "from"),
-            ("<message from='x@r.test' to='bob@a..test'/>".to_owned(), "to"),
+            (
+                "<message from='x@r.test' to='a b@a.test'/>".to_owned(),
+                "to",
+            ),
+            (
+                "<message from='x:y@r.test' to='bob@a.test'/>".to_owned(),
+                "from",
+            ),
+            (
+                "<message from='x@r.test' to='bob@a..test'/>".to_owned(),
+                "to",
+            ),
             (
                 format!("<message from='x@r.test/{long}' to='bob@a.test'/>"),
                 "from",

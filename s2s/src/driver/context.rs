@@ -771,7 +771,14 @@ impl S2sContext {
             .find(|d| self.hosted.contains(d.as_ref()))
             .map(|d| d.to_string());
         let reply = crate::wire::bounce(&st.el, etype, condition, text, by.as_deref());
-        self.bounce_reply(st, reply, reason, condition, text, from.as_deref().unwrap_or(""));
+        self.bounce_reply(
+            st,
+            reply,
+            reason,
+            condition,
+            text,
+            from.as_deref().unwrap_or(""),
+        );
     }
 
     /// Answer `st`, which has an address without canonical form (RFC 7622), with

@@ -15,8 +15,8 @@ use super::context::{Origin, S2sContext, Stanza, new_stream_id};
 use super::io::Io;
 use super::pool::Pool;
 use super::receipt::Receipts;
-use crate::inbound::{Action, Inbound, InboundSettings};
 use crate::element::jid_domain;
+use crate::inbound::{Action, Inbound, InboundSettings};
 use crate::wire::{Failure, FailureKind, StreamError, stanza_domains};
 
 /// Serve s2s connections on `listener` until shutdown. `direct_tls_only`: a dedicated
