@@ -166,6 +166,31 @@ mod tests {
     }
 
     #[test]
+    fn directory_users_are_read_in_canonical_form() {
+        // One user however it is written: case, fullwidth letters, A-label, trailing dot.
+        let text = "ａｌｉｃｅ@XN--BCHER-KVA.example. 2\nAlice@bücher.example 5\n";
+        let u = parse_user_file(text).unwrap();
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u["alice@bücher.example"], 5);
+        assert_eq!(
+            parse_user_file("a b@x.test\n"),
+            Err(SourceError::BadJid {
+                line: 1,
+                text: "a".into()
+            }),
+            "whitespace ends the JID"
+        );
+        assert!(matches!(
+            parse_user_file("☃@x.test\n"),
+            Err(SourceError::BadJid { line: 1, .. })
+        ));
+        assert_eq!(
+            crate::routing::bare_user("Alice@Bücher.example/desk").as_deref(),
+            Some("alice@bücher.example")
+        );
+    }
+
+    #[test]
     fn bad_lines_are_named() {
         assert_eq!(
             parse_user_file("a@x\nexample.test\n"),
