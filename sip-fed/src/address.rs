@@ -775,9 +775,20 @@ mod tests {
         // Non-canonical escapes are decoded.
         let j = sip_to_jid(&uri("sip:%61lice@x.test")).unwrap();
         assert_eq!(j.local.as_deref(), Some("alice"));
-        // Local part keeps its case.
+        // The localpart is canonical (RFC 7622, PRECIS UsernameCaseMapped): lower case, fullwidth
+        // letters mapped; the host's A-labels become U-labels, and go back as A-labels.
         let j = sip_to_jid(&uri("sip:Alice@x.test")).unwrap();
-        assert_eq!(j.local.as_deref(), Some("Alice"));
+        assert_eq!(j.local.as_deref(), Some("alice"));
+        let j = sip_to_jid(&uri("sip:%EF%BC%A1lice@XN--BCHER-KVA.example")).unwrap();
+        assert_eq!(j.to_string(), "alice@bücher.example");
+        assert_eq!(
+            jid_to_sip(&j).to_string(),
+            "sip:alice@xn--bcher-kva.example"
+        );
+        assert!(matches!(
+            sip_to_jid(&uri("sip:%E2%98%83@x.test")),
+            Err(AddressError::Unrepresentable(_))
+        ));
     }
 
     #[test]
@@ -871,12 +882,12 @@ mod tests {
     #[test]
     fn jid_parse() {
         let j = Jid::parse("Alice@Example.TEST/res/with/slash").unwrap();
-        assert_eq!(j.local.as_deref(), Some("Alice"));
+        assert_eq!(j.local.as_deref(), Some("alice"));
         assert_eq!(j.domain, "example.test");
         assert_eq!(j.resource.as_deref(), Some("res/with/slash"));
-        assert_eq!(j.bare().to_string(), "Alice@example.test");
+        assert_eq!(j.bare().to_string(), "alice@example.test");
         assert!(j.is_full() && !j.bare().is_full());
-        assert_eq!(j.to_string(), "Alice@example.test/res/with/slash");
+        assert_eq!(j.to_string(), "alice@example.test/res/with/slash");
         for bad in [
             "@x.test",
             "a@",
@@ -916,10 +927,15 @@ mod tests {
                 1 => Some(epid_resource("0123abcdEF")),
                 _ => Some(random_local(&mut rng)),
             };
+            // A JID as the gateway holds it: canonical (RFC 7622).
             let jid = Jid {
-                local: Some(local),
+                local: Some(
+                    fedgate_jid::canonical_localpart(&local)
+                        .unwrap()
+                        .into_owned(),
+                ),
                 domain: "example.test".into(),
-                resource: res,
+                resource: res.map(|r| fedgate_jid::canonical_resource(&r).unwrap().into_owned()),
             };
             let s = jid_to_sip(&jid).to_string();
             let back = sip_to_jid(&SipUri::parse(&s).unwrap()).unwrap();
@@ -943,7 +959,13 @@ mod tests {
             }
             let u = SipUri::parse(&s).unwrap();
             let jid = sip_to_jid(&u).unwrap();
-            assert_eq!(jid_to_sip(&jid).to_string(), s, "raw {raw:?}");
+            // Back to the same URI, but for the user's case: JID localparts are case-mapped.
+            let mut lower = format!("sip:{}@example.test", encode_sip_user(&raw.to_lowercase()));
+            if let Some(g) = &gr {
+                lower.push_str(";gr=");
+                lower.push_str(&encode_param_value(g));
+            }
+            assert_eq!(jid_to_sip(&jid).to_string(), lower, "raw {raw:?}");
             // A non-canonical spelling (every byte escaped, lower-case hex) gives the same JID.
             let all: String = raw.bytes().map(|b| format!("%{b:02x}")).collect();
             let u2 = SipUri::parse(&format!("sip:{all}@example.test")).unwrap();

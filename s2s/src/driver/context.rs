@@ -798,11 +798,7 @@ impl S2sContext {
             &text,
             Some(local),
         );
-        if !st
-            .el
-            .attr("to")
-            .is_some_and(|t| fedgate_jid::is_canonical(t))
-        {
+        if !st.el.attr("to").is_some_and(fedgate_jid::is_canonical) {
             reply.set_attr("from", local);
         }
         let sender = crate::wire::stanza_domains(&st.el)
