@@ -350,7 +350,10 @@ impl Config {
         })?;
         cfg.source = file.to_owned();
         for d in &mut cfg.domains {
-            d.name = d.name.trim_end_matches('.').to_ascii_lowercase();
+            // The canonical form every stanza's address is compared in (RFC 7622: U-labels).
+            d.name = fedgate_jid::canonical_domain(&d.name)
+                .map_err(|e| err(file, "domains.name", format!("{:?}: {e}", d.name)))?
+                .into_owned();
             for a in &mut d.aliases {
                 *a = a.trim_end_matches('.').to_ascii_lowercase();
             }

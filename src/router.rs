@@ -156,8 +156,11 @@ impl Router {
 
 impl StanzaSink for Router {
     fn route(&self, st: Stanza) {
+        // Canonical domains (RFC 7622): every link rewrote the stanza's addresses where it
+        // entered; the gateway's own error replies may echo a sender's malformed localpart, and
+        // go where its domain says.
         let (from, to) = match stanza_domains(&st.el) {
-            (Some(f), Some(t)) => (f.to_ascii_lowercase(), t.to_ascii_lowercase()),
+            (Some(f), Some(t)) => (f.into_owned(), t.into_owned()),
             _ => {
                 self.ctx
                     .metrics

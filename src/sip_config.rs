@@ -173,7 +173,10 @@ impl SipConfig {
             .partners
             .iter()
             .map(|p| {
-                let domain = p.domain.trim_end_matches('.').to_ascii_lowercase();
+                let domain = fedgate_jid::canonical_domain(&p.domain).map_or_else(
+                    |_| p.domain.trim_end_matches('.').to_ascii_lowercase(),
+                    std::borrow::Cow::into_owned,
+                );
                 (
                     domain,
                     Partner {

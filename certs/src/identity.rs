@@ -131,12 +131,18 @@ impl Identity {
     }
 }
 
-/// Lowercase without trailing dot: the key of the store.
+/// The canonical domain (RFC 7622: lower-case U-labels, no trailing dot), the key of the
+/// store: a TLS SNI in A-labels and a stream `to` in U-labels find the same identity.
 fn store_key(domain: &str) -> String {
-    domain
-        .strip_suffix('.')
-        .unwrap_or(domain)
-        .to_ascii_lowercase()
+    fedgate_jid::canonical_domain(domain).map_or_else(
+        |_| {
+            domain
+                .strip_suffix('.')
+                .unwrap_or(domain)
+                .to_ascii_lowercase()
+        },
+        std::borrow::Cow::into_owned,
+    )
 }
 
 /// The map behind the store: one immutable snapshot, swapped whole on change.

@@ -180,6 +180,13 @@ fn decode_other_name_string(value: &[u8], want_tag: u8) -> Option<String> {
     Some(s.to_owned())
 }
 
+/// The A-label form of a domain (lower case, no trailing dot); names IDNA refuses are only
+/// lower-cased (they then match nothing a CA would issue).
+fn a_label(name: &str) -> String {
+    fedgate_jid::domain_to_ascii(name)
+        .map_or_else(|_| normalize_dns(name), std::borrow::Cow::into_owned)
+}
+
 /// Lowercase (ASCII) and strip one trailing dot.
 fn normalize_dns(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
@@ -209,7 +216,9 @@ fn dns_id_matches(pattern: &str, domain: &str) -> Option<NameMatch> {
 /// Matches decoded SAN entries against a domain. Order of preference: exact DNS-ID, SRV-ID,
 /// XmppAddr, wildcard DNS-ID.
 pub(crate) fn match_entries(entries: &[SanEntry], domain: &str) -> Option<NameMatch> {
-    let domain = normalize_dns(domain);
+    // Certificates name domains in A-labels (RFC 9525 §6.3): an internationalized domain,
+    // which XMPP writes in U-labels, is compared in its A-label form.
+    let domain = a_label(domain);
     if !valid_reference_domain(&domain) {
         return None;
     }
@@ -230,9 +239,8 @@ pub(crate) fn match_entries(entries: &[SanEntry], domain: &str) -> Option<NameMa
                     .map(|_| NameMatch::SrvId)
             }
             SanEntry::XmppAddr(addr) => {
-                // Only a bare domain JID names a server.
-                let addr = addr.strip_suffix('.').unwrap_or(addr);
-                (!addr.contains(['@', '/']) && addr.to_lowercase() == domain.to_lowercase())
+                // Only a bare domain JID names a server; compared in A-label form too.
+                (!addr.contains(['@', '/']) && a_label(addr) == domain)
                     .then_some(NameMatch::XmppAddr)
             }
             SanEntry::Other(_) => None,

@@ -61,6 +61,29 @@ fn exact_dns_id() {
 }
 
 #[test]
+fn internationalized_domains_match_in_a_label_form() {
+    // Certificates carry A-labels; XMPP addresses (and so the domains fedgate checks) carry
+    // U-labels. Either form of the domain matches.
+    let p = pki();
+    let chain = p.leaf(&LeafSpec::dns(&["xn--bcher-kva.example"]));
+    for domain in ["bücher.example", "BÜCHER.example.", "xn--bcher-kva.example"] {
+        let v = p.verifier.verify(&chain, domain, true, now()).unwrap();
+        assert_eq!(v.matched, NameMatch::DnsId, "{domain}");
+    }
+    let f = p
+        .verifier
+        .verify(&chain, "bucher.example", true, now())
+        .unwrap_err();
+    assert_eq!(f.kind, CertFailureKind::Name);
+    let chain = p.leaf(&LeafSpec::dns(&["*.xn--bcher-kva.example"]));
+    let v = p
+        .verifier
+        .verify(&chain, "chat.bücher.example", true, now())
+        .unwrap();
+    assert_eq!(v.matched, NameMatch::WildcardDnsId);
+}
+
+#[test]
 fn wildcard_dns_id() {
     let p = pki();
     let chain = p.leaf(&LeafSpec::dns(&["*.a.test"]));

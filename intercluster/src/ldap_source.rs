@@ -464,9 +464,13 @@ fn jid_from_value(value: &str, domain: Option<&str>) -> Result<String, String> {
             if dom.contains('@') {
                 return Err("contains more than one '@'".into());
             }
-            let dom = dom.to_lowercase();
+            let canon = |d: &str| {
+                fedgate_jid::canonical_domain(d)
+                    .map_or_else(|_| d.to_lowercase(), std::borrow::Cow::into_owned)
+            };
+            let dom = canon(dom);
             if let Some(expected) = domain
-                && dom != expected
+                && dom != canon(expected)
             {
                 return Err(format!(
                     "domain {dom:?} is not the configured domain {expected:?}"
@@ -489,7 +493,10 @@ fn jid_from_value(value: &str, domain: Option<&str>) -> Result<String, String> {
         return Err(format!("localpart contains {c:?}, not allowed in a JID"));
     }
     check_domain(&dom)?;
-    Ok(format!("{}@{dom}", local.to_lowercase()))
+    // The canonical form (RFC 7622) the directory and every link compare.
+    fedgate_jid::Jid::from_parts(Some(local), &dom, None)
+        .map(fedgate_jid::Jid::into_string)
+        .map_err(|e| e.to_string())
 }
 
 /// A DNS-style domain part: dot-separated non-empty labels of letters, digits and '-'.

@@ -13,19 +13,16 @@ use crate::wire::{MAX_ROUTE_EXPANDED_BYTES, MAX_ROUTE_RECIPIENTS, Routed};
 /// a stanza for a user it no longer hosts forwards it once; a second miss bounces.
 pub const MAX_HOPS: u8 = 1;
 
-/// The lowercase bare JID of a `to`/`from` address, if it has a local part (borrowed when it
-/// is lowercase already: no allocation per stanza in the common case).
+/// The canonical bare JID (RFC 7622) of a `to`/`from` address, if it has a localpart
+/// (borrowed when it is canonical already, as every address is once a link took the stanza
+/// in: no allocation per stanza in the common case).
 pub fn bare_user(jid: &str) -> Option<Cow<'_, str>> {
-    let bare = jid.split('/').next().unwrap_or(jid);
-    let (local, domain) = bare.split_once('@')?;
-    if local.is_empty() || domain.is_empty() {
-        return None;
+    let bare = fedgate_jid::bare_of(jid);
+    fedgate_jid::local_of(bare)?;
+    match fedgate_jid::canonical(bare).ok()? {
+        Cow::Borrowed(b) => Some(Cow::Borrowed(b)),
+        Cow::Owned(o) => Some(Cow::Owned(o)),
     }
-    Some(if bare.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(bare.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(bare)
-    })
 }
 
 /// Where a stanza for a user goes.

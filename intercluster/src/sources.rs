@@ -26,17 +26,23 @@ pub enum SourceError {
     Trailing { line: usize, text: String },
 }
 
-/// Whether `s` looks like a bare JID: `local@domain`, no resource, no spaces.
+/// Whether `s` is a bare JID with a localpart (`local@domain`, no resource) that has a
+/// canonical form (RFC 7622).
 pub fn is_bare_jid(s: &str) -> bool {
-    match s.split_once('@') {
-        Some((l, d)) => {
-            !l.is_empty()
-                && !d.is_empty()
-                && !d.contains('@')
-                && !s.contains(['/', ' ', '\t', '<', '>', '\'', '"', '&'])
-        }
-        None => false,
-    }
+    canonical_user(s).is_some()
+}
+
+/// The canonical form (RFC 7622, see [`fedgate_jid`]) of a user's bare JID; `None` when `s`
+/// has no localpart, has a resource or is malformed. Directory keys are always in this form.
+pub fn canonical_user(s: &str) -> Option<String> {
+    let j = fedgate_jid::Jid::parse(s).ok()?;
+    (j.local().is_some() && j.is_bare()).then(|| j.into_string())
+}
+
+/// [`canonical_user`], or `s` lower-cased when it has no canonical form (it then matches no
+/// directory entry).
+pub fn user_key(s: &str) -> String {
+    canonical_user(s).unwrap_or_else(|| s.to_lowercase())
 }
 
 /// Parses a directory file.
@@ -49,13 +55,13 @@ pub fn parse_user_file(text: &str) -> Result<HashMap<String, u64>, SourceError> 
             continue;
         }
         let mut words = content.split_whitespace();
-        let jid = words.next().unwrap_or_default();
-        if !is_bare_jid(jid) {
+        let raw = words.next().unwrap_or_default();
+        let Some(jid) = canonical_user(raw) else {
             return Err(SourceError::BadJid {
                 line,
-                text: jid.to_owned(),
+                text: raw.to_owned(),
             });
-        }
+        };
         let epoch = match words.next() {
             None => DEFAULT_EPOCH,
             Some(w) => match w.parse::<u64>() {
@@ -74,7 +80,7 @@ pub fn parse_user_file(text: &str) -> Result<HashMap<String, u64>, SourceError> 
                 text: extra.to_owned(),
             });
         }
-        let e = out.entry(jid.to_ascii_lowercase()).or_insert(epoch);
+        let e = out.entry(jid).or_insert(epoch);
         *e = (*e).max(epoch);
     }
     Ok(out)
@@ -114,14 +120,14 @@ impl Sources {
         self.by_source
             .entry(source.to_owned())
             .or_default()
-            .insert(user.to_ascii_lowercase(), epoch);
+            .insert(user_key(user), epoch);
     }
 
     /// Removes one user of `source`; whether it was there.
     pub fn remove(&mut self, source: &str, user: &str) -> bool {
         self.by_source
             .get_mut(source)
-            .is_some_and(|m| m.remove(&user.to_ascii_lowercase()).is_some())
+            .is_some_and(|m| m.remove(&user_key(user)).is_some())
     }
 
     /// The union, highest epoch per user.
@@ -157,6 +163,31 @@ mod tests {
         assert_eq!(u["alice@example.test"], 2);
         assert_eq!(u["bob@example.test"], 3);
         assert_eq!(u["carol@example.test"], 2);
+    }
+
+    #[test]
+    fn directory_users_are_read_in_canonical_form() {
+        // One user however it is written: case, fullwidth letters, A-label, trailing dot.
+        let text = "ａｌｉｃｅ@XN--BCHER-KVA.example. 2\nAlice@bücher.example 5\n";
+        let u = parse_user_file(text).unwrap();
+        assert_eq!(u.len(), 1, "{u:?}");
+        assert_eq!(u["alice@bücher.example"], 5);
+        assert_eq!(
+            parse_user_file("a b@x.test\n"),
+            Err(SourceError::BadJid {
+                line: 1,
+                text: "a".into()
+            }),
+            "whitespace ends the JID"
+        );
+        assert!(matches!(
+            parse_user_file("☃@x.test\n"),
+            Err(SourceError::BadJid { line: 1, .. })
+        ));
+        assert_eq!(
+            crate::routing::bare_user("Alice@Bücher.example/desk").as_deref(),
+            Some("alice@bücher.example")
+        );
     }
 
     #[test]

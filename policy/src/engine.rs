@@ -4,7 +4,9 @@
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 
-use crate::text::{lower, split_jid};
+use fedgate_jid::canonical;
+
+use crate::text::split_jid;
 use crate::{
     ALL_KINDS, DIR_IN, Decision, Direction, DomainSettings, Entry, Kind, Policy, RULE_KINDS,
     Request,
@@ -57,12 +59,14 @@ impl Hasher for FastHasher {
 pub(crate) enum Level {
     None,
     Exact,
-    /// Wildcard whose suffix starts at this byte offset of the (lowercased) domain.
+    /// Wildcard whose suffix starts at this byte offset of the (canonical) domain.
     Wild(usize),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Why {
+    /// The remote address has no canonical form (RFC 7622): it cannot be matched safely.
+    Malformed,
     UserDeny,
     UserAllow,
     DenyKind,
@@ -153,12 +157,24 @@ impl<'p> Iterator for Levels<'p, '_> {
 }
 
 impl Policy {
+    /// Rules match canonical addresses (RFC 7622). The gateway hands in canonical addresses
+    /// (it rewrites them where a stanza enters); any other caller's are brought into that form
+    /// here (no allocation when already canonical), and an address without one is denied: a
+    /// rule can never be sidestepped by writing an address another way.
     pub(crate) fn walk(&self, req: &Request<'_>, mut trace: Option<&mut Trace>) -> Outcome {
-        let (bare, domain) = split_jid(req.remote);
-        let domain = lower(domain);
+        let Ok(remote) = canonical(req.remote) else {
+            return Outcome {
+                allow: false,
+                rule: None,
+                why: Why::Malformed,
+                level: Level::None,
+                via_group: None,
+            };
+        };
+        let (bare, domain) = split_jid(&remote);
         let dir = req.direction.bit();
         let user = if req.kind == Kind::Stream { None } else { bare };
-        for (entries, level) in Levels::new(self, &domain) {
+        for (entries, level) in Levels::new(self, domain) {
             if let Some(o) = self.eval(entries, dir, req.kind, user, level, trace.as_deref_mut()) {
                 return o;
             }
@@ -191,15 +207,14 @@ impl Policy {
         if let Some(u) = user
             && entries.iter().any(|e| e.has_users && e.dir & dir != 0)
         {
-            let u = lower(u);
             let with_users = || entries.iter().filter(|e| e.has_users && e.dir & dir != 0);
             for e in with_users() {
-                if self.rules[e.rule as usize].deny_users.contains(&*u) {
+                if self.rules[e.rule as usize].deny_users.contains(u) {
                     return Some(mk(e, false, Why::UserDeny));
                 }
             }
             for e in with_users() {
-                if self.rules[e.rule as usize].allow_users.contains(&*u) {
+                if self.rules[e.rule as usize].allow_users.contains(u) {
                     return Some(mk(e, true, Why::UserAllow));
                 }
             }
@@ -250,10 +265,22 @@ fn kinds_list(mask: u8) -> String {
 }
 
 pub(crate) fn explain(p: &Policy, req: &Request<'_>) -> Decision {
+    let remote = match canonical(req.remote) {
+        Ok(r) => r,
+        Err(e) => {
+            return Decision {
+                allow: false,
+                rule: None,
+                reason: format!(
+                    "`{}` is not a valid XMPP address ({e}); denied before any rule",
+                    req.remote
+                ),
+            };
+        }
+    };
     let mut trace = Trace::default();
     let o = p.walk(req, Some(&mut trace));
-    let (bare, domain) = split_jid(req.remote);
-    let domain = lower(domain).into_owned();
+    let (bare, domain) = split_jid(&remote);
     let prep = match req.direction {
         Direction::Inbound => "from",
         Direction::Outbound => "to",
@@ -277,7 +304,7 @@ pub(crate) fn explain(p: &Policy, req: &Request<'_>) -> Decision {
     let head = rule.map(|r| format!("rule {} (line {})", r.rref.id, r.rref.line));
     let verb = if o.allow { "allows" } else { "denies" };
     let mut reason = match (o.why, rule, head) {
-        (Why::Default, _, _) | (_, None, _) | (_, _, None) => {
+        (Why::Default | Why::Malformed, _, _) | (_, None, _) | (_, _, None) => {
             let src = if p.default_line == 0 {
                 "no policy file".to_string()
             } else {
@@ -295,7 +322,7 @@ pub(crate) fn explain(p: &Policy, req: &Request<'_>) -> Decision {
             } else {
                 "allow_users"
             };
-            let user = lower(bare.unwrap_or(&domain)).into_owned();
+            let user = bare.unwrap_or(domain);
             format!("{head} {verb} {what} {prep} {user}: listed in its {list} ({how})")
         }
         (Why::DenyKind, Some(r), Some(head)) => {
@@ -359,13 +386,15 @@ fn append_passed_over(p: &Policy, dir: Direction, trace: &Trace, reason: &mut St
 }
 
 pub(crate) fn domain_settings(p: &Policy, remote: &str, direction: Direction) -> DomainSettings {
-    let (_, domain) = split_jid(remote);
-    let domain = lower(domain);
+    let Ok(remote) = canonical(remote) else {
+        return DomainSettings::default();
+    };
+    let (_, domain) = split_jid(&remote);
     let dir = direction.bit();
     let mut out = DomainSettings::default();
     let mut pins_set = false;
     let mut ids: Vec<u32> = Vec::new();
-    for (entries, _) in Levels::new(p, &domain) {
+    for (entries, _) in Levels::new(p, domain) {
         ids.clear();
         ids.extend(entries.iter().filter(|e| e.dir & dir != 0).map(|e| e.rule));
         ids.sort_unstable();

@@ -145,7 +145,8 @@ impl fmt::Display for Kind {
 }
 
 /// One question to the policy. `remote` is the remote JID (`user@domain/resource`, bare JID or
-/// plain domain); `local` the local JID (used in explanations only).
+/// plain domain); `local` the local JID (used in explanations only). Addresses are matched in
+/// their RFC 7622 canonical form (see [`fedgate_jid`]); a remote address without one is denied.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub remote: &'a str,
@@ -355,8 +356,9 @@ impl Policy {
         self.explain(req)
     }
 
-    /// The hot path: hash lookups per domain label, no allocation (unless the remote domain
-    /// has uppercase letters and must be lowercased).
+    /// The hot path: hash lookups per domain label, no allocation (unless the remote address
+    /// is not in canonical form and must be brought into it; the gateway hands in canonical
+    /// addresses).
     pub fn decide_fast(&self, req: &Request<'_>) -> FastDecision {
         let o = self.walk(req, None);
         FastDecision {

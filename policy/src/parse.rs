@@ -44,7 +44,7 @@ const KIND_NAMES: &[&str] = &[
     "groupchat-invite",
 ];
 
-/// A domain pattern, normalized (lowercase).
+/// A domain pattern in canonical form (RFC 7622 domainpart: U-labels, lower case).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Pat {
     Exact(String),
@@ -346,18 +346,20 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// A domain pattern (not a group reference).
+    /// A domain pattern (not a group reference), in canonical form (RFC 7622: U-labels, lower
+    /// case, no trailing dot), with a warning where it was written another way.
     fn pattern(&mut self, raw: &str, span: &Span) -> Option<Pat> {
-        let s = text::lower(raw);
-        if s != raw {
-            self.warn(
-                span,
-                format!(
-                    "`{raw}` has uppercase letters; domains are case-insensitive, read as `{s}`"
-                ),
-            );
+        let pat = self.pattern_inner(raw, span)?;
+        let shown = pat.display();
+        if shown != raw {
+            self.warn(span, non_canonical(raw, &shown));
         }
-        let s = s.as_ref();
+        Some(pat)
+    }
+
+    fn pattern_inner(&mut self, raw: &str, span: &Span) -> Option<Pat> {
+        let lowered = raw.to_lowercase();
+        let s = lowered.as_str();
         if s.trim() != s || s.contains(char::is_whitespace) {
             self.err(span, format!("`{raw}` contains whitespace"));
             return None;
@@ -388,11 +390,8 @@ impl<'a> Parser<'a> {
                 self.err(span, m);
                 return None;
             }
-            let suffix = &rest[1..];
-            if let Err(m) = check_domain(suffix) {
-                self.err(span, m);
-                return None;
-            }
+            // `raw` starts with `*.` as `s` does (lower-casing keeps ASCII punctuation).
+            let suffix = self.domain(&raw[2..], span)?;
             if !suffix.contains('.') {
                 self.warn(
                     span,
@@ -410,11 +409,27 @@ impl<'a> Parser<'a> {
             );
             return None;
         }
-        if let Err(m) = check_domain(s) {
-            self.err(span, m);
-            return None;
+        self.domain(raw, span).map(Pat::Exact)
+    }
+
+    /// A domain name in canonical form; an error with the reason if it has none.
+    fn domain(&mut self, d: &str, span: &Span) -> Option<String> {
+        match fedgate_jid::canonical_domain(d) {
+            Ok(c) if !c.starts_with('[') => Some(c.into_owned()),
+            Ok(_) => {
+                self.err(span, format!("`{d}` is an IP address, not a domain name"));
+                None
+            }
+            Err(e) => {
+                // The ASCII checks name the mistake more precisely where they find one.
+                let lowered = d.to_lowercase();
+                let m = check_domain(lowered.strip_suffix('.').unwrap_or(&lowered))
+                    .err()
+                    .unwrap_or_else(|| format!("`{d}`: {e}"));
+                self.err(span, m);
+                None
+            }
         }
-        Some(Pat::Exact(s.to_string()))
     }
 
     fn groups(&mut self, v: &Sv<'_>, groups: &mut Vec<GroupDef>) {
@@ -641,8 +656,7 @@ impl<'a> Parser<'a> {
         };
         let mut out = Vec::new();
         for (s, span) in items {
-            let u = s.to_lowercase();
-            let Some((node, domain)) = u.split_once('@') else {
+            let Some((node, domain)) = s.split_once('@') else {
                 self.err(
                     &span,
                     format!("`{s}` is not a bare JID (expected user@domain)"),
@@ -663,9 +677,25 @@ impl<'a> Parser<'a> {
                 );
                 continue;
             }
-            if let Err(m) = check_domain(domain) {
-                self.err(&span, m);
-                continue;
+            let jid = match fedgate_jid::Jid::parse(s) {
+                Ok(j) => j,
+                Err(e) => {
+                    let m = match e.part() {
+                        fedgate_jid::Part::Domain => {
+                            check_domain(&domain.strip_suffix('.').unwrap_or(domain).to_lowercase())
+                                .err()
+                                .unwrap_or_else(|| format!("`{s}`: {e}"))
+                        }
+                        _ => format!("`{s}`: {e}"),
+                    };
+                    self.err(&span, m);
+                    continue;
+                }
+            };
+            let u = jid.as_str().to_owned();
+            let domain = jid.domain();
+            if u != s {
+                self.warn(&span, non_canonical(s, &u));
             }
             if !pats.is_empty() && !pats.iter().any(|p| p.pat.matches(domain)) {
                 self.warn(
@@ -924,6 +954,14 @@ impl<'a> Parser<'a> {
             self.warn(&span, msg);
         }
     }
+}
+
+/// The warning for a pattern or user written in another form than the canonical one.
+fn non_canonical(raw: &str, canonical: &str) -> String {
+    format!(
+        "`{raw}` is not written in canonical form; read as `{canonical}` (RFC 7622: domains in \
+         lower-case U-labels without a trailing dot, localparts by PRECIS UsernameCaseMapped)"
+    )
 }
 
 fn valid_id(s: &str) -> bool {

@@ -225,7 +225,6 @@ fn wildcard_mistakes_are_errors_at_the_pattern() {
 fn invalid_domain_names_are_errors() {
     for (pat, needle) in [
         ("x..test", "empty label"),
-        ("x.test.", "trailing dot"),
         (".x.test", "leading dot"),
         ("-x.test", "may not start or end with `-`"),
         ("x_y.test", "character `_` is not allowed"),
@@ -248,8 +247,10 @@ fn tld_wildcard_and_uppercase_are_warnings() {
 
     let (p, w) = Policy::parse(&one_domain("Partner.TEST"), "p.toml").unwrap();
     assert!(
-        w[0].to_string()
-            .starts_with("p.toml:4:23: warning: `Partner.TEST` has uppercase letters")
+        w[0].to_string().starts_with(
+            "p.toml:4:23: warning: `Partner.TEST` is not written in canonical form; read as `partner.test`"
+        ),
+        "{w:?}"
     );
     assert!(
         p.decide(&req("bob@partner.test", Kind::Message, Inbound))
@@ -1124,4 +1125,161 @@ fn trust_anchors_per_rule_resolve_against_the_policy_file() {
         "{msg}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// Issue 13, item 1: addresses are compared in their RFC 7622 canonical form, whichever form a
+// rule or a stanza used.
+
+#[test]
+fn a_domain_rule_matches_both_idna_forms() {
+    let deny = |pat: &str| {
+        pol(&format!(
+            "default = \"allow\"\n[[rule]]\nid = \"idn\"\ndomains = [\"{pat}\"]\naction = \"deny\"\n"
+        ))
+    };
+    // Written as an A-label: stanzas in U-labels (and A-labels) are denied.
+    for p in [
+        deny("xn--bcher-kva.example"),
+        deny("bücher.example"),
+        deny("BÜCHER.example"),
+    ] {
+        for remote in [
+            "bob@bücher.example",
+            "bob@xn--bcher-kva.example",
+            "bob@XN--BCHER-KVA.example./phone",
+            "bücher.example",
+        ] {
+            assert_eq!(
+                rule_of(&p, remote, Kind::Message, Inbound),
+                (false, "idn".into()),
+                "{remote}"
+            );
+        }
+        assert!(
+            p.decide(&req("bucher.example", Kind::Message, Inbound))
+                .allow,
+            "another domain"
+        );
+    }
+    // Wildcards too, both ways.
+    for pat in ["*.xn--bcher-kva.example", "*.bücher.example"] {
+        let p = deny(pat);
+        for remote in ["a@chat.bücher.example", "a@chat.xn--bcher-kva.example"] {
+            assert_eq!(
+                rule_of(&p, remote, Kind::Message, Outbound),
+                (false, "idn".into()),
+                "{pat} {remote}"
+            );
+        }
+    }
+}
+
+#[test]
+fn deny_users_match_equivalent_addresses() {
+    let text = "default = \"deny\"
+[[rule]]
+id = \"partner\"
+domains = [\"partner.test\"]
+action = \"allow\"
+deny_users = [\"mallory@partner.test\", \"Ｅｖｅ@Partner.test.\"]
+";
+    let p = pol(text);
+    for remote in [
+        "mallory@partner.test",
+        "MALLORY@partner.test",
+        "Mallory@partner.test/desk",
+        "ｍａｌｌｏｒｙ@partner.test",
+        "ＭＡＬＬＯＲＹ@partner.test",
+        "mallory@partner.test.",
+        "mallory@PARTNER.TEST./desk",
+        "eve@partner.test",
+        "EVE@partner.test.",
+    ] {
+        assert_eq!(
+            rule_of(&p, remote, Kind::Message, Inbound),
+            (false, "partner".into()),
+            "{remote}"
+        );
+        assert!(
+            p.explain(&req(remote, Kind::Message, Inbound))
+                .reason
+                .contains("listed in its deny_users"),
+            "{remote}"
+        );
+    }
+    assert_eq!(
+        rule_of(&p, "bob@partner.test", Kind::Message, Inbound),
+        (true, "partner".into())
+    );
+}
+
+#[test]
+fn malformed_remote_addresses_are_denied() {
+    let p = pol(&one_domain("partner.test"));
+    for remote in [
+        "a b@partner.test",
+        "☃@partner.test",
+        "bob@partner..test",
+        "bob@partner.test/",
+    ] {
+        let d = p.decide(&req(remote, Kind::Message, Inbound));
+        assert!(!d.allow, "{remote}");
+        assert!(
+            d.reason.contains("not a valid XMPP address"),
+            "{}",
+            d.reason
+        );
+        assert!(!p.decide_fast(&req(remote, Kind::Message, Inbound)).allow);
+    }
+}
+
+#[test]
+fn check_warns_at_non_canonical_patterns() {
+    let text = "default = \"deny\"
+[groups]
+idn = [\"xn--bcher-kva.example\", \"ok.test\"]
+[[rule]]
+id = \"a\"
+domains = [\"@idn\", \"*.Straße.example\", \"trailing.test.\"]
+action = \"allow\"
+allow_users = [\"ａｌｉｃｅ@trailing.test\", \"bob@xn--bcher-kva.example\"]
+";
+    let d = diags(text);
+    for (at, needle) in [
+        (
+            "3:8: warning",
+            "`xn--bcher-kva.example` is not written in canonical form; read as `bücher.example`",
+        ),
+        (
+            "6:20: warning",
+            "`*.Straße.example` is not written in canonical form; read as `*.straße.example`",
+        ),
+        (
+            "6:40: warning",
+            "`trailing.test.` is not written in canonical form; read as `trailing.test`",
+        ),
+        (
+            "8:16: warning",
+            "`ａｌｉｃｅ@trailing.test` is not written in canonical form; read as `alice@trailing.test`",
+        ),
+        (
+            "8:39: warning",
+            "`bob@xn--bcher-kva.example` is not written in canonical form; read as `bob@bücher.example`",
+        ),
+    ] {
+        assert!(
+            has(&d, at, needle),
+            "expected `{at}` … `{needle}` in {d:#?}"
+        );
+    }
+    // Canonical patterns draw no such warning.
+    assert!(
+        !diags(&one_domain("bücher.example"))
+            .iter()
+            .any(|d| d.contains("canonical")),
+    );
+    // Invalid ones are errors, with the reason.
+    assert_diag(&one_domain("xn--zz.test"), "4:23: error", "IDNA2008");
+    let bad_user = "default = \"deny\"\n[[rule]]\nid = \"a\"\ndomains = [\"x.test\"]\naction = \"allow\"\ndeny_users = [\"a b@x.test\"]\n";
+    assert_diag(bad_user, "6:15: error", "localpart");
 }

@@ -1,6 +1,5 @@
 //! Small text helpers: positions, hashing, domain and JID syntax, suggestions.
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::{Diagnostic, Severity};
@@ -100,28 +99,12 @@ pub(crate) fn check_domain(d: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Lowercase only when needed.
-pub(crate) fn lower(s: &str) -> Cow<'_, str> {
-    if s.chars().any(char::is_uppercase) {
-        Cow::Owned(s.to_lowercase())
-    } else {
-        Cow::Borrowed(s)
-    }
-}
-
-/// Splits a JID into (bare JID if it has a node, domain). The resource is dropped; a trailing
-/// dot of the domain is dropped.
+/// Splits a canonical JID into (bare JID if it has a localpart, domainpart). The resource is
+/// dropped.
 pub(crate) fn split_jid(jid: &str) -> (Option<&str>, &str) {
-    let bare = match jid.find('/') {
-        Some(i) => &jid[..i],
-        None => jid,
-    };
-    let (node, domain) = match bare.rfind('@') {
-        Some(i) => (true, &bare[i + 1..]),
-        None => (false, bare),
-    };
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    (node.then_some(bare), domain)
+    let bare = fedgate_jid::bare_of(jid);
+    let node = fedgate_jid::local_of(jid).is_some();
+    (node.then_some(bare), fedgate_jid::domain_of(jid))
 }
 
 /// Levenshtein distance, for "did you mean" suggestions.

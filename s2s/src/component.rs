@@ -18,7 +18,16 @@ pub enum Action {
     /// The component for `domain` gave the right secret: register it, then send
     /// `<handshake/>` (or refuse with `conflict`).
     Authenticated(String),
+    /// A stanza from the component; its addresses are canonical.
     Stanza(Element, usize),
+    /// A stanza with an address that has no canonical form: answer it with `jid-malformed`
+    /// (from `local`, the component's domain, where its own `to` is the malformed address).
+    Malformed {
+        el: Element,
+        size: usize,
+        local: String,
+        why: String,
+    },
     Close(StreamError),
     PeerClosed,
 }
@@ -104,7 +113,10 @@ impl ComponentStream {
         }
         match ev {
             StreamEvent::Open(h) => {
-                let to = h.to.as_deref().map(str::to_ascii_lowercase);
+                let to = h.to.as_deref().map(|d| {
+                    crate::element::jid_domain(d)
+                        .map_or_else(|| d.to_ascii_lowercase(), std::borrow::Cow::into_owned)
+                });
                 // Never claim to be a domain that is not configured here.
                 let known = to.as_deref().filter(|d| self.secrets.contains_key(*d));
                 let header = self.header(known);
@@ -170,16 +182,30 @@ impl ComponentStream {
                 format!("unexpected <{}/>", el.name),
             ));
         }
-        match stanza_domains(&el) {
-            (Some(from), Some(_)) => {
-                let from = from.to_ascii_lowercase();
+        let mut el = el;
+        let malformed = crate::address::canonicalize_stanza(&mut el).err();
+        let (from, to) = stanza_domains(&el);
+        let (from, to) = (
+            from.map(std::borrow::Cow::into_owned),
+            to.is_some() || el.attr("to").is_some(),
+        );
+        match (from, to) {
+            (Some(from), true) => {
                 if from != domain && !from.ends_with(&format!(".{domain}")) {
                     return self.close(StreamError::new(
                         "invalid-from",
                         format!("the component for {domain} may not send as {from}"),
                     ));
                 }
-                self.out.push(Action::Stanza(el, size));
+                self.out.push(match malformed {
+                    None => Action::Stanza(el, size),
+                    Some(why) => Action::Malformed {
+                        el,
+                        size,
+                        local: domain,
+                        why: why.to_string(),
+                    },
+                });
             }
             _ => self.close(StreamError::new(
                 "improper-addressing",

@@ -258,17 +258,12 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// The domain part of a JID (`user@domain/resource` → `domain`), lower-cased is left to the
-/// caller; `None` for an empty or malformed domain.
-pub fn jid_domain(jid: &str) -> Option<&str> {
-    let no_res = jid.split_once('/').map_or(jid, |(d, _)| d);
-    let domain = no_res.rsplit_once('@').map_or(no_res, |(_, d)| d);
-    let domain = domain.strip_suffix('.').unwrap_or(domain);
-    if domain.is_empty() || domain.len() > 1023 || domain.contains(['@', ' ', '<', '>']) {
-        None
-    } else {
-        Some(domain)
-    }
+/// The domainpart of a JID (`user@domain/resource` → `domain`) in canonical form (RFC 7622:
+/// lower-case U-labels, no trailing dot; borrowed when it already is); `None` when it has none.
+/// The localpart and resource are not looked at: this names where a stanza goes, also for an
+/// error reply to a sender whose own localpart is malformed.
+pub fn jid_domain(jid: &str) -> Option<std::borrow::Cow<'_, str>> {
+    fedgate_jid::canonical_domain(fedgate_jid::domain_of(jid)).ok()
 }
 
 #[cfg(test)]
@@ -302,11 +297,18 @@ mod tests {
 
     #[test]
     fn jid_domains() {
-        assert_eq!(jid_domain("alice@example.test/res"), Some("example.test"));
-        assert_eq!(jid_domain("example.test"), Some("example.test"));
-        assert_eq!(jid_domain("example.test/a@b"), Some("example.test"));
-        assert_eq!(jid_domain("example.test."), Some("example.test"));
-        assert_eq!(jid_domain("alice@"), None);
-        assert_eq!(jid_domain(""), None);
+        let d = |j| jid_domain(j).map(std::borrow::Cow::into_owned);
+        assert_eq!(d("alice@example.test/res").as_deref(), Some("example.test"));
+        assert_eq!(d("example.test").as_deref(), Some("example.test"));
+        assert_eq!(d("example.test/a@b").as_deref(), Some("example.test"));
+        assert_eq!(d("example.test.").as_deref(), Some("example.test"));
+        assert_eq!(d("a b@EXAMPLE.test").as_deref(), Some("example.test"));
+        assert_eq!(
+            d("x@xn--bcher-kva.example").as_deref(),
+            Some("bücher.example")
+        );
+        assert_eq!(d("alice@"), None);
+        assert_eq!(d("alice@a..b"), None);
+        assert_eq!(d(""), None);
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! The driver feeds parsed [`StreamEvent`]s and I/O results in and carries out the [`Action`]s.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -149,8 +150,16 @@ pub enum Action {
         /// The protocol that authenticated the pair: "sasl-external" or "dialback".
         mechanism: &'static str,
     },
-    /// A stanza from an authorized pair, to hand to the router.
+    /// A stanza from an authorized pair, to hand to the router; its addresses are canonical.
     Stanza(Element, usize),
+    /// A stanza with an address that has no canonical form, from a domain authorized on this
+    /// stream: answer it with `jid-malformed` from `local` (a hosted domain of the pair).
+    Malformed {
+        el: Element,
+        size: usize,
+        local: String,
+        why: String,
+    },
     /// The peer enabled XEP-0198 (`<enabled/>` was queued): count the stanzas from here on.
     SmEnabled,
     /// The peer asked for an acknowledgement (`<r/>`): answer with `<a h='…'/>` once what it
@@ -352,7 +361,11 @@ impl Inbound {
     }
 
     fn on_header(&mut self, h: crate::xml::StreamHeader) {
-        let local = h.to.as_deref().map(str::to_ascii_lowercase);
+        // Domains in canonical form (RFC 7622; U-labels): a name without one is not served
+        // here (`to`) or refused below (`from`).
+        let local =
+            h.to.as_deref()
+                .map(|d| jid_domain(d).map_or_else(|| d.to_ascii_lowercase(), Cow::into_owned));
         let version = StreamVersion::of(h.version.as_deref());
         // Answer with a header first so that a stream error is well-formed. It names only a
         // domain we serve: never claim to be a host we are not.
@@ -400,7 +413,16 @@ impl Inbound {
             ));
         }
         self.local = local;
-        self.peer = h.from.as_deref().map(str::to_ascii_lowercase);
+        self.peer = match h.from.as_deref().map(|d| (d, jid_domain(d))) {
+            None => None,
+            Some((_, Some(d))) if !d.contains(['@', '/']) => Some(d.into_owned()),
+            Some((raw, _)) => {
+                return self.close(StreamError::new(
+                    "invalid-from",
+                    format!("'{raw}' is not a domain name (RFC 7622)"),
+                ));
+            }
+        };
         self.floor = self.settings.floor_for(self.peer.as_deref());
         if let Some(peer) = &self.peer
             && let Err(why) = self.settings.peer_allowed(peer)
@@ -519,9 +541,34 @@ impl Inbound {
                 "stanza before authentication",
             ));
         }
-        match stanza_domains(&el) {
-            (Some(from), Some(to)) => {
-                let pair = (to.to_ascii_lowercase(), from.to_ascii_lowercase());
+        let mut el = el;
+        let malformed = crate::address::canonicalize_stanza(&mut el).err();
+        let (from, to) = stanza_domains(&el);
+        let (from, to) = (from.map(Cow::into_owned), to.map(Cow::into_owned));
+        match ((from, to), malformed) {
+            ((Some(from), _), Some(why)) if el.attr("to").is_some() => {
+                // Answered with jid-malformed (from the local domain of a pair the sender's
+                // domain is authorized for), if the stream may speak for that domain.
+                let Some(local) = self
+                    .authorized
+                    .iter()
+                    .find(|(_, r)| *r == from)
+                    .map(|(l, _)| l.clone())
+                else {
+                    return self.close(StreamError::new(
+                        "invalid-from",
+                        format!("{from} is not authenticated on this stream"),
+                    ));
+                };
+                self.out.push(Action::Malformed {
+                    el,
+                    size,
+                    local,
+                    why: why.to_string(),
+                });
+            }
+            ((Some(from), Some(to)), None) => {
+                let pair = (to, from);
                 if !self.authorized.contains(&pair) {
                     if !self.authorized.iter().any(|(_, r)| *r == pair.1) {
                         return self.close(StreamError::new(
@@ -602,7 +649,7 @@ impl Inbound {
         };
         let Some(domain) = authzid
             .or_else(|| self.peer.clone())
-            .map(|d| d.to_ascii_lowercase())
+            .map(|d| jid_domain(&d).map_or_else(|| d.to_ascii_lowercase(), Cow::into_owned))
         else {
             return fail(
                 self,
@@ -684,7 +731,7 @@ impl Inbound {
                 "db:result needs from and to",
             ));
         };
-        let (remote, local) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let (remote, local) = (from.into_owned(), to.into_owned());
         let reply_error = |this: &mut Self, etype: &str, cond: &str| {
             this.send(
                 format!(
@@ -785,7 +832,7 @@ impl Inbound {
                 "db:verify needs from, to and id",
             ));
         };
-        let (receiving, originating) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let (receiving, originating) = (from.into_owned(), to.into_owned());
         let ty = if !self.settings.issues_keys_for(&originating) {
             "invalid"
         } else if self
@@ -1035,6 +1082,69 @@ mod tests {
         assert!(matches!(&acts[..], [Action::Stanza(..)]));
         // s.test not yet verified: spoofing it is a stream error.
         let acts = feed(&mut m, &mut p, "<message from='x@s.test' to='y@b.test'/>");
+        assert!(
+            matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"),
+            "{acts:?}"
+        );
+    }
+
+    /// Issue 13, item 1: addresses are rewritten into canonical form where the stanza enters,
+    /// so the pair check and everything after see one form; malformed ones are answered.
+    #[test]
+    fn stanza_addresses_are_canonical_and_malformed_ones_answered() {
+        let mut m = Inbound::new(settings(true, AuthMethods::default()), "sid".into(), true);
+        m.tls_established(None);
+        let mut p = StreamParser::new(Limits::default());
+        feed(&mut m, &mut p, &header("R.Test", "a.test"));
+        feed(
+            &mut m,
+            &mut p,
+            "<db:result from='R.TEST.' to='A.test'>KEY1</db:result>",
+        );
+        m.dialback_verified("a.test", "r.test", true, "");
+        m.take_actions();
+        // Any form of an authorized pair's addresses passes, rewritten.
+        let acts = feed(
+            &mut m,
+            &mut p,
+            "<message from='ＭＡＬＬＯＲＹ@R.test./Desk' to='Bob@a.TEST.'/>",
+        );
+        let [Action::Stanza(el, _)] = &acts[..] else {
+            panic!("{acts:?}")
+        };
+        assert_eq!(el.attr("from"), Some("mallory@r.test/Desk"));
+        assert_eq!(el.attr("to"), Some("bob@a.test"));
+        // Malformed localpart, empty label, overlong resource: jid-malformed, the stream lives.
+        let long = "x".repeat(1024);
+        for (input, attr) in [
+            (
+                "<message from='x@r.test' to='a b@a.test'/>".to_owned(),
+                "to",
+            ),
+            (
+                "<message from='x:y@r.test' to='bob@a.test'/>".to_owned(),
+                "from",
+            ),
+            (
+                "<message from='x@r.test' to='bob@a..test'/>".to_owned(),
+                "to",
+            ),
+            (
+                format!("<message from='x@r.test/{long}' to='bob@a.test'/>"),
+                "from",
+            ),
+        ] {
+            let acts = feed(&mut m, &mut p, &input);
+            match &acts[..] {
+                [Action::Malformed { local, why, .. }] => {
+                    assert_eq!(local, "a.test");
+                    assert!(why.contains(&format!("'{attr}'")), "{why}");
+                }
+                other => panic!("{input}: {other:?}"),
+            }
+        }
+        // A malformed address from a domain this stream does not speak for is still spoofing.
+        let acts = feed(&mut m, &mut p, "<message from='x@s.test' to='a b@a.test'/>");
         assert!(
             matches!(&acts[..], [Action::Close(e)] if e.condition == "invalid-from"),
             "{acts:?}"

@@ -9,6 +9,7 @@
 //! implements.
 
 pub mod ack;
+pub mod address;
 pub mod component;
 pub mod dane;
 pub mod dialback;

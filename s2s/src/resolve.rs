@@ -179,8 +179,13 @@ impl StaticTargets {
     }
 }
 
+/// The canonical domain (RFC 7622: U-labels), as stanzas carry it; other names lower-cased.
 fn normalize_domain(domain: &str) -> String {
-    domain.trim().trim_end_matches('.').to_ascii_lowercase()
+    let d = domain.trim();
+    fedgate_jid::canonical_domain(d).map_or_else(
+        |_| d.trim_end_matches('.').to_ascii_lowercase(),
+        std::borrow::Cow::into_owned,
+    )
 }
 
 fn parse_target(value: &str) -> Result<Target, String> {

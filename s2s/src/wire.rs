@@ -296,8 +296,14 @@ pub fn server_ping_reply(stanza: &Element) -> Option<Element> {
     Some(reply)
 }
 
-/// The (from-domain, to-domain) of a stanza, if both are present and well-formed.
-pub fn stanza_domains(stanza: &Element) -> (Option<&str>, Option<&str>) {
+/// The (from-domain, to-domain) of a stanza in canonical form, each if present and well-formed
+/// (see [`jid_domain`]).
+pub fn stanza_domains(
+    stanza: &Element,
+) -> (
+    Option<std::borrow::Cow<'_, str>>,
+    Option<std::borrow::Cow<'_, str>>,
+) {
     (
         stanza.attr("from").and_then(jid_domain),
         stanza.attr("to").and_then(jid_domain),

@@ -24,6 +24,7 @@
 //! resource `gr:<value>`; [`jid_to_sip`] undoes exactly one `gr:` prefix. Helpers:
 //! [`epid_resource`], [`resource_epid`], [`resource_to_gr`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -55,7 +56,7 @@ pub enum AddressError {
     #[error("empty user part")]
     EmptyUser,
     #[error("malformed JID {jid:?}: {why}")]
-    Jid { jid: String, why: &'static str },
+    Jid { jid: String, why: String },
 }
 
 /// URI scheme.
@@ -480,7 +481,10 @@ pub fn xep0106_unescape(s: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // JID
 
-/// A JID: optional localpart (XEP-0106-escaped form), domain (lower-case), optional resource.
+/// A JID by its parts, in the RFC 7622 canonical form of [`fedgate_jid`] (localpart in
+/// XEP-0106-escaped form, PRECIS-mapped; domain in lower-case U-labels; resource by PRECIS
+/// OpaqueString). Made only through [`Jid::parse`] and [`sip_to_jid`], which both canonicalize,
+/// so two equal addresses compare equal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Jid {
     pub local: Option<String>,
@@ -489,61 +493,16 @@ pub struct Jid {
 }
 
 impl Jid {
-    /// Parse `[local@]domain[/resource]`; the domain is lower-cased and a trailing dot dropped.
+    /// Parse `[local@]domain[/resource]` into canonical parts (see [`fedgate_jid::Jid::parse`]).
     pub fn parse(s: &str) -> Result<Self, AddressError> {
-        let bad = |why| AddressError::Jid {
+        let j = fedgate_jid::Jid::parse(s).map_err(|e| AddressError::Jid {
             jid: s.to_owned(),
-            why,
-        };
-        let (bare, resource) = match s.split_once('/') {
-            Some((b, r)) => (b, Some(r)),
-            None => (s, None),
-        };
-        let (local, domain) = match bare.split_once('@') {
-            Some((l, d)) => (Some(l), d),
-            None => (None, bare),
-        };
-        if let Some(l) = local {
-            if l.is_empty() {
-                return Err(bad("empty localpart"));
-            }
-            if l.len() > MAX_JID_PART {
-                return Err(bad("localpart longer than 1023 bytes"));
-            }
-            if l.chars()
-                .any(|c| c.is_control() || c.is_whitespace() || "\"&'/:<>@".contains(c))
-            {
-                return Err(bad("forbidden character in localpart"));
-            }
-        }
-        let domain = domain.strip_suffix('.').unwrap_or(domain);
-        if domain.is_empty() {
-            return Err(bad("empty domain"));
-        }
-        if domain.len() > MAX_JID_PART {
-            return Err(bad("domain longer than 1023 bytes"));
-        }
-        if domain
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace() || "@/\"<>&'\\".contains(c))
-        {
-            return Err(bad("forbidden character in domain"));
-        }
-        if let Some(r) = resource {
-            if r.is_empty() {
-                return Err(bad("empty resource"));
-            }
-            if r.len() > MAX_JID_PART {
-                return Err(bad("resource longer than 1023 bytes"));
-            }
-            if r.chars().any(char::is_control) {
-                return Err(bad("control character in resource"));
-            }
-        }
+            why: e.to_string(),
+        })?;
         Ok(Self {
-            local: local.map(str::to_owned),
-            domain: domain.to_lowercase(),
-            resource: resource.map(str::to_owned),
+            local: j.local().map(str::to_owned),
+            domain: j.domain().to_owned(),
+            resource: j.resource().map(str::to_owned),
         })
     }
 
@@ -646,11 +605,24 @@ pub fn sip_to_jid(uri: &SipUri) -> Result<Jid, AddressError> {
             if l.len() > MAX_JID_PART {
                 return Err(AddressError::TooLong("localpart"));
             }
-            Some(l)
+            // The canonical localpart (PRECIS UsernameCaseMapped): what every other link
+            // and the policy compare.
+            match fedgate_jid::canonical_localpart(&l) {
+                Ok(c) => Some(c.into_owned()),
+                Err(fedgate_jid::JidError::TooLong(_)) => {
+                    return Err(AddressError::TooLong("localpart"));
+                }
+                Err(_) => return Err(AddressError::Unrepresentable(u)),
+            }
         }
     };
-    let host = uri.host.strip_suffix('.').unwrap_or(&uri.host);
-    let domain = host.to_ascii_lowercase();
+    // SIP hosts are A-labels; the JID carries the canonical U-label form.
+    let domain = fedgate_jid::canonical_domain(&uri.host)
+        .map_err(|e| AddressError::Jid {
+            jid: uri.host.clone(),
+            why: e.to_string(),
+        })?
+        .into_owned();
     let resource = if let Some(epid) = contact_epid(uri) {
         Some(epid_resource(&epid))
     } else {
@@ -666,9 +638,16 @@ pub fn sip_to_jid(uri: &SipUri) -> Result<Jid, AddressError> {
             _ => None,
         }
     };
-    if resource.as_ref().is_some_and(|r| r.len() > MAX_JID_PART) {
-        return Err(AddressError::TooLong("resource"));
-    }
+    let resource = match resource {
+        None => None,
+        Some(r) => match fedgate_jid::canonical_resource(&r) {
+            Ok(c) => Some(c.into_owned()),
+            Err(fedgate_jid::JidError::TooLong(_)) => {
+                return Err(AddressError::TooLong("resource"));
+            }
+            Err(_) => return Err(AddressError::Unrepresentable(r)),
+        },
+    };
     Ok(Jid {
         local,
         domain,
@@ -682,7 +661,9 @@ pub fn jid_to_sip(jid: &Jid) -> SipUri {
         .local
         .as_deref()
         .map(|l| encode_sip_user(&xep0106_unescape(l)));
-    let mut uri = SipUri::new(Scheme::Sip, user.as_deref(), &jid.domain);
+    // A SIP host is an ASCII name (RFC 3261): the A-label form of the domain.
+    let host = fedgate_jid::domain_to_ascii(&jid.domain).unwrap_or(Cow::Borrowed(&jid.domain));
+    let mut uri = SipUri::new(Scheme::Sip, user.as_deref(), &host);
     if let Some(r) = &jid.resource {
         match resource_epid(r) {
             Some(epid) => {
@@ -794,9 +775,20 @@ mod tests {
         // Non-canonical escapes are decoded.
         let j = sip_to_jid(&uri("sip:%61lice@x.test")).unwrap();
         assert_eq!(j.local.as_deref(), Some("alice"));
-        // Local part keeps its case.
+        // The localpart is canonical (RFC 7622, PRECIS UsernameCaseMapped): lower case, fullwidth
+        // letters mapped; the host's A-labels become U-labels, and go back as A-labels.
         let j = sip_to_jid(&uri("sip:Alice@x.test")).unwrap();
-        assert_eq!(j.local.as_deref(), Some("Alice"));
+        assert_eq!(j.local.as_deref(), Some("alice"));
+        let j = sip_to_jid(&uri("sip:%EF%BC%A1lice@XN--BCHER-KVA.example")).unwrap();
+        assert_eq!(j.to_string(), "alice@bücher.example");
+        assert_eq!(
+            jid_to_sip(&j).to_string(),
+            "sip:alice@xn--bcher-kva.example"
+        );
+        assert!(matches!(
+            sip_to_jid(&uri("sip:%E2%98%83@x.test")),
+            Err(AddressError::Unrepresentable(_))
+        ));
     }
 
     #[test]
@@ -890,12 +882,12 @@ mod tests {
     #[test]
     fn jid_parse() {
         let j = Jid::parse("Alice@Example.TEST/res/with/slash").unwrap();
-        assert_eq!(j.local.as_deref(), Some("Alice"));
+        assert_eq!(j.local.as_deref(), Some("alice"));
         assert_eq!(j.domain, "example.test");
         assert_eq!(j.resource.as_deref(), Some("res/with/slash"));
-        assert_eq!(j.bare().to_string(), "Alice@example.test");
+        assert_eq!(j.bare().to_string(), "alice@example.test");
         assert!(j.is_full() && !j.bare().is_full());
-        assert_eq!(j.to_string(), "Alice@example.test/res/with/slash");
+        assert_eq!(j.to_string(), "alice@example.test/res/with/slash");
         for bad in [
             "@x.test",
             "a@",
@@ -935,10 +927,15 @@ mod tests {
                 1 => Some(epid_resource("0123abcdEF")),
                 _ => Some(random_local(&mut rng)),
             };
+            // A JID as the gateway holds it: canonical (RFC 7622).
             let jid = Jid {
-                local: Some(local),
+                local: Some(
+                    fedgate_jid::canonical_localpart(&local)
+                        .unwrap()
+                        .into_owned(),
+                ),
                 domain: "example.test".into(),
-                resource: res,
+                resource: res.map(|r| fedgate_jid::canonical_resource(&r).unwrap().into_owned()),
             };
             let s = jid_to_sip(&jid).to_string();
             let back = sip_to_jid(&SipUri::parse(&s).unwrap()).unwrap();
@@ -962,7 +959,13 @@ mod tests {
             }
             let u = SipUri::parse(&s).unwrap();
             let jid = sip_to_jid(&u).unwrap();
-            assert_eq!(jid_to_sip(&jid).to_string(), s, "raw {raw:?}");
+            // Back to the same URI, but for the user's case: JID localparts are case-mapped.
+            let mut lower = format!("sip:{}@example.test", encode_sip_user(&raw.to_lowercase()));
+            if let Some(g) = &gr {
+                lower.push_str(";gr=");
+                lower.push_str(&encode_param_value(g));
+            }
+            assert_eq!(jid_to_sip(&jid).to_string(), lower, "raw {raw:?}");
             // A non-canonical spelling (every byte escaped, lower-case hex) gives the same JID.
             let all: String = raw.bytes().map(|b| format!("%{b:02x}")).collect();
             let u2 = SipUri::parse(&format!("sip:{all}@example.test")).unwrap();

@@ -2,6 +2,7 @@
 //! server, real TLS (test CA made by rcgen) and XEP-0114 components on both sides.
 
 mod acks;
+mod addresses;
 mod certs;
 mod crl;
 mod dane;

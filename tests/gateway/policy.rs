@@ -358,6 +358,28 @@ fn policy_cli_check_test_explain() {
         "{out}"
     );
 
+    // A pattern or user written in a non-canonical form (RFC 7622) is read in canonical form,
+    // with a warning at its line and column; the file still checks.
+    let idn = dir.path().join("idn.toml");
+    std::fs::write(
+        &idn,
+        "default = \"allow\"\n[[rule]]\nid = \"x\"\ndomains = [\"xn--bcher-kva.example\"]\naction = \"deny\"\ndeny_users = [\"Mallory@partner.test.\"]\n",
+    )
+    .unwrap();
+    let (code, out) = run(&["policy", "check", idn.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{out}");
+    let f = idn.display();
+    for want in [
+        format!(
+            "{f}:4:12: warning: `xn--bcher-kva.example` is not written in canonical form; read as `bücher.example`"
+        ),
+        format!(
+            "{f}:6:15: warning: `Mallory@partner.test.` is not written in canonical form; read as `mallory@partner.test`"
+        ),
+    ] {
+        assert!(out.contains(&want), "{want}\nin\n{out}");
+    }
+
     // A failing case fails the command.
     let t = dir.path().join("t.toml");
     std::fs::write(&t, "[[case]]\nfrom = \"bob@partner.test\"\nto = \"alice@example.test\"\nkind = \"message\"\ndirection = \"inbound\"\nexpect = \"deny\"\n").unwrap();

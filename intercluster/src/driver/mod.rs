@@ -330,7 +330,7 @@ impl Intercluster {
     /// more than the highest epoch any cluster claims it with (an explicit move). Returns the
     /// epoch used.
     pub fn assign(&self, user: &str, epoch: Option<u64>) -> u64 {
-        let user = user.to_ascii_lowercase();
+        let user = crate::sources::user_key(user);
         let epoch = epoch.unwrap_or_else(|| self.move_epoch(&user));
         let merged = {
             let mut s = lock(&self.sources);
@@ -344,7 +344,7 @@ impl Intercluster {
     /// The epoch that moves `user` here: one more than the highest any cluster claims it with.
     pub fn move_epoch(&self, user: &str) -> u64 {
         self.dir()
-            .max_epoch(&user.to_ascii_lowercase())
+            .max_epoch(&crate::sources::user_key(user))
             .saturating_add(1)
     }
 
@@ -355,7 +355,7 @@ impl Intercluster {
 
     /// Removes an admin assignment; whether there was one.
     pub fn unassign(&self, user: &str) -> bool {
-        let user = user.to_ascii_lowercase();
+        let user = crate::sources::user_key(user);
         let (had, merged) = {
             let mut s = lock(&self.sources);
             (s.remove(crate::sources::ADMIN, &user), s.merged())
@@ -366,7 +366,7 @@ impl Intercluster {
 
     /// Where `user` lives and every claim on it.
     pub fn lookup(&self, user: &str) -> (Option<Home>, Vec<(String, u64)>) {
-        let user = user.to_ascii_lowercase();
+        let user = crate::sources::user_key(user);
         let d = self.dir();
         (d.resolve(&user), d.claims(&user))
     }
@@ -617,7 +617,10 @@ impl Intercluster {
     fn on_routed(&self, from: &str, r: Routed, receipt: Option<Receipt>) {
         let hops = r.hops;
         let routed_in = self.metrics.routed.with_label_values(&[from, "in"]);
-        for el in r.expand() {
+        for mut el in r.expand() {
+            // The peer cluster's gateway canonicalized the addresses where the stanza entered
+            // there; this link is an edge all the same (checked without allocating).
+            let malformed = fedgate_s2s::address::canonicalize_stanza(&mut el).err();
             let size = el.wire_len();
             let mut st = Stanza::new(
                 el,
@@ -628,6 +631,17 @@ impl Intercluster {
             );
             st.receipt = receipt.clone();
             routed_in.inc();
+            if let Some(why) = malformed {
+                self.bounce(
+                    from,
+                    &st,
+                    ErrorType::Modify,
+                    "jid-malformed",
+                    "address",
+                    &format!("fedgate: address: {why}"),
+                );
+                continue;
+            }
             let to = st.el.attr("to").unwrap_or_default().to_owned();
             match self.decide(&to, Some(hops)) {
                 (Decision::Peer { hops, .. }, Some(peer)) => {

@@ -221,6 +221,15 @@ async fn handle(
                     }
                     ctx.sink().route(st);
                 }
+                Action::Malformed {
+                    el,
+                    size,
+                    local,
+                    why,
+                } => {
+                    let st = Stanza::new(el, size, Origin::Component(local.clone()));
+                    ctx.bounce_malformed(&st, &local, &why);
+                }
                 Action::Close(e) => {
                     // The machine queued its stream header before this error.
                     conn.close_with(&e.to_bytes()).await;

@@ -170,7 +170,9 @@ impl Conn {
         self.flush()
             .await
             .map_err(|e| Failure::new(FailureKind::Connect, format!("write: {e}")))?;
-        let name = ServerName::try_from(sni.to_owned()).map_err(|_| {
+        // SNI is an ASCII host name: the A-label form of the (canonical, U-label) domain.
+        let sni = fedgate_jid::domain_to_ascii(sni).unwrap_or(std::borrow::Cow::Borrowed(sni));
+        let name = ServerName::try_from(sni.clone().into_owned()).map_err(|_| {
             Failure::new(
                 FailureKind::Tls,
                 format!("{sni} is not a valid TLS server name"),

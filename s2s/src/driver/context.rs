@@ -418,13 +418,10 @@ impl S2sContext {
         let Some(id) = el.attr("id").filter(|i| i.starts_with(PING_ID_PREFIX)) else {
             return false;
         };
-        let from = crate::wire::stanza_domains(el)
-            .0
-            .map(str::to_ascii_lowercase)
-            .unwrap_or_default();
+        let from = crate::wire::stanza_domains(el).0.unwrap_or_default();
         let mut p = self.pings.lock().expect("pings lock");
         match p.get(id) {
-            Some((expected, _)) if *expected == from => {
+            Some((expected, _)) if **expected == *from => {
                 let (_, tx) = p.remove(id).expect("present");
                 let _ = tx.send(id.to_owned());
                 true
@@ -782,24 +779,69 @@ impl S2sContext {
         // RFC 6120 §8.3.2: `by` names the entity that generated the error: our hosted domain,
         // on whichever side of the stanza it is.
         let (from, to) = crate::wire::stanza_domains(&st.el);
-        let by = [to, from]
+        let by = [&to, &from]
             .into_iter()
             .flatten()
-            .map(str::to_ascii_lowercase)
-            .find(|d| self.hosted.contains(d));
+            .find(|d| self.hosted.contains(d.as_ref()))
+            .map(|d| d.to_string());
         let reply = crate::wire::bounce(&st.el, etype, condition, text, by.as_deref());
-        // The error carries the original's receipt: the sender of an acknowledging link
-        // hears "taken" once the error was taken care of, and not if the error is lost.
-        let mut reply = Stanza::generated(reply);
-        reply.receipt = st.receipt.clone();
+        self.bounce_reply(
+            st,
+            reply,
+            reason,
+            condition,
+            text,
+            from.as_deref().unwrap_or(""),
+        );
+    }
+
+    /// Answer `st`, which has an address without canonical form (RFC 7622), with
+    /// `jid-malformed`. When its `to` is the malformed one, the reply comes from `local` (the
+    /// hosted domain of the link it came on) rather than from that address.
+    pub fn bounce_malformed(&self, st: &Stanza, local: &str, why: &str) {
+        let reason = "address";
+        if !crate::wire::bounceable(&st.el) {
+            self.metrics.dropped.with_label_values(&[reason]).inc();
+            return;
+        }
+        let text = format!("fedgate: address: {why}");
+        let mut reply = crate::wire::bounce(
+            &st.el,
+            crate::wire::ErrorType::Modify,
+            "jid-malformed",
+            &text,
+            Some(local),
+        );
+        if !st.el.attr("to").is_some_and(fedgate_jid::is_canonical) {
+            reply.set_attr("from", local);
+        }
+        let sender = crate::wire::stanza_domains(&st.el)
+            .0
+            .map(|d| d.into_owned())
+            .unwrap_or_default();
+        self.bounce_reply(st, reply, reason, "jid-malformed", &text, &sender);
+    }
+
+    fn bounce_reply(
+        &self,
+        st: &Stanza,
+        reply: Element,
+        reason: &str,
+        condition: &str,
+        text: &str,
+        sender: &str,
+    ) {
         self.metrics.bounced.with_label_values(&[reason]).inc();
-        let sender = from.unwrap_or("");
         if let Some(left_out) = self
             .log_limit
             .admit(sender, reason, std::time::Instant::now())
         {
             tracing::info!(reason, condition, to = ?st.el.attr("from"), %text, left_out, "bounced stanza (left_out: like ones since the last line)");
         }
+        // The error carries the original's receipt: the sender of an acknowledging link
+        // hears "taken" once the error was taken care of, and not if the error is lost.
+        let mut reply = Stanza::generated(reply);
+        reply.receipt = st.receipt.clone();
         self.sink().route(reply);
     }
 

@@ -2,6 +2,7 @@
 //! tell direct TLS (XEP-0368, `0x16`) from a plain stream that will use STARTTLS, and runs the
 //! receiving-side machine for each connection.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use super::context::{Origin, S2sContext, Stanza, new_stream_id};
 use super::io::Io;
 use super::pool::Pool;
 use super::receipt::Receipts;
+use crate::element::jid_domain;
 use crate::inbound::{Action, Inbound, InboundSettings};
 use crate::wire::{Failure, FailureKind, StreamError, stanza_domains};
 
@@ -317,7 +319,8 @@ async fn run(
                     let (Some(from), Some(to)) = stanza_domains(&el) else {
                         continue;
                     };
-                    let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+                    // Canonical already: the machine rewrote the addresses.
+                    let (from, to) = (from.into_owned(), to.into_owned());
                     let origin = if is_internal {
                         // From our internal server (from = hosted) to a remote domain.
                         Origin::Internal {
@@ -343,6 +346,17 @@ async fn run(
                     let mut st = Stanza::new(el, size, origin);
                     st.receipt = sm.as_ref().map(|r| r.issue());
                     ctx.sink().route(st);
+                }
+                Action::Malformed {
+                    el,
+                    size,
+                    local,
+                    why,
+                } => {
+                    let mut st = Stanza::new(el, size, Origin::Gateway);
+                    // Counted and acknowledged like any stanza: the error reply answers it.
+                    st.receipt = sm.as_ref().map(|r| r.issue());
+                    ctx.bounce_malformed(&st, &local, &why);
                 }
                 Action::Close(e) => {
                     tracing::info!(condition = e.condition, text = %e.text, "closing inbound stream with error");
@@ -533,12 +547,17 @@ fn is_reply(el: &crate::element::Element) -> bool {
 fn domains_to_prove(ev: &crate::xml::StreamEvent) -> Vec<String> {
     use crate::xml::StreamEvent;
     match ev {
-        StreamEvent::Open(h) => h.from.iter().map(|f| f.to_ascii_lowercase()).collect(),
+        StreamEvent::Open(h) => h
+            .from
+            .iter()
+            .filter_map(|f| jid_domain(f).map(Cow::into_owned))
+            .collect(),
         StreamEvent::Element(el, _)
             if el.is("result", crate::element::NS_DIALBACK) && el.attr("type").is_none() =>
         {
             el.attr("from")
-                .map(str::to_ascii_lowercase)
+                .and_then(jid_domain)
+                .map(Cow::into_owned)
                 .into_iter()
                 .collect()
         }

@@ -240,7 +240,9 @@ impl PoshClient {
     /// may be cached.
     async fn fetch_fingerprints(&self, domain: &str) -> (Result<Fingerprints, String>, Duration) {
         let first = Url {
-            host: domain.to_owned(),
+            // An HTTPS host is an A-label name (the domain is canonical, in U-labels).
+            host: fedgate_jid::domain_to_ascii(domain)
+                .map_or_else(|_| domain.to_owned(), std::borrow::Cow::into_owned),
             port: self.default_port,
             path: POSH_XMPP_SERVER_PATH.to_owned(),
         };

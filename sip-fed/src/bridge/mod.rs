@@ -682,13 +682,13 @@ fn bounce(el: &Element, etype: ErrorType, condition: &str, text: &str, out: &mut
     let local = el
         .attr("from")
         .and_then(fedgate_s2s::element::jid_domain)
-        .unwrap_or("")
-        .to_owned();
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default();
     let remote = el
         .attr("to")
         .and_then(fedgate_s2s::element::jid_domain)
-        .unwrap_or("")
-        .to_owned();
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default();
     let reply = fedgate_s2s::wire::bounce(el, etype, condition, text, Some(&remote));
     out.push(Out::Xmpp {
         el: reply,

@@ -389,8 +389,8 @@ fn deliver(
     let local = m
         .attr("to")
         .and_then(fedgate_s2s::element::jid_domain)
-        .unwrap_or("")
-        .to_owned();
+        .map(std::borrow::Cow::into_owned)
+        .unwrap_or_default();
     b.awaiting.insert(
         id,
         Awaiting {
