@@ -14,6 +14,7 @@ mod probe;
 #[path = "../support/relay.rs"]
 #[allow(dead_code)]
 mod relay;
+mod silent_dns;
 mod sip;
 #[path = "../support/slapd.rs"]
 mod slapd;
