@@ -6,6 +6,7 @@
 #     slapd + ldap-utils (the LDAP user source) (+ their deps),
 #     prometheus (for promtool: the alert rules are checked and unit-tested; the server is
 #     never started), systemd (for systemd-analyze: the package's unit is verified),
+#     man-db (`man -w` finds the package's man pages; systemd-analyze checks the unit's),
 #     python3-venv when the python3 in PATH cannot create a venv.
 #     Services are never started: /usr/sbin/policy-rc.d (exit 101) is created
 #     for the duration of the install when it is absent, and any prosody /
@@ -56,7 +57,7 @@ daemon_pids() {
 
 # ---------------------------------------------------------------- apt packages
 missing=()
-peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils prometheus systemd)
+peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils prometheus systemd man-db)
 for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done

@@ -129,7 +129,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(remote_auth.clone()))
             .expect("unique metric");
-        Self {
+        let m = Self {
             unconfirmed,
             ack_rtt,
             remote_streams,
@@ -199,7 +199,14 @@ impl Metrics {
             queued_bytes,
             peer_cert_expiry,
             domains: Mutex::new(HashSet::new()),
+        };
+        // Per link kind from the start, at 0: a first resend is then an increase, and the
+        // series are there for dashboards before anything broke.
+        for link in LINKS {
+            m.resent.with_label_values(&[link]);
+            m.unconfirmed.with_label_values(&[link]);
         }
+        m
     }
 
     /// Refresh the per-remote-domain gauges (peer certificate expiry, streams, authentication
