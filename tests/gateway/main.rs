@@ -9,6 +9,7 @@ mod dashboards;
 mod expiry;
 mod intercluster;
 mod internal;
+mod logs;
 mod package;
 mod policy;
 mod posh;
