@@ -3,6 +3,7 @@
 # root Cargo.toml; unit and maintainer scripts: deploy/debian/).
 #
 #   deploy/build-deb.sh                       # release build, then target/debian/fedgate_*.deb
+#                                             # (and fedgate-dbgsym_*.ddeb: the debug symbols)
 #   deploy/build-deb.sh --no-build --profile dev --output DIR -- --fast
 #                                             # package the binary a `cargo test` already built
 #                                             # (what tests/package.rs does; not for release)
@@ -49,5 +50,9 @@ rm -rf "$assets"
 "$bin" generate-assets "$assets" >/dev/null
 gzip -9n "$assets"/man/*.1
 
-# cargo-deb warns that a dev-profile package is not for release; that is what --profile dev is.
-cargo deb --locked --no-build --profile "$profile" "${output[@]}" "${extra[@]}"
+# The release profile keeps line tables (`debug = "line-tables-only"`): the binary in the
+# .deb is stripped and its debug symbols go to a separate fedgate-dbgsym .ddeb. The dev
+# profile is for tests only (cargo-deb warns that it is not for release) and is stripped.
+dbgsym=()
+[ "$profile" = dev ] || dbgsym=(--dbgsym)
+cargo deb --locked --no-build --profile "$profile" "${dbgsym[@]}" "${output[@]}" "${extra[@]}"

@@ -7,6 +7,7 @@
 #     prometheus (for promtool: the alert rules are checked and unit-tested; the server is
 #     never started), systemd (for systemd-analyze: the package's unit is verified),
 #     man-db (`man -w` finds the package's man pages; systemd-analyze checks the unit's),
+#     adduser (the fedgate package depends on it),
 #     python3-venv when the python3 in PATH cannot create a venv.
 #     Services are never started: /usr/sbin/policy-rc.d (exit 101) is created
 #     for the duration of the install when it is absent, and any prosody /
@@ -57,7 +58,7 @@ daemon_pids() {
 
 # ---------------------------------------------------------------- apt packages
 missing=()
-peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils prometheus systemd man-db)
+peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils prometheus systemd man-db adduser)
 for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done

@@ -109,6 +109,9 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
     // Intercluster: a peer cluster "zzz" that is not there ("aaa" sorts first, so it dials).
     let (cc, ck) = pki.leaf("cluster-aaa", &LeafSpec::dns(&["aaa"]));
     let dir = tempfile::tempdir().unwrap();
+    // A directory file with a line that is not a JID: refused (and counted) at start.
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice@example.test\nnot a jid at all\n").unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
@@ -124,7 +127,7 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
          [[sip.partners]]\ndomain = \"lync.test\"\nroute = \"{edge}\"\nflavor = \"standard\"\n\
          [[sip.partners]]\ndomain = \"down.test\"\nroute = \"{nowhere}\"\nflavor = \"standard\"\n\
          \n[intercluster]\ncluster = \"aaa\"\nlisten = \"{ip}:7400\"\ncert = {cc:?}\nkey = {ck:?}\n\
-         backoff_min_ms = 50\nbackoff_max_ms = 400\nconnect_timeout_secs = 2\n\
+         directory_file = {users:?}\nbackoff_min_ms = 50\nbackoff_max_ms = 400\nconnect_timeout_secs = 2\n\
          [[intercluster.peers]]\nname = \"zzz\"\naddress = \"{zzz}:7400\"\n",
         policy = policy.display().to_string(),
         ip = a.ip,
@@ -132,6 +135,7 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
         cc = cc.display().to_string(),
         ck = ck.display().to_string(),
         zzz = next_ip(),
+        users = users.display().to_string(),
     );
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
@@ -204,20 +208,70 @@ async fn every_metric_of_the_dashboard_and_the_rules_is_exported() {
         "names in deploy/ that the gateway does not export: {missing:?}\n(used: {used:?})"
     );
     assert!(used.len() >= 25, "{used:?}");
+    let text = http_get(&ga, "/metrics").await;
+    assert_eq!(
+        metric(
+            &text,
+            "fedgate_intercluster_file_reloads_total{file=\"directory\",result=\"refused\"}"
+        ),
+        1,
+        "{text}"
+    );
     drop(lync);
     ga.shutdown().await;
     gb.shutdown().await;
 }
 
+/// The dashboard's panel queries, with Grafana's variables given values, as recording rules:
+/// `promtool check rules` then parses each one as PromQL.
+fn dashboard_queries_as_rules() -> String {
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, v)| match (k.as_str(), v) {
+                ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                _ => walk(v, out),
+            }),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut exprs);
+    let mut y = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$__range", "1h")
+            .replace("$instance", ".*")
+            .replace("$remote_domain", ".*")
+            .replace("$partner", ".*")
+            .replace("$peer", ".*");
+        assert!(!e.contains('$'), "a variable the test does not know: {e}");
+        y.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: '{}'\n",
+            e.replace('\'', "''")
+        ));
+    }
+    y
+}
+
 /// The alert rules pass `promtool check rules` and their unit tests
 /// (`deploy/prometheus/fedgate-alerts.test.yml`: each alert fires on the series that should
-/// raise it, with its labels and texts, and stays quiet on the others).
+/// raise it, with its labels and texts, and stays quiet on the others), and every query of
+/// the dashboard is valid PromQL.
 #[test]
 fn the_alert_rules_check_and_pass_their_promtool_tests() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    let tmp = tempfile::tempdir().unwrap();
+    let dashboard_rules = tmp.path().join("dashboard-queries.yml");
+    std::fs::write(&dashboard_rules, dashboard_queries_as_rules()).unwrap();
+    let dashboard_rules = dashboard_rules.display().to_string();
     for args in [
         ["check", "rules", "fedgate-alerts.yml"],
         ["test", "rules", "fedgate-alerts.test.yml"],
+        ["check", "rules", &dashboard_rules],
     ] {
         let out = std::process::Command::new("promtool")
             .args(args)
