@@ -9,9 +9,10 @@
 # there with your config, policy, certificate and key. Settings can also come from the
 # environment: FEDGATE__SECTION__KEY (README, "Configuration reference"). A container has its
 # own loopback: set FEDGATE__METRICS__LISTEN=0.0.0.0:9269 (and components.listen) to reach
-# those listeners from outside it. docker-compose.yml runs two nodes with Redis.
+# those listeners from outside it. deploy/compose/compose.yml runs two nodes with Redis.
 #
-# Not built by the test suite (no container engine on the build machines).
+# Not built by the test suite (no container engine on the build machines). Needs BuildKit
+# (COPY --chmod), the default builder of current Docker.
 
 # ---- build ---------------------------------------------------------------------------------
 FROM rust:1.88-bookworm AS build
