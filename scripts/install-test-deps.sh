@@ -4,12 +4,18 @@
 #   * Debian bookworm packages: prosody, lua-unbound, ejabberd (XMPP peers);
 #     sip-tester (sipp), socat, openssl (s_client), kamailio + kamailio-tls-modules (SIP peers);
 #     slapd + ldap-utils (the LDAP user source) (+ their deps),
+#     prometheus (for promtool: the alert rules are checked and unit-tested; the server is
+#     never started), systemd (for systemd-analyze: the package's unit is verified),
+#     man-db (`man -w` finds the package's man pages; systemd-analyze checks the unit's),
+#     adduser (the fedgate package depends on it),
 #     python3-venv when the python3 in PATH cannot create a venv.
 #     Services are never started: /usr/sbin/policy-rc.d (exit 101) is created
 #     for the duration of the install when it is absent, and any prosody /
 #     ejabberd / epmd process that appeared during the install is stopped by PID.
 #   * A Python venv at <repo>/.venv-interop with the pinned packages from
 #     tests/interop/requirements.txt (slixmpp for tests/interop/client.py).
+#   * cargo-deb (pinned below, `cargo install --locked`, skipped when that version is
+#     installed): tests/package.rs builds, installs and purges the Debian package.
 #
 # Runs as root on a fresh machine or in CI (CI=true); as non-root it uses
 # passwordless sudo for apt when something is missing. A missing peer after the
@@ -43,16 +49,16 @@ daemon_pids() {
     local pid cmd
     for pid in /proc/[0-9]*; do
         pid="${pid#/proc/}"
-        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || continue
+        cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || continue
         case "$cmd" in
-            *bin/prosody*|*beam.smp*ejabberd*|*/epmd\ *|*/epmd|epmd\ *|*sbin/slapd*|*sbin/kamailio*) echo "$pid" ;;
+            *bin/prosody*|*beam.smp*ejabberd*|*/epmd\ *|*/epmd|epmd\ *|*sbin/slapd*|*sbin/kamailio*|*bin/prometheus\ *|*bin/prometheus) echo "$pid" ;;
         esac
     done
 }
 
 # ---------------------------------------------------------------- apt packages
 missing=()
-peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils)
+peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils prometheus systemd man-db adduser)
 for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
@@ -138,13 +144,22 @@ if [ "$need_venv" -eq 1 ]; then
     echo "$req_hash" >"$stamp"
 fi
 
+# ------------------------------------------------------------------- cargo-deb
+cargo_deb_version=3.8.0
+if [ "$(cargo-deb --version 2>/dev/null)" != "cargo-deb $cargo_deb_version" ]; then
+    command -v cargo >/dev/null 2>&1 || die "cargo not found (needed to install cargo-deb)"
+    echo "install-test-deps: installing cargo-deb $cargo_deb_version (cargo install, a few minutes)"
+    cargo install --quiet --locked cargo-deb --version "$cargo_deb_version" >"$apt_log" 2>&1 ||
+        { cat "$apt_log" >&2; die "cargo install cargo-deb failed"; }
+fi
+
 # ---------------------------------------------------------------- verification
 problems=()
 for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || problems+=("package $pkg is not installed")
 done
 find_bin() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" 2>/dev/null; }
-for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat openssl kamailio slapd slapadd ldapsearch; do
+for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat openssl kamailio slapd slapadd ldapsearch promtool systemd-analyze cargo-deb; do
     find_bin "$bin" >/dev/null || problems+=("$bin not found")
 done
 if find_bin lua5.4 >/dev/null && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1; then
@@ -167,3 +182,6 @@ echo "sipp        $(pkg_version sip-tester)"
 echo "socat       $(pkg_version socat)"
 echo "kamailio    $(pkg_version kamailio) (tls $(pkg_version kamailio-tls-modules))"
 echo "slapd       $(pkg_version slapd)"
+echo "promtool    $(pkg_version prometheus)"
+echo "systemd     $(pkg_version systemd)"
+echo "cargo-deb   $(cargo-deb --version 2>/dev/null)"

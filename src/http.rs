@@ -168,10 +168,7 @@ fn intercluster_request(
 
 /// The Prometheus text exposition of every metric.
 pub fn metrics_text(state: &HttpState) -> String {
-    state
-        .ctx
-        .metrics
-        .refresh_peer_cert_expiry(&state.ctx.status);
+    state.ctx.metrics.refresh_remote_domains(&state.ctx.status);
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&state.registry.gather(), &mut out);
     String::from_utf8_lossy(&out).into_owned()

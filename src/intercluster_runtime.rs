@@ -235,6 +235,9 @@ pub struct IcRuntime {
     policy: Arc<crate::policy_runtime::PolicyRuntime>,
     /// Serialises admin changes with their write to `assignments_file`.
     admin: std::sync::Mutex<()>,
+    /// `fedgate_intercluster_file_reloads_total{file,result}`: loads of the watched
+    /// directory_file and peers_file, ok or refused (the previous content stays).
+    file_reloads: prometheus::IntCounterVec,
 }
 
 /// The admin assignments saved in `path` (none if the file does not exist yet); an error names
@@ -314,6 +317,24 @@ pub async fn prepare(
         }
         None => None,
     };
+    let file_reloads = prometheus::IntCounterVec::new(
+        prometheus::Opts::new(
+            "fedgate_intercluster_file_reloads_total",
+            "Loads of the intercluster directory_file and peers_file, by result (ok, refused)",
+        ),
+        &["file", "result"],
+    )?;
+    registry.register(Box::new(file_reloads.clone()))?;
+    for (file, set) in [
+        ("directory", ic_cfg.directory_file.is_some()),
+        ("peers", ic_cfg.peers_file.is_some()),
+    ] {
+        if set {
+            for result in ["ok", "refused"] {
+                file_reloads.with_label_values(&[file, result]);
+            }
+        }
+    }
     Ok(Some(Arc::new(IcRuntime {
         ic,
         addr,
@@ -322,6 +343,7 @@ pub async fn prepare(
         domains,
         policy: policy.clone(),
         admin: std::sync::Mutex::new(()),
+        file_reloads,
     })))
 }
 
@@ -414,13 +436,22 @@ impl IcRuntime {
                 Ok(users) => {
                     let count = users.len();
                     let n = self.ic.set_source("file", users);
+                    self.file_reloads
+                        .with_label_values(&["directory", "ok"])
+                        .inc();
                     tracing::info!(file = %f.display(), users = count, changes = n, "directory file loaded");
                 }
                 Err(e) => {
+                    self.file_reloads
+                        .with_label_values(&["directory", "refused"])
+                        .inc();
                     tracing::error!(file = %f.display(), error = %e, "directory file refused; keeping the previous users")
                 }
             },
             Err(e) => {
+                self.file_reloads
+                    .with_label_values(&["directory", "refused"])
+                    .inc();
                 tracing::error!(file = %f.display(), error = %e, "cannot read the directory file")
             }
         }
@@ -433,8 +464,14 @@ impl IcRuntime {
                 .map_err(|e| e.to_string())
                 .and_then(|t| toml::from_str::<PeersFile>(&t).map_err(|e| e.to_string()))
             {
-                Ok(pf) => peers.extend(pf.peers),
+                Ok(pf) => {
+                    self.file_reloads.with_label_values(&["peers", "ok"]).inc();
+                    peers.extend(pf.peers)
+                }
                 Err(e) => {
+                    self.file_reloads
+                        .with_label_values(&["peers", "refused"])
+                        .inc();
                     tracing::error!(file = %f.display(), error = %e, "peers file refused; keeping the current peers");
                     return;
                 }

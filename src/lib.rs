@@ -15,6 +15,7 @@ pub mod component_client;
 pub mod config;
 pub mod demo;
 pub mod directory_cli;
+pub mod dist_assets;
 pub mod gateway;
 pub mod http;
 pub mod intercluster_runtime;

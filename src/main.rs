@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use fedgate::config::{Config, process_env};
 use fedgate::gateway::Gateway;
 
@@ -56,14 +56,50 @@ enum Cmd {
 fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    // Colour only on a terminal: journald and log files get plain text.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
     } else {
         b.init();
     }
+}
+
+/// `check-config` after the config itself loaded: the policy files it names must check too,
+/// since a policy file that does not check stops the start.
+fn check_policy_files(c: &Config) -> ExitCode {
+    let mut policies = Vec::new();
+    for f in c.policy.file.iter().chain(c.policy.shadow_file.iter()) {
+        match fedgate_policy::Policy::load(f) {
+            Ok((p, _warnings)) => {
+                policies.push(format!("{} ({} rules)", f.display(), p.rule_count()))
+            }
+            Err(diags) => {
+                for d in diags {
+                    eprintln!("fedgate: {d}");
+                }
+                eprintln!(
+                    "fedgate: {}: policy.file: the policy does not check",
+                    c.source
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let policies = if policies.is_empty() {
+        String::new()
+    } else {
+        format!(", policy {}", policies.join(", "))
+    };
+    println!(
+        "{}: ok ({} hosted domain(s){policies})",
+        c.source,
+        c.domains.len()
+    );
+    ExitCode::SUCCESS
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Config, String> {
@@ -73,19 +109,44 @@ fn load(config: Option<&PathBuf>) -> Result<Config, String> {
     }
 }
 
+/// The packaging hook `fedgate generate-assets DIR`: the man pages and shell completions of
+/// the command line below. It stays outside the clap definitions so that it appears in no help,
+/// man page or completion (clap_complete lists hidden subcommands too).
+fn generate_assets(args: &[std::ffi::OsString]) -> ExitCode {
+    let [out] = args else {
+        eprintln!("usage: fedgate generate-assets DIR");
+        return ExitCode::from(2);
+    };
+    let out = PathBuf::from(out);
+    match fedgate::dist_assets::write(Cli::command(), &out) {
+        Ok(files) => {
+            for f in files {
+                println!("{}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fedgate: generate-assets: {}: {e}", out.display());
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "generate-assets") {
+        return generate_assets(&args[2..]);
+    }
+    let cli = Cli::parse_from(args);
     match cli.cmd {
         Cmd::CheckConfig { config } => match load(Some(&config)) {
-            Ok(c) => {
-                println!("{}: ok ({} hosted domain(s))", c.source, c.domains.len());
-                ExitCode::SUCCESS
-            }
+            Ok(c) => check_policy_files(&c),
             Err(e) => {
                 eprintln!("fedgate: {e}");
                 ExitCode::from(2)
             }
         },
+
         Cmd::Bench(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -20,7 +20,7 @@ use fedgate_certs::{CertFailure, CertFailureKind, Identity, PeerVerifier, TrustA
 use fedgate_s2s::driver::conn::Conn;
 use fedgate_s2s::driver::io::Io;
 use fedgate_s2s::element::{Element, NS_DIALBACK_FEATURE, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS};
-use fedgate_s2s::resolve::{DnsError, DnsErrorKind, S2sResolver, StaticTargets, Target};
+use fedgate_s2s::resolve::{DnsError, S2sResolver, StaticTargets, Target};
 use fedgate_s2s::srv::SrvRecord;
 use fedgate_s2s::wire::{Header, parse_stream_error};
 use fedgate_s2s::xml::{Limits, StreamEvent};
@@ -447,12 +447,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ProbeReport> {
     let targets = match discover(&resolver, &domain, &mut report.srv).await {
         Ok(t) => t,
         Err(e) => {
-            let kind = dns_kind(&e);
-            report.kind = Some(kind.to_owned());
-            report.verdict = format!(
-                "federation with {domain} does not work: {kind}: {}",
-                e.detail
-            );
+            // Every DNS failure, a nameserver that does not answer included, is kind `dns`
+            // (the detail says "timed out"), as in the gateway.
+            report.kind = Some("dns".to_owned());
+            report.verdict = format!("federation with {domain} does not work: dns: {}", e.detail);
             return Ok(report);
         }
     };
@@ -461,7 +459,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ProbeReport> {
         match resolver.addrs(&t.host).await {
             Err(e) => {
                 let mut r = TargetReport::new(&t, None);
-                r.error = Some(ProbeError::new(dns_kind(&e), e.detail));
+                r.error = Some(ProbeError::new("dns", e.detail));
                 report.targets.push(r);
             }
             Ok(ips) => {
@@ -481,14 +479,6 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<ProbeReport> {
 
     finish(&mut report);
     Ok(report)
-}
-
-fn dns_kind(e: &DnsError) -> &'static str {
-    if e.kind == DnsErrorKind::Timeout {
-        "timeout"
-    } else {
-        "dns"
-    }
 }
 
 /// The targets in the order the gateway would try them; fills the SRV part of the report.

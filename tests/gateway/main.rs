@@ -6,15 +6,19 @@ mod addresses;
 mod certs;
 mod crl;
 mod dane;
+mod dashboards;
 mod expiry;
 mod intercluster;
 mod internal;
+mod logs;
+mod package;
 mod policy;
 mod posh;
 mod probe;
 #[path = "../support/relay.rs"]
 #[allow(dead_code)]
 mod relay;
+mod silent_dns;
 mod sip;
 #[path = "../support/slapd.rs"]
 mod slapd;

@@ -43,19 +43,13 @@ pub async fn connect(
             t
         }
         Err(e) => {
-            let label = match e.kind {
-                DnsErrorKind::NoService => "no-service",
-                DnsErrorKind::NotFound => "not-found",
-                DnsErrorKind::Timeout => "timeout",
-                _ => "error",
-            };
-            ctx.metrics.dns.with_label_values(&[label]).inc();
-            let kind = if e.kind == DnsErrorKind::Timeout {
-                FailureKind::Timeout
-            } else {
-                FailureKind::Dns
-            };
-            let f = Failure::new(kind, format!("{remote}: {}", e.detail));
+            ctx.metrics
+                .dns
+                .with_label_values(&[dns_label(e.kind)])
+                .inc();
+            // A nameserver that does not answer is a DNS problem (kind `dns`, the text says
+            // "timed out"): the operator should look at DNS, not at the remote server.
+            let f = Failure::new(FailureKind::Dns, format!("{remote}: {}", e.detail));
             ctx.status.attempt(remote, "dns", Err(&f));
             return Err(f);
         }
@@ -68,7 +62,10 @@ pub async fn connect(
                 a
             }
             Err(e) => {
-                ctx.metrics.dns.with_label_values(&["not-found"]).inc();
+                ctx.metrics
+                    .dns
+                    .with_label_values(&[dns_label(e.kind)])
+                    .inc();
                 last = Failure::new(FailureKind::Dns, format!("{}: {}", t.host, e.detail));
                 ctx.status.attempt(remote, &t.host, Err(&last));
                 continue;
@@ -118,6 +115,16 @@ pub async fn connect(
         }
     }
     Err(last)
+}
+
+/// The `result` label of `fedgate_dns_lookups_total` for a failed lookup.
+fn dns_label(kind: DnsErrorKind) -> &'static str {
+    match kind {
+        DnsErrorKind::NoService => "no-service",
+        DnsErrorKind::NotFound => "not-found",
+        DnsErrorKind::Timeout => "timeout",
+        _ => "error",
+    }
 }
 
 async fn attempt(

@@ -47,6 +47,13 @@ pub struct Metrics {
     pub ack_rtt: HistogramVec,
     /// Links that negotiated XEP-0198, by direction, and those that fell back to pings.
     pub ack_mode: IntCounterVec,
+    /// Streams open now with each remote domain, by direction (refreshed at each scrape).
+    pub remote_streams: IntGaugeVec,
+    /// Domain pairs authenticated with each remote domain since start, by how the remote's
+    /// identity was last established (pkix/dane/posh/dialback; refreshed at each scrape).
+    pub remote_auth: IntGaugeVec,
+    /// Outbound links to a remote domain that could not be set up or broke, by failure kind.
+    pub remote_failures: IntCounterVec,
     domains: Mutex<HashSet<String>>,
 }
 
@@ -105,9 +112,37 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(ack_rtt.clone()))
             .expect("unique metric");
-        Self {
+        let remote_streams = IntGaugeVec::new(
+            Opts::new(
+                "fedgate_remote_streams",
+                "Streams open now with a remote domain, by direction",
+            ),
+            &["remote_domain", "direction"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(remote_streams.clone()))
+            .expect("unique metric");
+        let remote_auth = IntGaugeVec::new(
+            Opts::new(
+                "fedgate_remote_auth_pairs",
+                "Domain pairs authenticated with a remote domain since start, by how its identity was last established",
+            ),
+            &["remote_domain", "method"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(remote_auth.clone()))
+            .expect("unique metric");
+        let m = Self {
             unconfirmed,
             ack_rtt,
+            remote_streams,
+            remote_auth,
+            remote_failures: vec_counter(
+                r,
+                "fedgate_remote_failures_total",
+                "Outbound links to a remote domain that could not be set up or broke, by failure kind",
+                &["remote_domain", "kind"],
+            ),
             resent: vec_counter(
                 r,
                 "fedgate_stanzas_resent_total",
@@ -173,20 +208,46 @@ impl Metrics {
             queued_bytes,
             peer_cert_expiry,
             domains: Mutex::new(HashSet::new()),
+        };
+        // Per link kind from the start, at 0: a first resend is then an increase, and the
+        // series are there for dashboards before anything broke.
+        for link in LINKS {
+            m.resent.with_label_values(&[link]);
+            m.unconfirmed.with_label_values(&[link]);
+        }
+        m
+    }
+
+    /// Refresh the per-remote-domain gauges (peer certificate expiry, streams, authentication
+    /// methods) from the per-domain status; called at each scrape.
+    pub fn refresh_remote_domains(&self, status: &super::status::Status) {
+        let now = fedgate_certs::unix_now();
+        self.peer_cert_expiry.reset();
+        self.remote_streams.reset();
+        self.remote_auth.reset();
+        for (domain, s) in status.snapshot() {
+            let label = self.domain_label(&domain);
+            if let Some(t) = s.peer_cert_expiry.iter().min() {
+                self.peer_cert_expiry
+                    .with_label_values(&[&label])
+                    .set(t - now);
+            }
+            for (direction, n) in [("in", s.inbound_streams), ("out", s.outbound_streams)] {
+                self.remote_streams
+                    .with_label_values(&[&label, direction])
+                    .add(i64::from(n));
+            }
+            for method in s.auth_methods.values() {
+                self.remote_auth.with_label_values(&[&label, method]).inc();
+            }
         }
     }
 
-    /// Refresh the peer certificate expiry gauges from the per-domain status.
-    pub fn refresh_peer_cert_expiry(&self, status: &super::status::Status) {
-        let now = fedgate_certs::unix_now();
-        self.peer_cert_expiry.reset();
-        for (domain, s) in status.snapshot() {
-            if let Some(t) = s.peer_cert_expiry.iter().min() {
-                self.peer_cert_expiry
-                    .with_label_values(&[&self.domain_label(&domain)])
-                    .set(t - now);
-            }
-        }
+    /// Count an outbound link to `remote` that could not be set up or broke.
+    pub fn remote_failure(&self, remote: &str, f: &crate::wire::Failure) {
+        self.remote_failures
+            .with_label_values(&[&self.domain_label(remote), f.kind.as_str()])
+            .inc();
     }
 
     /// Acknowledgement figures of each link kind, for `/status`.

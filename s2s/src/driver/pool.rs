@@ -259,6 +259,7 @@ impl Pool {
                     .inc();
                 tracing::warn!(%local, %remote, failure = %f, "outbound s2s failed");
                 ctx.status.error(&remote, &f);
+                m.remote_failure(&remote, &f);
                 self.record_failure(&remote, &f);
                 self.forget(&local, &remote, id);
                 rx.close();
@@ -437,6 +438,7 @@ impl Pool {
                     .inc();
                 if f.kind != FailureKind::Shutdown {
                     ctx.status.error(&remote, &f);
+                    m.remote_failure(&remote, &f);
                 }
                 conn.close_with(&last_words).await;
                 for st in unacked {
