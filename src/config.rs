@@ -354,8 +354,10 @@ impl Config {
             d.name = fedgate_jid::canonical_domain(&d.name)
                 .map_err(|e| err(file, "domains.name", format!("{:?}: {e}", d.name)))?
                 .into_owned();
-            for a in &mut d.aliases {
-                *a = a.trim_end_matches('.').to_ascii_lowercase();
+            for (j, a) in d.aliases.iter_mut().enumerate() {
+                *a = fedgate_jid::canonical_domain(a)
+                    .map_err(|e| err(file, format!("domains.aliases[{j}]"), format!("{a:?}: {e}")))?
+                    .into_owned();
             }
             for p in [&mut d.cert, &mut d.key].into_iter().flatten() {
                 if p.is_relative() {
@@ -462,6 +464,18 @@ impl Config {
                         f,
                         format!("{k}.aliases[{j}]"),
                         format!("'{a}' is not a domain name"),
+                    ));
+                }
+                // An alias is served by exactly one hosted domain.
+                let taken =
+                    self.domains.iter().enumerate().any(|(o, other)| {
+                        other.name == *a || (o < i && other.aliases.contains(a))
+                    });
+                if taken {
+                    return Err(err(
+                        f,
+                        format!("{k}.aliases[{j}]"),
+                        format!("'{a}' is already a hosted domain or another domain's alias"),
                     ));
                 }
             }

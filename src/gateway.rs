@@ -178,7 +178,10 @@ impl Gateway {
         let mut targets = cfg.s2s.static_targets.clone();
         for d in &cfg.domains {
             if let Some(i) = &d.internal {
-                targets.insert(d.name.clone(), i.clone());
+                // Its aliases are served by the same server.
+                for name in std::iter::once(&d.name).chain(&d.aliases) {
+                    targets.insert(name.clone(), i.clone());
+                }
             }
         }
         let statics = StaticTargets::parse(&targets).map_err(anyhow::Error::msg)?;
@@ -193,7 +196,22 @@ impl Gateway {
                 DialbackSecret::new(&fedgate_s2s::driver::context::new_stream_id())
             }
         };
-        let hosted: HashSet<String> = cfg.domains.iter().map(|d| d.name.clone()).collect();
+        // Aliases are hosted names too: served with their domain's certificate, by its
+        // component or internal server.
+        let alias_of: HashMap<String, String> = cfg
+            .domains
+            .iter()
+            .flat_map(|d| d.aliases.iter().map(|a| (a.clone(), d.name.clone())))
+            .collect();
+        for (alias, domain) in &alias_of {
+            identities.alias(alias, domain);
+        }
+        let hosted: HashSet<String> = cfg
+            .domains
+            .iter()
+            .map(|d| d.name.clone())
+            .chain(alias_of.keys().cloned())
+            .collect();
         let component_secrets: HashMap<String, String> = cfg
             .domains
             .iter()
@@ -280,6 +298,7 @@ impl Gateway {
             components.clone(),
             policy.clone(),
             internal_domains.clone(),
+            Arc::new(alias_of),
         ));
         ctx.set_sink(router.clone());
         let sip = if cfg.sip.enabled() {

@@ -22,6 +22,8 @@ pub struct Router {
     policy: Arc<PolicyRuntime>,
     /// Hosted domains served by our own IM server over the internal link.
     internal: Arc<std::collections::HashSet<String>>,
+    /// Aliases (`[[domains]] aliases`) → the hosted domain whose service serves them.
+    alias_of: Arc<std::collections::HashMap<String, String>>,
     /// SIP federation, when configured.
     sip: std::sync::OnceLock<Arc<SipRoute>>,
     /// Intercluster peering, when configured.
@@ -35,6 +37,7 @@ impl Router {
         components: Arc<Components>,
         policy: Arc<PolicyRuntime>,
         internal: Arc<std::collections::HashSet<String>>,
+        alias_of: Arc<std::collections::HashMap<String, String>>,
     ) -> Self {
         Self {
             ctx,
@@ -42,6 +45,7 @@ impl Router {
             components,
             policy,
             internal,
+            alias_of,
             sip: std::sync::OnceLock::new(),
             intercluster: std::sync::OnceLock::new(),
         }
@@ -205,13 +209,16 @@ impl StanzaSink for Router {
             },
             _ => st,
         };
-        if to_hosted && self.internal.contains(&to) {
+        // The hosted domain whose service takes stanzas for `to` (itself, or the domain it is
+        // an alias of).
+        let service = self.alias_of.get(&to).unwrap_or(&to);
+        if to_hosted && self.internal.contains(service) {
             // To our own IM server over s2s, the gateway acting as the sender's domain.
             self.pool.send(&from, &to, st);
             return;
         }
         if to_hosted {
-            if let Err(e) = self.components.deliver(&self.ctx, &to, st) {
+            if let Err(e) = self.components.deliver(&self.ctx, service, st) {
                 match e {
                     DeliverError::NotConnected(st) => self.ctx.bounce(
                         &st,
@@ -253,6 +260,31 @@ impl StanzaSink for Router {
                 }
             }
             self.pool.send(&from, &to, st);
+            return;
+        }
+        if let Origin::Component(domain) = &st.origin
+            && fedgate_s2s::wire::bounceable(&st.el)
+        {
+            // A component may send from a subdomain of its domain (its stream allows it), but
+            // only a configured alias is a name this gateway serves: tell the component. The
+            // error goes straight back to it (its `to`, the subdomain, is not routable).
+            let reply = fedgate_s2s::wire::bounce(
+                &st.el,
+                ErrorType::Cancel,
+                "not-allowed",
+                &format!(
+                    "fedgate: {from} is not served here: add it to the aliases of {domain} ([[domains]] aliases) to send from it"
+                ),
+                Some(domain),
+            );
+            self.ctx
+                .metrics
+                .bounced
+                .with_label_values(&["not-hosted"])
+                .inc();
+            let _ = self
+                .components
+                .deliver(&self.ctx, domain, Stanza::generated(reply));
             return;
         }
         self.ctx

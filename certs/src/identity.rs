@@ -151,9 +151,21 @@ struct StoreMap {
     by_domain: HashMap<String, Arc<Identity>>,
     /// Insertion order of the keys; the first is the default.
     order: Vec<String>,
+    /// Further names served with a domain's identity (`[[domains]] aliases`): alias key →
+    /// domain key. A replaced identity serves its aliases at once.
+    aliases: HashMap<String, String>,
 }
 
 impl StoreMap {
+    fn lookup(&self, domain: &str) -> Option<&Arc<Identity>> {
+        let key = store_key(domain);
+        self.by_domain.get(&key).or_else(|| {
+            self.aliases
+                .get(&key)
+                .and_then(|parent| self.by_domain.get(parent))
+        })
+    }
+
     fn with(&self, id: Identity) -> (StoreMap, Option<Arc<Identity>>) {
         let mut next = self.clone();
         let key = store_key(&id.domain);
@@ -221,16 +233,28 @@ impl IdentityStore {
         old
     }
 
-    /// The identity of a hosted domain (case-insensitive, trailing dot tolerant); no fallback.
+    /// Serves `alias` with the identity of hosted `domain` (whose certificate must cover it;
+    /// `certs check` and reloads verify that).
+    pub fn alias(&self, alias: &str, domain: &str) {
+        let (alias, domain) = (store_key(alias), store_key(domain));
+        self.map.rcu(|cur| {
+            let mut next = StoreMap::clone(cur);
+            next.aliases.insert(alias.clone(), domain.clone());
+            next
+        });
+    }
+
+    /// The identity of a hosted domain or one of its aliases (case-insensitive, trailing dot
+    /// tolerant); no fallback.
     pub fn get(&self, domain: &str) -> Option<Arc<Identity>> {
-        self.map.load().by_domain.get(&store_key(domain)).cloned()
+        self.map.load().lookup(domain).cloned()
     }
 
     /// The identity for `domain`, or the default when there is none (what TLS uses).
     pub fn get_or_default(&self, domain: Option<&str>) -> Option<Arc<Identity>> {
         let map = self.map.load();
         domain
-            .and_then(|d| map.by_domain.get(&store_key(d)))
+            .and_then(|d| map.lookup(d))
             .or_else(|| map.order.first().and_then(|k| map.by_domain.get(k)))
             .cloned()
     }

@@ -3,6 +3,7 @@
 
 mod acks;
 mod addresses;
+mod aliases;
 mod certs;
 mod crl;
 mod dane;
