@@ -467,10 +467,11 @@ impl Config {
                     ));
                 }
                 // An alias is served by exactly one hosted domain.
-                let taken =
-                    self.domains.iter().enumerate().any(|(o, other)| {
-                        other.name == *a || (o < i && other.aliases.contains(a))
-                    });
+                let taken = self
+                    .domains
+                    .iter()
+                    .enumerate()
+                    .any(|(o, other)| other.name == *a || (o < i && other.aliases.contains(a)));
                 if taken {
                     return Err(err(
                         f,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use fedgate::component_client::ComponentClient;
@@ -14,12 +14,13 @@ use fedgate_certs::dev::LeafSpec;
 
 pub const T: Duration = Duration::from_secs(15);
 
-/// A fresh loopback address per gateway (127.0.1.10 ..): tests run in parallel in one process.
+/// A fresh loopback address per gateway (127.1.0.10, 127.1.0.11, … 127.1.0.249, 127.1.1.10,
+/// …): tests run in parallel in one process. Other fixed test addresses live in 127.0.x.y.
 pub fn next_ip() -> Ipv4Addr {
-    static NEXT: AtomicU8 = AtomicU8::new(10);
+    static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    assert!(n < 250, "out of test addresses");
-    Ipv4Addr::new(127, 0, 1, n)
+    assert!(n < 240 * 200, "out of test addresses");
+    Ipv4Addr::new(127, 1, (n / 240) as u8, (n % 240 + 10) as u8)
 }
 
 /// The lab PKI, panicking instead of returning errors (tests).

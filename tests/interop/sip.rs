@@ -28,7 +28,7 @@ const W: Duration = Duration::from_secs(20);
 const SIPP_WAIT: Duration = Duration::from_secs(40);
 
 /// A fresh loopback address for sipp, socat and Kamailio (127.0.3.20 ..): 127.0.3.1-6 are the
-/// harness README's, 127.0.1.x are the gateways' ([`crate::support::next_ip`]).
+/// harness README's, 127.1.x.y are the gateways' ([`crate::support::next_ip`]).
 fn peer_ip() -> Ipv4Addr {
     static NEXT: AtomicU8 = AtomicU8::new(20);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
