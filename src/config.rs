@@ -349,14 +349,26 @@ impl Config {
             err(file, key, msg)
         })?;
         cfg.source = file.to_owned();
-        for d in &mut cfg.domains {
+        for (i, d) in cfg.domains.iter_mut().enumerate() {
             // The canonical form every stanza's address is compared in (RFC 7622: U-labels).
             d.name = fedgate_jid::canonical_domain(&d.name)
-                .map_err(|e| err(file, "domains.name", format!("{:?}: {e}", d.name)))?
+                .map_err(|e| {
+                    err(
+                        file,
+                        format!("domains[{i}].name"),
+                        format!("{:?}: {e}", d.name),
+                    )
+                })?
                 .into_owned();
             for (j, a) in d.aliases.iter_mut().enumerate() {
                 *a = fedgate_jid::canonical_domain(a)
-                    .map_err(|e| err(file, format!("domains.aliases[{j}]"), format!("{a:?}: {e}")))?
+                    .map_err(|e| {
+                        err(
+                            file,
+                            format!("domains[{i}].aliases[{j}]"),
+                            format!("'{a}' is not a domain name ({e})"),
+                        )
+                    })?
                     .into_owned();
             }
             for p in [&mut d.cert, &mut d.key].into_iter().flatten() {
@@ -711,7 +723,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "t.toml: domains[0].aliases[0]: 'x y' is not a domain name"
+            "t.toml: domains[0].aliases[0]: 'x y' is not a domain name (domainpart is not a valid domain name (IDNA2008))"
         );
         let e = parse(&format!("{OK}[tls]\nmin_days = -1\n")).unwrap_err();
         assert_eq!(e.key, "tls.min_days");
