@@ -3,7 +3,6 @@
 //! remote servers reach them like any hosted domain, with a.test's certificate.
 
 use fedgate::component_client::{body, message};
-use fedgate::testdns::Zone;
 use fedgate_certs::dev::LeafSpec;
 
 use super::support::*;
@@ -11,20 +10,12 @@ use super::support::*;
 #[tokio::test]
 async fn a_component_sends_and_receives_for_its_aliases_and_hears_about_other_subdomains() {
     let pki = Pki::new();
-    let mut a = GwSpec::new(&pki, "a.test");
-    let mut b = GwSpec::new(&pki, "b.test");
+    let (mut a, b, _dns) = srv_pair_with(&pki, &["conference.a.test"]).await;
     a.cert = pki.leaf(
         "a-with-alias",
         &LeafSpec::dns(&["a.test", "conference.a.test"]),
     );
     a.domain_extra = "aliases = [\"Conference.A.test\"]\n".into();
-    let mut zone = Zone::new();
-    srv_to(&mut zone, "a.test", a.ip);
-    srv_to(&mut zone, "conference.a.test", a.ip);
-    srv_to(&mut zone, "b.test", b.ip);
-    let dns = dns(zone).await;
-    a.dns = Some(dns.addr());
-    b.dns = Some(dns.addr());
     let (ga, gb) = (a.start().await, b.start().await);
     let mut ca = a.component(&ga).await;
     let mut cb = b.component(&gb).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fedgate::component_client::{ComponentClient, body, message, presence};
 use fedgate::gateway::Gateway;
 use fedgate::sip_peer::{PeerTls, SipPeer, answer};
-use fedgate::testdns::Zone;
+use fedgate::testdns::{TestDns, Zone};
 use fedgate_certs::dev::LeafSpec;
 use fedgate_s2s::element::Element;
 use fedgate_sip::hdr::NameAddr;
@@ -89,6 +89,34 @@ async fn lab_with(flavor: &str, extra: &str, tweak: impl FnOnce(&mut GwSpec)) ->
         gw,
         alice,
     }
+}
+
+/// A gateway that knows lync.test only from DNS (`_sipfederationtls._tcp`, no declared
+/// partner; standard flavor), with `extra` config; the DNS server must outlive the lab.
+async fn discovered_lab(extra: &str) -> (Lab, TestDns) {
+    let pki = Pki::new();
+    let partner = Partner::new(&pki);
+    let listener = TcpListener::bind(partner.edge()).await.unwrap();
+    let mut zone = Zone::new();
+    sip_srv_to(&mut zone, "lync.test", "edge.lync.test", partner.ip, 5061);
+    let dns = dns(zone).await;
+    let mut spec = GwSpec::new(&pki, "example.test");
+    spec.dns = Some(dns.addr());
+    spec.extra = format!(
+        "\n[sip]\nlisten = [\"{}:5061\"]\ndefault_flavor = \"standard\"\n{extra}",
+        spec.ip
+    );
+    let gw = spec.start().await;
+    let alice = spec.component(&gw).await;
+    let lab = Lab {
+        _pki: pki,
+        partner,
+        listener,
+        spec,
+        gw,
+        alice,
+    };
+    (lab, dns)
 }
 
 /// The gateway's connection to the partner's edge, accepted on `listener`.
@@ -674,20 +702,14 @@ async fn untrusted_partners_are_refused_with_typed_errors() {
 /// being configured; the policy marking it "sip" refuses its XMPP streams.
 #[tokio::test]
 async fn sip_domains_are_discovered_through_dns() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let listener = TcpListener::bind(partner.edge()).await.unwrap();
-    let mut zone = Zone::new();
-    sip_srv_to(&mut zone, "lync.test", "edge.lync.test", partner.ip, 5061);
-    let dns = dns(zone).await;
-    let mut spec = GwSpec::new(&pki, "example.test");
-    spec.dns = Some(dns.addr());
-    spec.extra = format!(
-        "\n[sip]\nlisten = [\"{}:5061\"]\ndefault_flavor = \"standard\"\n",
-        spec.ip
-    );
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let (lab, _dns) = discovered_lab("").await;
+    let Lab {
+        partner,
+        listener,
+        gw,
+        mut alice,
+        ..
+    } = lab;
     alice
         .send(&message(
             "alice@example.test",
@@ -717,12 +739,6 @@ async fn sip_domains_are_discovered_through_dns() {
 /// of one stanza (burst 1), the one message is delivered, not refused by its own second pass.
 #[tokio::test]
 async fn a_stanza_parked_during_discovery_passes_the_policy_once() {
-    let pki = Pki::new();
-    let partner = Partner::new(&pki);
-    let listener = TcpListener::bind(partner.edge()).await.unwrap();
-    let mut zone = Zone::new();
-    sip_srv_to(&mut zone, "lync.test", "edge.lync.test", partner.ip, 5061);
-    let dns = dns(zone).await;
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
@@ -731,15 +747,18 @@ async fn a_stanza_parked_during_discovery_passes_the_policy_once() {
          action = \"allow\"\ndirection = \"both\"\nrate = { per_second = 0.01, burst = 1 }\n",
     )
     .unwrap();
-    let mut spec = GwSpec::new(&pki, "example.test");
-    spec.dns = Some(dns.addr());
-    spec.extra = format!(
-        "\n[policy]\nfile = {:?}\n\n[sip]\nlisten = [\"{}:5061\"]\ndefault_flavor = \"standard\"\n",
-        policy.display().to_string(),
-        spec.ip
-    );
-    let gw = spec.start().await;
-    let mut alice = spec.component(&gw).await;
+    let (lab, _dns) = discovered_lab(&format!(
+        "\n[policy]\nfile = {:?}\n",
+        policy.display().to_string()
+    ))
+    .await;
+    let Lab {
+        partner,
+        listener,
+        gw,
+        mut alice,
+        ..
+    } = lab;
     alice
         .send(&message(
             "alice@example.test",

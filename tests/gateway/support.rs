@@ -218,10 +218,17 @@ pub fn metric(text: &str, prefix: &str) -> u64 {
 
 /// a.test and b.test, each found through SRV in one test DNS server.
 pub async fn srv_pair(pki: &Pki) -> (GwSpec, GwSpec, TestDns) {
+    srv_pair_with(pki, &[]).await
+}
+
+/// Like [`srv_pair`], with SRV records for further names served by a.test (its aliases).
+pub async fn srv_pair_with(pki: &Pki, a_names: &[&str]) -> (GwSpec, GwSpec, TestDns) {
     let mut a = GwSpec::new(pki, "a.test");
     let mut b = GwSpec::new(pki, "b.test");
     let mut zone = Zone::new();
-    srv_to(&mut zone, "a.test", a.ip);
+    for name in std::iter::once(&"a.test").chain(a_names) {
+        srv_to(&mut zone, name, a.ip);
+    }
     srv_to(&mut zone, "b.test", b.ip);
     let dns = dns(zone).await;
     a.dns = Some(dns.addr());
