@@ -6,6 +6,7 @@ mod certs;
 mod crl;
 mod dane;
 mod expiry;
+mod http;
 mod intercluster;
 mod internal;
 mod policy;
