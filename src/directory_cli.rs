@@ -224,7 +224,39 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("alice@example.test"), "alice%40example.test");
+        assert_eq!(encode("a b+c/é&x=~_.-"), "a%20b%2Bc%2F%C3%A9%26x%3D~_.-");
+    }
+
+    #[test]
+    fn endpoints_are_host_port_or_a_unix_socket() {
+        for ok in [
+            "127.0.0.1:9270",
+            "localhost:9270",
+            "[::1]:9270",
+            "unix:/run/a.sock",
+        ] {
+            assert!(Endpoint::parse(ok, None, None).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1", "unix:", "http://127.0.0.1:9270", "/run/a.sock"] {
+            assert!(Endpoint::parse(bad, None, None).is_err(), "{bad}");
+        }
+        assert!(Endpoint::parse("127.0.0.1:9270", None, Some("a b")).is_err());
+        let e = Endpoint::parse("unix:/run/a.sock", Some(Path::new("/ca.pem")), None);
+        assert!(e.unwrap_err().to_string().contains("Unix socket"));
+        let e = Endpoint::parse(
+            "127.0.0.1:9270",
+            Some(Path::new("/nonexistent/ca.pem")),
+            None,
+        );
+        assert!(e.unwrap_err().to_string().contains("/nonexistent/ca.pem"));
+    }
 
     #[test]
     fn the_peers_table_shows_each_peer_with_its_notes() {
