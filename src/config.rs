@@ -28,6 +28,9 @@ pub struct Config {
     pub components: ComponentsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The admin listener (`[admin]`); off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
@@ -219,13 +222,112 @@ pub struct ComponentsConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
-    /// HTTP listener for /metrics, /healthz and /status.
+    /// HTTP listener for the read-only /metrics, /healthz, /status and
+    /// `GET /intercluster/peers|lookup|conflicts`.
     pub listen: Option<String>,
-    /// A file holding the token that admin requests (`POST /intercluster/assign|unassign`)
-    /// must carry as `Authorization: Bearer <token>`, from any client. Without it, only
-    /// loopback clients may make admin requests. Read on every admin request (rotate it by
-    /// rewriting the file).
+    /// Removed: admin requests moved to `[admin]`. Kept as a field only to refuse it with a
+    /// message that says where to go (instead of serde's "unknown field").
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// `[admin]`: the listener for admin requests (`POST /intercluster/assign|unassign`). Every
+/// request must carry the token of `token_file` and a `Host` from `allowed_hosts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// TCP listen address (ip:port); or `unix`.
+    pub listen: Option<String>,
+    /// Unix socket path (made mode 0600); or `listen`.
+    pub unix: Option<PathBuf>,
+    /// The file holding the token every admin request carries as `Authorization: Bearer …`;
+    /// read on every request (rotate it by rewriting the file). Required.
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate chain and key: serve HTTPS on `listen`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// `Host` values accepted (`name` or `name:port`; a name without port accepts any port).
+    /// Default: the `listen` IP and `localhost` (for `unix`: `localhost`).
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AdminConfig {
+    /// The `Host` values accepted: `allowed_hosts`, or the default (see the field).
+    pub fn effective_allowed_hosts(&self) -> Vec<String> {
+        if !self.allowed_hosts.is_empty() {
+            return self
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect();
+        }
+        let mut hosts = vec!["localhost".to_owned()];
+        if let Some(sa) = self
+            .listen
+            .as_deref()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            hosts.push(match sa.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+        }
+        hosts
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let addr = match (&self.listen, &self.unix) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "admin.unix",
+                    "set admin.listen or admin.unix, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err((
+                    "admin.listen",
+                    "the admin listener needs listen = \"127.0.0.1:9270\" or unix = \"/run/fedgate/admin.sock\" (remove [admin] to turn it off)".into(),
+                ));
+            }
+            (Some(a), None) => Some(
+                a.parse::<SocketAddr>()
+                    .map_err(|_| ("admin.listen", format!("'{a}' is not an ip:port address")))?,
+            ),
+            (None, Some(_)) => None,
+        };
+        if self.token_file.is_none() {
+            return Err((
+                "admin.token_file",
+                "required: every admin request must carry this token (Authorization: Bearer)"
+                    .into(),
+            ));
+        }
+        match (&self.cert, &self.key) {
+            (Some(_), None) => return Err(("admin.key", "admin.cert needs admin.key".into())),
+            (None, Some(_)) => return Err(("admin.cert", "admin.key needs admin.cert".into())),
+            (Some(_), Some(_)) if addr.is_none() => {
+                return Err((
+                    "admin.cert",
+                    "TLS is served on admin.listen only; a Unix socket is guarded by its file permissions".into(),
+                ));
+            }
+            _ => {}
+        }
+        for h in &self.allowed_hosts {
+            if !crate::http::admin::is_host_value(h) {
+                return Err((
+                    "admin.allowed_hosts",
+                    format!("'{h}' is not a host name or address, with an optional :port"),
+                ));
+            }
+        }
+        if self.allowed_hosts.is_empty() && addr.is_some_and(|a| a.ip().is_unspecified()) {
+            return Err((
+                "admin.allowed_hosts",
+                "required when admin.listen is a wildcard address: list the names clients use to reach it".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The internal side: where the gateway's own IM servers send their outbound s2s, and the
@@ -332,6 +434,7 @@ impl Config {
             .with_list_parse_key("sip.listen")
             .with_list_parse_key("tls.trust_anchors")
             .with_list_parse_key("tls.crls")
+            .with_list_parse_key("admin.allowed_hosts")
             .source(Some(env.clone().into_iter().collect()));
         let built = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
@@ -387,13 +490,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
-        for p in [
-            &mut cfg.sip.authz_store,
-            &mut cfg.tls.dane_trust_anchor,
-            &mut cfg.metrics.admin_token_file,
-        ]
-        .into_iter()
-        .flatten()
+        for p in [&mut cfg.sip.authz_store, &mut cfg.tls.dane_trust_anchor]
+            .into_iter()
+            .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -407,6 +506,16 @@ impl Config {
         {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(a) = &mut cfg.admin {
+            for p in [&mut a.unix, &mut a.token_file, &mut a.cert, &mut a.key]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
             }
         }
         if let Some(ic) = &mut cfg.intercluster {
@@ -540,6 +649,22 @@ impl Config {
                 a.parse::<SocketAddr>()
                     .map_err(|_| err(f, key, format!("'{a}' is not an ip:port address")))?;
             }
+        }
+        if let Some(t) = &self.metrics.admin_token_file {
+            return Err(err(
+                f,
+                "metrics.admin_token_file",
+                format!(
+                    "removed: admin requests are served by their own listener now, which always \
+                     needs the token; move it there: [admin] listen = \"127.0.0.1:9270\" \
+                     token_file = {:?} (and pass fedgate directory --admin 127.0.0.1:9270 \
+                     --token-file for assign and unassign)",
+                    t.display().to_string()
+                ),
+            ));
+        }
+        if let Some(a) = &self.admin {
+            a.validate().map_err(|(k, m)| err(f, k, m))?;
         }
         self.sip.validate().map_err(|(k, m)| err(f, k, m))?;
         if self.s2s.listen.is_empty() && self.s2s.direct_tls_listen.is_empty() {
@@ -727,6 +852,123 @@ mod tests {
         );
         let e = parse(&format!("{OK}[tls]\nmin_days = -1\n")).unwrap_err();
         assert_eq!(e.key, "tls.min_days");
+    }
+
+    #[test]
+    fn the_admin_listener_is_checked() {
+        let c = parse(OK).unwrap();
+        assert!(c.admin.is_none(), "off by default");
+        let c = parse(&format!(
+            "{OK}[admin]\nlisten = \"127.0.0.1:9270\"\ntoken_file = \"admin.token\"\n"
+        ))
+        .unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(
+            a.token_file.as_deref(),
+            Some(Path::new("/etc/fedgate/admin.token"))
+        );
+        assert_eq!(a.effective_allowed_hosts(), ["localhost", "127.0.0.1"]);
+        let c = parse(&format!(
+            "{OK}[admin]\nlisten = \"[::1]:9270\"\ntoken_file = \"t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.admin.unwrap().effective_allowed_hosts(),
+            ["localhost", "[::1]"]
+        );
+        let c = parse(&format!(
+            "{OK}[admin]\nunix = \"admin.sock\"\ntoken_file = \"t\"\nallowed_hosts = [\"Gw.Example.Test\"]\n"
+        ))
+        .unwrap();
+        let a = c.admin.unwrap();
+        assert_eq!(
+            a.unix.as_deref(),
+            Some(Path::new("/etc/fedgate/admin.sock"))
+        );
+        assert_eq!(a.effective_allowed_hosts(), ["gw.example.test"]);
+        for (section, key, says) in [
+            ("token_file = \"t\"\n", "admin.listen", "unix ="),
+            (
+                "listen = \"127.0.0.1:9270\"\n",
+                "admin.token_file",
+                "required",
+            ),
+            (
+                "listen = \"127.0.0.1:9270\"\nunix = \"s\"\ntoken_file = \"t\"\n",
+                "admin.unix",
+                "not both",
+            ),
+            (
+                "listen = \"localhost:9270\"\ntoken_file = \"t\"\n",
+                "admin.listen",
+                "ip:port",
+            ),
+            (
+                "listen = \"0.0.0.0:9270\"\ntoken_file = \"t\"\n",
+                "admin.allowed_hosts",
+                "wildcard",
+            ),
+            (
+                "listen = \"127.0.0.1:9270\"\ntoken_file = \"t\"\ncert = \"c.pem\"\n",
+                "admin.key",
+                "needs admin.key",
+            ),
+            (
+                "unix = \"s\"\ntoken_file = \"t\"\ncert = \"c.pem\"\nkey = \"k.pem\"\n",
+                "admin.cert",
+                "Unix socket",
+            ),
+            (
+                "listen = \"127.0.0.1:9270\"\ntoken_file = \"t\"\nallowed_hosts = [\"http://x\"]\n",
+                "admin.allowed_hosts",
+                "http://x",
+            ),
+            (
+                "listen = \"127.0.0.1:9270\"\ntoken = \"x\"\n",
+                "-",
+                "unknown field `token`",
+            ),
+        ] {
+            let e = parse(&format!("{OK}[admin]\n{section}")).unwrap_err();
+            assert!(
+                (e.key == key || key == "-") && e.message.contains(says),
+                "{section}: {e}"
+            );
+        }
+        let env: Env = [
+            (
+                "FEDGATE__ADMIN__LISTEN".to_owned(),
+                "0.0.0.0:9270".to_owned(),
+            ),
+            ("FEDGATE__ADMIN__TOKEN_FILE".to_owned(), "/t".to_owned()),
+            (
+                "FEDGATE__ADMIN__ALLOWED_HOSTS".to_owned(),
+                "gw1.example.test,gw1.example.test:9270".to_owned(),
+            ),
+        ]
+        .into();
+        let c = Config::from_toml(OK, "t.toml", Path::new("."), &env).unwrap();
+        assert_eq!(
+            c.admin.unwrap().allowed_hosts,
+            ["gw1.example.test", "gw1.example.test:9270"]
+        );
+    }
+
+    /// `metrics.admin_token_file` is gone: refused with where to go instead.
+    #[test]
+    fn the_old_admin_token_key_says_where_it_went() {
+        let e = parse(&format!(
+            "{OK}[metrics]\nlisten = \"127.0.0.1:9269\"\nadmin_token_file = \"/etc/fedgate/admin.token\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, "metrics.admin_token_file", "{e}");
+        assert!(
+            e.message.contains("[admin]")
+                && e.message
+                    .contains("token_file = \"/etc/fedgate/admin.token\"")
+                && e.message.contains("--admin"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,22 +1,36 @@
-//! `fedgate directory`: the intercluster directory of a running gateway, through its HTTP
-//! endpoint (`[metrics] listen`). `assign` and `unassign` are admin requests: the gateway takes
-//! them from loopback only, or, with `metrics.admin_token_file`, from whoever sends the token
+//! `fedgate directory`: the intercluster directory of a running gateway. The reads (`peers`,
+//! `lookup`, `conflicts`) go to its status listener (`[metrics] listen`, `--http`); `assign`
+//! and `unassign` go to its admin listener (`[admin]`, `--admin`) with the admin token
 //! (`--token-file`).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::ExitCode;
-use std::time::Duration;
+
+use hyper::Method;
+
+use crate::http::client::Endpoint;
 
 #[derive(clap::Args, Debug)]
 pub struct DirectoryArgs {
-    /// The gateway's HTTP endpoint (`[metrics] listen`), host:port.
+    /// The gateway's status listener (`[metrics] listen`), host:port: `peers`, `lookup`,
+    /// `conflicts`.
     #[arg(long, default_value = "127.0.0.1:9269")]
     pub http: String,
-    /// A file holding the gateway's admin token (`metrics.admin_token_file`), sent with
-    /// `assign` and `unassign`.
+    /// The gateway's admin listener, for `assign` and `unassign`: host:port (`[admin]
+    /// listen`) or unix:<path> (`[admin] unix`).
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// A file holding the admin token (`admin.token_file`), sent with `assign` and `unassign`.
     #[arg(long)]
     pub token_file: Option<std::path::PathBuf>,
+    /// The admin listener serves HTTPS (`admin.cert`): check its certificate against the CA
+    /// certificates in this PEM file.
+    #[arg(long)]
+    pub admin_ca: Option<std::path::PathBuf>,
+    /// The name to reach the admin listener by: sent as `Host` (one of `admin.allowed_hosts`)
+    /// and, with --admin-ca, the name its certificate must carry. Default: the --admin
+    /// address (localhost for a Unix socket).
+    #[arg(long)]
+    pub admin_host: Option<String>,
     #[command(subcommand)]
     pub cmd: DirectoryCmd,
 }
@@ -40,49 +54,14 @@ pub enum DirectoryCmd {
     Unassign { user: String },
 }
 
+/// A query value, percent-encoded (all but unreserved characters, RFC 3986).
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// One HTTP/1.1 request; (status code, body).
-pub fn request(
-    addr: &str,
-    method: &str,
-    target: &str,
-    token: Option<&str>,
-) -> Result<(u16, String), String> {
-    let sa = addr
-        .parse()
-        .map_err(|_| format!("'{addr}' is not an ip:port address"))?;
-    let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    s.write_all(
-        format!(
-            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n",
-            auth = token
-                .map(|t| format!("Authorization: Bearer {t}\r\n"))
-                .unwrap_or_default()
-        )
-            .as_bytes(),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer from {addr}"))?;
-    Ok((code, body.to_owned()))
+    const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 /// The human-readable peers table from the `/intercluster/peers` document.
@@ -131,13 +110,14 @@ pub fn render_peers(doc: &serde_json::Value) -> String {
 
 pub fn run(args: DirectoryArgs) -> ExitCode {
     let (method, target) = match &args.cmd {
-        DirectoryCmd::Peers => ("GET", "/intercluster/peers".to_owned()),
-        DirectoryCmd::Lookup { user } => {
-            ("GET", format!("/intercluster/lookup?user={}", encode(user)))
-        }
-        DirectoryCmd::Conflicts => ("GET", "/intercluster/conflicts".to_owned()),
+        DirectoryCmd::Peers => (Method::GET, "/intercluster/peers".to_owned()),
+        DirectoryCmd::Lookup { user } => (
+            Method::GET,
+            format!("/intercluster/lookup?user={}", encode(user)),
+        ),
+        DirectoryCmd::Conflicts => (Method::GET, "/intercluster/conflicts".to_owned()),
         DirectoryCmd::Assign { user, epoch } => (
-            "POST",
+            Method::POST,
             format!(
                 "/intercluster/assign?user={}{}",
                 encode(user),
@@ -145,21 +125,46 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
             ),
         ),
         DirectoryCmd::Unassign { user } => (
-            "POST",
+            Method::POST,
             format!("/intercluster/unassign?user={}", encode(user)),
         ),
     };
-    let token = match &args.token_file {
-        Some(f) => match crate::http::read_admin_token(f) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("fedgate directory: --token-file {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => None,
+    let fail = |m: String| {
+        eprintln!("fedgate directory: {m}");
+        ExitCode::from(2)
     };
-    match request(&args.http, method, &target, token.as_deref()) {
+    let admin = method == Method::POST;
+    let (endpoint, token) = if admin {
+        let (Some(addr), Some(token_file)) = (&args.admin, &args.token_file) else {
+            return fail(
+                "assign and unassign go to the gateway's admin listener: pass --admin <[admin] \
+                 listen, or unix:<[admin] unix>> and --token-file <admin.token_file>"
+                    .into(),
+            );
+        };
+        let token = match crate::http::read_admin_token(token_file) {
+            Ok(t) => t,
+            Err(e) => return fail(format!("--token-file {e}")),
+        };
+        match Endpoint::parse(addr, args.admin_ca.as_deref(), args.admin_host.as_deref()) {
+            Ok(e) => (e, Some(token)),
+            Err(e) => return fail(format!("--admin: {e}")),
+        }
+    } else {
+        match Endpoint::parse(&args.http, None, None) {
+            Ok(e) => (e, None),
+            Err(e) => return fail(format!("--http: {e}")),
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let answer = runtime.block_on(endpoint.request(method, &target, token.as_deref()));
+    match answer.map(|(status, body)| (status.as_u16(), body)) {
         Ok((200, body)) => {
             let doc: serde_json::Value =
                 serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
@@ -199,10 +204,10 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Ok((404, _)) => {
+        Ok((404, body)) => {
             eprintln!(
-                "fedgate directory: {} has no intercluster section (not configured?)",
-                args.http
+                "fedgate directory: {endpoint}: HTTP 404: {} (no intercluster section?)",
+                body.trim()
             );
             ExitCode::from(1)
         }
@@ -219,7 +224,39 @@ pub fn run(args: DirectoryArgs) -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(encode("alice@example.test"), "alice%40example.test");
+        assert_eq!(encode("a b+c/é&x=~_.-"), "a%20b%2Bc%2F%C3%A9%26x%3D~_.-");
+    }
+
+    #[test]
+    fn endpoints_are_host_port_or_a_unix_socket() {
+        for ok in [
+            "127.0.0.1:9270",
+            "localhost:9270",
+            "[::1]:9270",
+            "unix:/run/a.sock",
+        ] {
+            assert!(Endpoint::parse(ok, None, None).is_ok(), "{ok}");
+        }
+        for bad in ["127.0.0.1", "unix:", "http://127.0.0.1:9270", "/run/a.sock"] {
+            assert!(Endpoint::parse(bad, None, None).is_err(), "{bad}");
+        }
+        assert!(Endpoint::parse("127.0.0.1:9270", None, Some("a b")).is_err());
+        let e = Endpoint::parse("unix:/run/a.sock", Some(Path::new("/ca.pem")), None);
+        assert!(e.unwrap_err().to_string().contains("Unix socket"));
+        let e = Endpoint::parse(
+            "127.0.0.1:9270",
+            Some(Path::new("/nonexistent/ca.pem")),
+            None,
+        );
+        assert!(e.unwrap_err().to_string().contains("/nonexistent/ca.pem"));
+    }
 
     #[test]
     fn the_peers_table_shows_each_peer_with_its_notes() {

@@ -37,6 +37,8 @@ pub struct Gateway {
     pub direct_tls_addrs: Vec<SocketAddr>,
     pub component_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the admin listener is (`[admin]`), when configured.
+    pub admin_addr: Option<crate::http::admin::AdminAddr>,
     /// Where the internal servers' outbound s2s arrives.
     pub internal_addr: Option<SocketAddr>,
     /// The internal resolver (stopped when the gateway is dropped).
@@ -147,12 +149,65 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
+/// The admin listener of `[admin]`: TCP (TLS with `cert`/`key`) or a Unix socket.
+async fn bind_admin(
+    cfg: &Config,
+    admin: &crate::config::AdminConfig,
+) -> anyhow::Result<(crate::http::server::Listener, crate::http::admin::AdminAddr)> {
+    use crate::http::admin::AdminAddr;
+    use crate::http::server::Listener;
+    if let Some(path) = &admin.unix {
+        let l = bind_unix(path)
+            .with_context(|| format!("{}: admin.unix {}", cfg.source, path.display()))?;
+        return Ok((
+            Listener::Unix(l, path.clone()),
+            AdminAddr::Unix(path.clone()),
+        ));
+    }
+    let a = admin.listen.as_deref().unwrap_or_default();
+    let l = bind(a, "admin").await?;
+    let addr = AdminAddr::Tcp(l.local_addr()?);
+    let listener = match (&admin.cert, &admin.key) {
+        (Some(cert), Some(key)) => {
+            let identity = Identity::load("admin", cert, key)
+                .with_context(|| format!("{}: admin.cert", cfg.source))?;
+            let mut store = IdentityStore::new();
+            store.insert(identity);
+            let tls = fedgate_certs::server_config(Arc::new(store), vec![b"http/1.1".to_vec()]);
+            Listener::Tls(l, tokio_rustls::TlsAcceptor::from(tls))
+        }
+        _ => Listener::Tcp(l),
+    };
+    Ok((listener, addr))
+}
+
+/// Binds a Unix socket at `path`, made mode 0600. A socket file left by a gateway that did
+/// not stop cleanly is replaced; one that a running process answers on, or a file that is not
+/// a socket, is an error.
+fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "the path exists and is not a socket"
+        );
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(path).is_err(),
+            "another process is serving this socket"
+        );
+        std::fs::remove_file(path).context("cannot remove the stale socket")?;
+    }
+    let l = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
 impl Gateway {
     pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
         let identities = load_identities(cfg)?;
-        if let Some(f) = &cfg.metrics.admin_token_file {
+        if let Some(f) = cfg.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
             crate::http::read_admin_token(f)
-                .map_err(|e| anyhow::anyhow!("{}: metrics.admin_token_file: {e}", cfg.source))?;
+                .map_err(|e| anyhow::anyhow!("{}: admin.token_file: {e}", cfg.source))?;
         }
         let anchors = Arc::new(
             TrustAnchors::new(cfg.tls.system_roots, &cfg.tls.trust_anchors)
@@ -347,7 +402,6 @@ impl Gateway {
             components: components.clone(),
             sip: sip.clone(),
             intercluster: intercluster.clone(),
-            admin_token_file: cfg.metrics.admin_token_file.clone(),
         });
 
         let mut tasks = Vec::new();
@@ -436,7 +490,28 @@ impl Gateway {
             Some(a) => {
                 let l = bind(a, "metrics").await?;
                 let addr = l.local_addr()?;
-                tasks.push(tokio::spawn(crate::http::serve(http.clone(), l)));
+                tasks.push(tokio::spawn(crate::http::status::serve(
+                    http.clone(),
+                    crate::http::server::Listener::Tcp(l),
+                )));
+                Some(addr)
+            }
+            None => None,
+        };
+        let admin_addr = match &cfg.admin {
+            Some(admin) => {
+                let (listener, addr) = bind_admin(cfg, admin).await?;
+                let state = Arc::new(crate::http::admin::AdminState {
+                    token_file: admin.token_file.clone().unwrap_or_default(),
+                    allowed_hosts: admin.effective_allowed_hosts(),
+                    intercluster: intercluster.clone(),
+                });
+                tasks.push(tokio::spawn(crate::http::admin::serve(
+                    state,
+                    listener,
+                    ctx.shutdown_signal(),
+                )));
+                tracing::info!(%addr, tls = admin.cert.is_some(), allowed_hosts = ?admin.effective_allowed_hosts(), "admin listener started");
                 Some(addr)
             }
             None => None,
@@ -463,6 +538,7 @@ impl Gateway {
             direct_tls_addrs,
             component_addr,
             metrics_addr,
+            admin_addr,
             internal_addr,
             internal_resolver,
             sip,

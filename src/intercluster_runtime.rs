@@ -18,6 +18,7 @@ use fedgate_intercluster::session::OnMismatch;
 use fedgate_intercluster::sources::ADMIN;
 use fedgate_s2s::driver::{S2sContext, Stanza};
 use fedgate_s2s::wire::ErrorType;
+use hyper::{Method, StatusCode};
 use serde::Deserialize;
 
 use crate::cert_reload::stamp;
@@ -489,23 +490,24 @@ impl IcRuntime {
         self.ic.status_json()
     }
 
-    /// `/intercluster/…` admin requests: (status line, content type, body).
-    pub fn http(&self, method: &str, target: &str) -> (&'static str, &'static str, String) {
+    /// `/intercluster/…` requests: (status, content type, body). The reads are GET, the admin
+    /// requests (`assign`, `unassign`) POST; which listener may ask what is decided by the
+    /// caller (`crate::http`).
+    pub fn http(&self, method: &Method, target: &str) -> (StatusCode, &'static str, String) {
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let param = |k: &str| {
-            query.split('&').find_map(|kv| {
-                let (a, b) = kv.split_once('=')?;
-                (a == k).then(|| percent_decode(b))
-            })
-        };
-        let json = |v: serde_json::Value| ("200 OK", "application/json", v.to_string());
-        let bad = |m: &str| ("400 Bad Request", "text/plain", format!("{m}\n"));
-        match (method, path) {
-            ("GET", "/intercluster/peers") => json(self.status()),
-            ("GET", "/intercluster/conflicts") => json(serde_json::json!(self.ic.conflicts())),
-            ("GET", "/intercluster/lookup") => {
+        let param = |k: &str| query_param(query, k);
+        let json = |v: serde_json::Value| (StatusCode::OK, "application/json", v.to_string());
+        let bad = |m: &str| (StatusCode::BAD_REQUEST, "text/plain", format!("{m}\n"));
+        let (get, post) = (method == Method::GET, method == Method::POST);
+        match path {
+            "/intercluster/peers" if get => json(self.status()),
+            "/intercluster/conflicts" if get => json(serde_json::json!(self.ic.conflicts())),
+            "/intercluster/lookup" if get => {
                 let Some(user) = param("user") else {
                     return bad("lookup needs ?user=");
+                };
+                let Ok(user) = user else {
+                    return bad("the user is not UTF-8 once percent-decoded");
                 };
                 let (home, claims) = self.ic.lookup(&user);
                 json(serde_json::json!({
@@ -517,16 +519,17 @@ impl IcRuntime {
                     "local": home.as_ref().is_none_or(|h| h.cluster == self.ic.cluster() || !self.ic.is_peer(&h.cluster)),
                 }))
             }
-            ("POST", "/intercluster/assign") => {
-                let Some(user) = param("user") else {
-                    return bad("assign needs ?user=");
+            "/intercluster/assign" if post => {
+                let Some(Ok(user)) = param("user") else {
+                    return bad("assign needs ?user= (UTF-8, percent-encoded)");
                 };
                 if !fedgate_intercluster::sources::is_bare_jid(&user) {
                     return bad(&format!("'{user}' is not a bare JID"));
                 }
-                let epoch = match param("epoch").map(|e| e.parse::<u64>()) {
+                let epoch = match param("epoch").map(|e| e.ok().and_then(|e| e.parse::<u64>().ok()))
+                {
                     None => None,
-                    Some(Ok(e)) if e > 0 => Some(e),
+                    Some(Some(e)) if e > 0 => Some(e),
                     Some(_) => return bad("epoch must be a positive integer"),
                 };
                 let user = user.to_ascii_lowercase();
@@ -542,9 +545,9 @@ impl IcRuntime {
                     serde_json::json!({"user": user, "cluster": self.ic.cluster(), "epoch": used, "saved": saved}),
                 )
             }
-            ("POST", "/intercluster/unassign") => {
-                let Some(user) = param("user") else {
-                    return bad("unassign needs ?user=");
+            "/intercluster/unassign" if post => {
+                let Some(Ok(user)) = param("user") else {
+                    return bad("unassign needs ?user= (UTF-8, percent-encoded)");
                 };
                 let user = user.to_ascii_lowercase();
                 let (removed, saved) = match self.change_admin(|a| a.remove(&user).is_some()) {
@@ -554,10 +557,17 @@ impl IcRuntime {
                 tracing::info!(%user, removed, saved, cluster = %self.ic.cluster(), "admin assignment removed");
                 json(serde_json::json!({"user": user, "removed": removed, "saved": saved}))
             }
-            (_, "/intercluster/assign" | "/intercluster/unassign") => {
-                ("405 Method Not Allowed", "text/plain", "POST only\n".into())
-            }
-            _ => ("404 Not Found", "text/plain", "not found\n".into()),
+            "/intercluster/assign" | "/intercluster/unassign" => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "POST only\n".into(),
+            ),
+            "/intercluster/peers" | "/intercluster/conflicts" | "/intercluster/lookup" => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                "GET only\n".into(),
+            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
         }
     }
 
@@ -567,7 +577,7 @@ impl IcRuntime {
     fn change_admin<T>(
         &self,
         change: impl FnOnce(&mut HashMap<String, u64>) -> T,
-    ) -> Result<(T, bool), (&'static str, &'static str, String)> {
+    ) -> Result<(T, bool), (StatusCode, &'static str, String)> {
         let _one_at_a_time = self.admin.lock().unwrap_or_else(|p| p.into_inner());
         let mut users = self.ic.source_users(ADMIN);
         let out = change(&mut users);
@@ -587,7 +597,7 @@ impl IcRuntime {
                 if let Err(e) = fedgate_certs::durable::replace(path, text.as_bytes(), 0o644) {
                     tracing::error!(file = %path.display(), error = %e, "cannot save admin assignments; nothing changed");
                     return Err((
-                        "500 Internal Server Error",
+                        StatusCode::INTERNAL_SERVER_ERROR,
                         "text/plain",
                         format!("not changed: cannot save {}: {e}\n", path.display()),
                     ));
@@ -600,30 +610,17 @@ impl IcRuntime {
     }
 }
 
-/// `%XX` and `+` decoding of a query value.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = |c: u8| (c as char).to_digit(16);
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The value of `key` in a query string (`a=1&b=2`), `+` and `%XX` decoded (as HTML forms
+/// encode them); `Err` when the decoded bytes are not UTF-8.
+fn query_param(query: &str, key: &str) -> Option<Result<String, std::str::Utf8Error>> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8()
+                .map(|v| v.into_owned())
+        })
+    })
 }
 
 #[cfg(test)]
@@ -670,9 +667,18 @@ mod tests {
 
     #[test]
     fn query_values_are_decoded() {
-        assert_eq!(percent_decode("alice%40example.test"), "alice@example.test");
-        assert_eq!(percent_decode("a+b"), "a b");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
+        let v = |q: &str, k: &str| query_param(q, k).map(|r| r.map_err(|_| ()));
+        assert_eq!(
+            v("user=alice%40example.test&epoch=3", "user"),
+            Some(Ok("alice@example.test".into()))
+        );
+        assert_eq!(v("user=alice&epoch=3", "epoch"), Some(Ok("3".into())));
+        assert_eq!(v("user=a+b%2Bc", "user"), Some(Ok("a b+c".into())));
+        assert_eq!(v("user=100%", "user"), Some(Ok("100%".into())));
+        assert_eq!(v("user=%zz", "user"), Some(Ok("%zz".into())));
+        assert_eq!(v("user=%C3%A9", "user"), Some(Ok("é".into())));
+        assert_eq!(v("user=%FF", "user"), Some(Err(())));
+        assert_eq!(v("users=x", "user"), None);
+        assert_eq!(v("", "user"), None);
     }
 }

@@ -2,10 +2,11 @@
 //! [`crate::testdns`].
 //!
 //! A [`TestHttps`] serves fixed routes `path → (status, body)` over TLS with one certificate
-//! on a loopback address. Each connection carries one `GET` (HTTP/1.1, answered with
-//! `Connection: close` and a `Content-Length`, or chunked after
-//! [`TestHttps::set_chunked`]); unknown paths get 404, other methods 405. Requests are
-//! counted ([`TestHttps::requests`]) and the SNI names seen are kept ([`TestHttps::sni_seen`]).
+//! on a loopback address, with hyper (HTTP/1.1). Bodies carry a `Content-Length`, or come in
+//! two chunks after [`TestHttps::set_chunked`], or break off after their first half (the
+//! connection is dropped) after [`TestHttps::set_truncated`]; unknown paths get 404, other
+//! methods than GET 405. Requests are counted ([`TestHttps::requests`]) and the SNI names
+//! seen are kept ([`TestHttps::sni_seen`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,13 +15,17 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fedgate_certs::{Identity, IdentityStore};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-/// Largest request head read (bytes).
-const MAX_REQUEST: usize = 8 * 1024;
-/// Time a client has to send its request after connecting.
+/// Time a client has to send its request after connecting (for the TLS handshake, then for
+/// the request head).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
@@ -28,8 +33,11 @@ struct Shared {
     routes: Vec<(String, u16, String)>,
     requests: AtomicU64,
     chunked: AtomicBool,
+    truncated: AtomicBool,
     sni: Mutex<Vec<String>>,
 }
+
+type Body = BoxBody<Bytes, std::io::Error>;
 
 /// A running test HTTPS server. Dropping it stops it (its tasks are aborted).
 pub struct TestHttps {
@@ -120,6 +128,11 @@ impl TestHttps {
         self.shared.chunked.store(on, Ordering::SeqCst);
     }
 
+    /// Send half of each body (chunked), then drop the connection.
+    pub fn set_truncated(&self, on: bool) {
+        self.shared.truncated.store(on, Ordering::SeqCst);
+    }
+
     /// The SNI names clients sent, in order (`""` when a client sent none).
     pub fn sni_seen(&self) -> Vec<String> {
         self.shared
@@ -166,81 +179,72 @@ async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     shared: Arc<Shared>,
 ) {
-    let result = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut tls = acceptor.accept(tcp).await?;
-        let sni = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
-        shared
-            .sni
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(sni);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 2048];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tls.read(&mut chunk).await?;
-            if n == 0 || buf.len() + n > MAX_REQUEST {
-                return Ok::<_, std::io::Error>(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        shared.requests.fetch_add(1, Ordering::SeqCst);
-        let head = String::from_utf8_lossy(&buf);
-        let mut parts = head.lines().next().unwrap_or_default().split(' ');
-        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-        let (status, body) = if method != "GET" {
-            (405, "method not allowed\n".to_owned())
-        } else {
-            shared
-                .routes
-                .iter()
-                .find(|(path, _, _)| path == target)
-                .map(|(_, s, b)| (*s, b.clone()))
-                .unwrap_or((404, "not found\n".to_owned()))
-        };
-        let response = if shared.chunked.load(Ordering::SeqCst) {
-            let (a, b) = body.as_bytes().split_at(body.len() / 2);
-            let mut r = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-                reason(status)
-            )
-            .into_bytes();
-            for part in [a, b] {
-                if !part.is_empty() {
-                    r.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
-                    r.extend_from_slice(part);
-                    r.extend_from_slice(b"\r\n");
-                }
-            }
-            r.extend_from_slice(b"0\r\n\r\n");
-            r
-        } else {
-            let mut r = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                reason(status),
-                body.len()
-            )
-            .into_bytes();
-            r.extend_from_slice(body.as_bytes());
-            r
-        };
-        tls.write_all(&response).await?;
-        tls.shutdown().await?;
-        Ok(())
-    })
-    .await;
-    if let Ok(Err(e)) = result {
+    let tls = match tokio::time::timeout(REQUEST_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => return tracing::debug!(error = %e, "test HTTPS handshake"),
+        Err(_) => return tracing::debug!("test HTTPS handshake timed out"),
+    };
+    let sni = tls.get_ref().1.server_name().unwrap_or_default().to_owned();
+    shared
+        .sni
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(sni);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let answer = answer(&shared, &req);
+        async move { Ok::<_, std::convert::Infallible>(answer) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .serve_connection(TokioIo::new(tls), service)
+        .await;
+    if let Err(e) = served {
         tracing::debug!(error = %e, "test HTTPS connection");
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        301 => "Moved Permanently",
-        302 => "Found",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        _ => "Status",
-    }
+fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    shared.requests.fetch_add(1, Ordering::SeqCst);
+    let target = req.uri().path_and_query().map_or("", |pq| pq.as_str());
+    let (status, body) = if req.method() != Method::GET {
+        (405, "method not allowed\n".to_owned())
+    } else {
+        shared
+            .routes
+            .iter()
+            .find(|(path, _, _)| path == target)
+            .map(|(_, s, b)| (*s, b.clone()))
+            .unwrap_or((404, "not found\n".to_owned()))
+    };
+    let body = Bytes::from(body);
+    let (a, b) = (body.slice(..body.len() / 2), body.slice(body.len() / 2..));
+    let body: Body = if shared.truncated.load(Ordering::SeqCst) {
+        // The head and the first half go out; then an error from the body makes hyper drop
+        // the connection before the last chunk.
+        use futures_util::StreamExt as _;
+        let first = futures_util::stream::once(async move { Ok(Frame::data(a)) });
+        let cut = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(std::io::Error::other("test HTTPS: body cut off"))
+        });
+        BodyExt::boxed(StreamBody::new(first.chain(cut)))
+    } else if shared.chunked.load(Ordering::SeqCst) {
+        // No length known: hyper sends `Transfer-Encoding: chunked`, a chunk per frame.
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = [a, b]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|p| Ok(Frame::data(p)))
+            .collect();
+        BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)))
+    } else {
+        BodyExt::boxed(Full::new(body).map_err(|never| match never {}))
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
 }

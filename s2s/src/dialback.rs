@@ -37,9 +37,10 @@ impl DialbackSecret {
     }
 }
 
-/// Compares without an early exit on the first differing byte.
+/// Compares in constant time for inputs of equal length (`subtle`); the length is not secret.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 pub fn hex(b: &[u8]) -> String {

@@ -22,6 +22,8 @@ struct Cluster {
     users_file: PathBuf,
     peers_file: PathBuf,
     assignments_file: PathBuf,
+    /// The token of its admin listener (`[admin] listen = "<ip>:9270"`).
+    admin_token: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -39,6 +41,13 @@ impl Cluster {
         let assignments_file = dir.path().join("assignments");
         std::fs::write(&users_file, users.join("\n")).unwrap();
         std::fs::write(&peers_file, "").unwrap();
+        let admin_token = dir.path().join("admin.token");
+        std::fs::write(&admin_token, format!("admin-token-of-{name}-0123456789\n")).unwrap();
+        spec.admin = Some(format!(
+            "listen = \"{}:9270\"\ntoken_file = {:?}\n",
+            spec.ip,
+            admin_token.display().to_string()
+        ));
         spec.extra = format!(
             "\n[intercluster]\ncluster = \"{name}\"\nlisten = \"{ip}:7400\"\ncert = {cc:?}\nkey = {ck:?}\n\
              directory_file = {uf:?}\npeers_file = {pf:?}\nassignments_file = {af:?}\nheartbeat_secs = 1\ntimeout_secs = 4\n\
@@ -56,6 +65,7 @@ impl Cluster {
             users_file,
             peers_file,
             assignments_file,
+            admin_token,
             _dir: dir,
         }
     }
@@ -118,25 +128,6 @@ async fn until_synced(gw: &Gateway, peers: &[(&str, u64)]) {
     .await;
 }
 
-/// The fedgate binary with `args`: (exit code, stdout + stderr). Run off the test's runtime
-/// thread, which the gateways it talks to need.
-async fn cli(args: &[&str]) -> (Option<i32>, String) {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedgate"))
-            .args(&args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    })
-    .await
-    .unwrap()
-}
-
 fn http_addr(gw: &Gateway) -> String {
     gw.metrics_addr.unwrap().to_string()
 }
@@ -146,7 +137,16 @@ async fn directory(gw: &Gateway, args: &[&str]) -> (Option<i32>, String) {
     let addr = http_addr(gw);
     let mut all = vec!["directory", "--http", &addr];
     all.extend_from_slice(args);
-    cli(&all).await
+    fedgate_cli(&all).await
+}
+
+/// `fedgate directory --admin <gw's admin listener> --token-file <c's token> args…`.
+async fn admin(c: &Cluster, gw: &Gateway, args: &[&str]) -> (Option<i32>, String) {
+    let addr = gw.admin_addr.as_ref().unwrap().to_string();
+    let token = c.admin_token.display().to_string();
+    let mut all = vec!["directory", "--admin", &addr, "--token-file", &token];
+    all.extend_from_slice(args);
+    fedgate_cli(&all).await
 }
 
 /// Two distinct elements of a slice, mutably.
@@ -384,7 +384,7 @@ async fn a_user_moves_while_traffic_flows() {
         .await
         .unwrap();
         if i == N / 2 {
-            let (code, out) = directory(&gn, &["assign", "alice@example.test"]).await;
+            let (code, out) = admin(&newyork, &gn, &["assign", "alice@example.test"]).await;
             assert_eq!(code, Some(0), "{out}");
             assert!(out.contains("\"epoch\": 2"), "{out}");
             moved = true;
@@ -451,7 +451,7 @@ async fn an_admin_move_survives_a_restart() {
     mesh(&[&tokyo, &newyork]);
     let (gt, gn) = (tokyo.spec.start().await, newyork.spec.start().await);
     until_synced(&gt, &[("newyork", 1)]).await;
-    let (code, out) = directory(&gn, &["assign", "Alice@Example.test"]).await;
+    let (code, out) = admin(&newyork, &gn, &["assign", "Alice@Example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("\"epoch\": 2") && out.contains("\"saved\": true"),
@@ -496,7 +496,7 @@ async fn an_admin_move_survives_a_restart() {
     .await;
 
     // Withdrawn: saved, and alice is tokyo's again.
-    let (code, out) = directory(&gn, &["unassign", "alice@example.test"]).await;
+    let (code, out) = admin(&newyork, &gn, &["unassign", "alice@example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains("\"removed\": true") && out.contains("\"saved\": true"),
@@ -511,7 +511,7 @@ async fn an_admin_move_survives_a_restart() {
     std::fs::remove_file(&newyork.assignments_file).unwrap();
     std::fs::create_dir(&newyork.assignments_file).unwrap();
     std::fs::write(newyork.assignments_file.join("x"), "").unwrap();
-    let (code, out) = directory(&gn, &["assign", "alice@example.test"]).await;
+    let (code, out) = admin(&newyork, &gn, &["assign", "alice@example.test"]).await;
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("HTTP 500: not changed: cannot save"), "{out}");
     let (_, out) = directory(&gn, &["lookup", "alice@example.test"]).await;
@@ -535,48 +535,68 @@ async fn an_admin_move_survives_a_restart() {
     gt.shutdown().await;
 }
 
-async fn assign_zoe(gw: &Gateway, token_file: &std::path::Path) -> (Option<i32>, String) {
-    let f = token_file.display().to_string();
-    directory(gw, &["--token-file", &f, "assign", "zoe@example.test"]).await
-}
-
-/// With `metrics.admin_token_file`, `assign` needs the token (even from loopback); reads do
-/// not. A gateway whose token file is empty does not start.
+/// `assign` goes to the admin listener with the token, from loopback too: without the token,
+/// with a wrong one, or to the status listener, it is refused and nothing changes; reads stay
+/// open on the status listener. A gateway whose token file is empty does not start.
 #[tokio::test]
-async fn admin_requests_need_the_token_when_one_is_set() {
+async fn admin_requests_need_the_token() {
     let pki = Pki::new();
-    let mut tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
-    let token = tokyo._dir.path().join("admin.token");
-    std::fs::write(&token, "0123456789abcdef-token\n").unwrap();
-    tokyo.spec.metrics_extra = format!("admin_token_file = {:?}\n", token.display().to_string());
+    let tokyo = Cluster::new(&pki, "tokyo", &["alice@example.test"]);
     let gt = tokyo.spec.start().await;
+    let addr = gt.admin_addr.as_ref().unwrap().to_string();
 
-    let (code, out) = directory(&gt, &["assign", "zoe@example.test"]).await;
-    assert_eq!(code, Some(1), "{out}");
-    assert!(
-        out.contains("HTTP 401") && out.contains("--token-file"),
-        "{out}"
-    );
+    let (code, out) = directory(&gt, &["--admin", &addr, "assign", "zoe@example.test"]).await;
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("--token-file"), "{out}");
     let wrong = tokyo._dir.path().join("wrong.token");
     std::fs::write(&wrong, "not-the-token").unwrap();
-    let (code, out) = assign_zoe(&gt, &wrong).await;
+    let w = wrong.display().to_string();
+    let (code, out) = directory(
+        &gt,
+        &[
+            "--admin",
+            &addr,
+            "--token-file",
+            &w,
+            "assign",
+            "zoe@example.test",
+        ],
+    )
+    .await;
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("wrong admin token"), "{out}");
+    assert!(out.contains("HTTP 401: wrong admin token"), "{out}");
+    // The status listener does not take admin requests, from loopback neither.
+    let status_addr = http_addr(&gt);
+    let t = tokyo.admin_token.display().to_string();
+    let (code, out) = directory(
+        &gt,
+        &[
+            "--admin",
+            &status_addr,
+            "--token-file",
+            &t,
+            "assign",
+            "zoe@example.test",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("HTTP 404") && out.contains("admin listener"),
+        "{out}"
+    );
     let (_, out) = directory(&gt, &["lookup", "zoe@example.test"]).await;
     assert!(out.contains("\"home\": null"), "{out}");
 
-    let (code, out) = assign_zoe(&gt, &token).await;
+    let (code, out) = admin(&tokyo, &gt, &["assign", "zoe@example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     let (_, out) = directory(&gt, &["lookup", "zoe@example.test"]).await;
     assert!(out.contains("\"home\": \"tokyo\""), "{out}");
     gt.shutdown().await;
 
-    std::fs::write(&token, "\n").unwrap();
+    std::fs::write(&tokyo.admin_token, "\n").unwrap();
     let e = tokyo.spec.start_error().await;
-    assert!(
-        e.contains("metrics.admin_token_file") && e.contains("empty"),
-        "{e}"
-    );
+    assert!(e.contains("admin.token_file") && e.contains("empty"), "{e}");
 }
 
 /// newyork goes down: tokyo keeps its last-known directory and bounces stanzas for newyork's
@@ -806,7 +826,7 @@ async fn a_conflict_is_reported_and_routed_to_one_cluster() {
         "tokyo got a copy"
     );
     // Resolved by an explicit move: tokyo takes dave with a higher epoch.
-    let (code, out) = directory(&gt, &["assign", "dave@example.test"]).await;
+    let (code, out) = admin(&tokyo, &gt, &["assign", "dave@example.test"]).await;
     assert_eq!(code, Some(0), "{out}");
     until_status(&gl, "conflict resolved", |ic| ic["conflicts"] == 0).await;
     deliver(
@@ -900,6 +920,12 @@ fn the_cluster_example_config_loads() {
         ic.assignments_file.as_deref(),
         Some(std::path::Path::new("/var/lib/fedgate/assignments"))
     );
+    let admin = c.admin.unwrap();
+    assert_eq!(
+        admin.unix.as_deref(),
+        Some(std::path::Path::new("/run/fedgate/admin.sock"))
+    );
+    assert!(admin.token_file.is_some());
 }
 
 /// A cluster whose users come from LDAP (a real slapd on loopback): its peers learn them, a

@@ -9,6 +9,7 @@ mod crl;
 mod dane;
 mod dashboards;
 mod expiry;
+mod http;
 mod intercluster;
 mod internal;
 mod logs;

@@ -319,6 +319,73 @@ async fn posh_failures_are_cached_briefly_and_expires_zero_is_not_cached() {
     dns.stop().await;
 }
 
+/// The limits of a fetch: a body over 64 KiB, a body cut off before its end (the connection
+/// dropped inside the chunked body) and a server that never answers each fail with their
+/// reason, and nothing of them is taken for a document.
+#[tokio::test]
+async fn posh_oversized_cut_off_and_silent_servers_fail() {
+    let pki = Pki::new();
+    let untrusted = Pki::new();
+    let peer = provider_cert(&untrusted, "provider-xmpp");
+    let doc = posh_json(&[spki_sha256(&peer[0]).unwrap()], 3600);
+    let big = https(
+        &pki,
+        "big",
+        &["big.test"],
+        vec![route(
+            POSH_XMPP_SERVER_PATH,
+            200,
+            format!("{doc}{}", " ".repeat(70 * 1024)),
+        )],
+    )
+    .await;
+    let cut = https(
+        &pki,
+        "cut",
+        &["cut.test"],
+        vec![route(POSH_XMPP_SERVER_PATH, 200, doc.clone())],
+    )
+    .await;
+    cut.set_truncated(true);
+    // Accepts connections and says nothing.
+    let silent = tokio::net::TcpListener::bind(SocketAddr::new(next_ip().into(), PORT))
+        .await
+        .unwrap();
+    let silent_ip = match silent.local_addr().unwrap().ip() {
+        std::net::IpAddr::V4(ip) => ip,
+        other => panic!("{other}"),
+    };
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            open.push(s);
+        }
+    });
+    let mut zone = Zone::new();
+    zone.a("big.test", ip_of(&big))
+        .a("cut.test", ip_of(&cut))
+        .a("silent.test", silent_ip);
+    let dns = dns(zone).await;
+    let posh = client(&pki, &dns).with_timeout(std::time::Duration::from_secs(1));
+
+    let e = posh.verify("big.test", &peer).await.unwrap_err();
+    assert!(e.contains("body larger than 64 KiB"), "{e}");
+    let e = posh.verify("cut.test", &peer).await.unwrap_err();
+    assert!(e.contains("reading the body"), "{e}");
+    assert_eq!(cut.requests(), 1);
+    let e = posh.verify("silent.test", &peer).await.unwrap_err();
+    assert!(e.contains("timed out after 1000 ms"), "{e}");
+    // The same document served whole is fine.
+    cut.set_truncated(false);
+    posh.clear_cache();
+    posh.verify("cut.test", &peer).await.unwrap();
+    hold.abort();
+    for s in [big, cut] {
+        s.stop().await;
+    }
+    dns.stop().await;
+}
+
 /// Concurrent verifications of one domain share one fetch.
 #[tokio::test]
 async fn posh_concurrent_verifications_share_one_fetch() {

@@ -64,6 +64,8 @@ pub struct GwSpec {
     pub no_component: bool,
     /// Lines added to the [metrics] section.
     pub metrics_extra: String,
+    /// The lines of an [admin] section (none: no admin listener).
+    pub admin: Option<String>,
 }
 
 impl GwSpec {
@@ -83,6 +85,7 @@ impl GwSpec {
             domain_extra: String::new(),
             no_component: false,
             metrics_extra: String::new(),
+            admin: None,
         }
     }
 
@@ -116,6 +119,9 @@ impl GwSpec {
         );
         if let Some(dns) = self.dns {
             s.push_str(&format!("\n[dns]\nnameservers = [\"{dns}\"]\n"));
+        }
+        if let Some(admin) = &self.admin {
+            s.push_str(&format!("\n[admin]\n{admin}\n"));
         }
         s.push_str(&self.extra);
         if !self.static_targets.is_empty() {
@@ -206,6 +212,25 @@ pub async fn http_get(gw: &Gateway, path: &str) -> String {
     out.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
+}
+
+/// The fedgate binary with `args`: (exit code, stdout + stderr). Run off the test's runtime
+/// thread, which the gateways it talks to need.
+pub async fn fedgate_cli(args: &[&str]) -> (Option<i32>, String) {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fedgate"))
+            .args(&args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
 }
 
 /// The value of a metric line that starts with `prefix` (0 if absent).

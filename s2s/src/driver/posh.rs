@@ -12,11 +12,11 @@
 //! - a peer is authenticated when the SHA-256 of its leaf's SubjectPublicKeyInfo is listed;
 //!   its issuer, names and dates are not looked at (that is POSH's point).
 //!
-//! HTTP: one `GET` per connection over HTTP/1.1 with `Connection: close`; the body is framed
-//! by `Content-Length`, `Transfer-Encoding: chunked` or the end of the connection (then a TLS
-//! `close_notify` is required, so that a truncated body is not taken for a whole one); the
-//! whole response may not exceed [`MAX_RESPONSE_BYTES`]; each document fetch (DNS, connect,
-//! TLS, request, response) has [`FETCH_TIMEOUT`] in all.
+//! HTTP (hyper, HTTP/1.1): one `GET` per connection with `Connection: close`; the body is
+//! framed by `Content-Length`, `Transfer-Encoding: chunked` or the end of the connection (then
+//! a TLS `close_notify` is required, so that a truncated body is not taken for a whole one); the
+//! response head and the body may each not exceed [`MAX_RESPONSE_BYTES`]; each document fetch
+//! (DNS, connect, TLS, request, response) has [`FETCH_TIMEOUT`] in all.
 //!
 //! Cache, per domain: a document's fingerprints are kept for its `expires` (with a delegation,
 //! the smaller of both documents' values), capped at [`MAX_TTL`]; `expires` 0 or absent means
@@ -35,8 +35,12 @@ use fedgate_certs::posh::{
     POSH_XMPP_SERVER_PATH, PoshDoc, fingerprint_b64, parse_posh, spki_sha256,
 };
 use fedgate_certs::{NameMatch, PeerVerifier, TrustAnchors};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper::header::{ACCEPT, CONNECTION, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::resolve::S2sResolver;
@@ -45,7 +49,7 @@ use crate::resolve::S2sResolver;
 pub const HTTPS_PORT: u16 = 443;
 /// Time allowed for one document fetch, from DNS to the last byte: 5 s.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest HTTP response accepted (headers and body): 64 KiB.
+/// Largest HTTP response head, and largest body, accepted: 64 KiB each.
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest time a document is cached, whatever its `expires` says: one day.
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
@@ -304,7 +308,7 @@ impl PoshClient {
             .map_err(|e| format!("posh: {url}: connect: {e}"))?;
         let sni = ServerName::try_from(url.host.clone())
             .map_err(|e| format!("posh: {url}: bad server name: {e}"))?;
-        let mut tls = self
+        let tls = self
             .tls
             .connect(sni, tcp)
             .await
@@ -334,18 +338,7 @@ impl PoshClient {
                 ));
             }
         }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nUser-Agent: fedgate\r\nConnection: close\r\n\r\n",
-            url.path,
-            url.host_header()
-        );
-        tls.write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("posh: {url}: write: {e}"))?;
-        tls.flush()
-            .await
-            .map_err(|e| format!("posh: {url}: write: {e}"))?;
-        let (status, body) = read_response(&mut tls)
+        let (status, body) = http_get(tls, url)
             .await
             .map_err(|e| format!("posh: {url}: {e}"))?;
         match status {
@@ -389,44 +382,65 @@ async fn connect_any(addrs: &[IpAddr], port: u16) -> Result<TcpStream, String> {
     Err(last)
 }
 
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<(u16, Vec<u8>), String> {
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = match stream.read(&mut chunk).await {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                // Closed without close_notify: only a response framed by length or chunks
-                // is known to be whole.
-                return match parse_response(&buf, false)? {
-                    HttpParse::Done { status, body } => Ok((status, body)),
-                    HttpParse::Incomplete => Err(
-                        "connection closed without TLS close_notify before the response was complete"
-                            .to_owned(),
-                    ),
-                };
-            }
-            Err(e) => return Err(format!("read: {e}")),
-        };
-        if n == 0 {
-            return match parse_response(&buf, true)? {
-                HttpParse::Done { status, body } => Ok((status, body)),
-                HttpParse::Incomplete => Err("response incomplete".to_owned()),
-            };
+/// `GET url` on `io` (TLS set up, server checked): the status and, for a 200, the body.
+async fn http_get<I>(io: I, url: &Url) -> Result<(u16, Vec<u8>), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(MAX_RESPONSE_BYTES)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| error_chain(&e))?;
+    let request = Request::get(url.path.as_str())
+        .header(HOST, url.host_header())
+        .header(ACCEPT, "application/json")
+        .header(USER_AGENT, "fedgate")
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let answer = async {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Ok((status, Vec::new()));
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_RESPONSE_BYTES {
-            return Err(format!(
-                "response larger than {} KiB",
-                MAX_RESPONSE_BYTES / 1024
-            ));
-        }
-        if let HttpParse::Done { status, body } = parse_response(&buf, false)? {
-            return Ok((status, body));
-        }
+        let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    format!("body larger than {} KiB", MAX_RESPONSE_BYTES / 1024)
+                } else {
+                    format!("reading the body: {}", error_chain(&*e))
+                }
+            })?;
+        Ok((status, body.to_bytes().to_vec()))
+    };
+    let mut conn = std::pin::pin!(conn);
+    let mut answer = std::pin::pin!(answer);
+    // The connection is driven beside the exchange. When it ends first, what it received is
+    // still read from the answer, which says whether it is whole (then a connection error
+    // after it does not matter) or why not.
+    tokio::select! {
+        r = &mut answer => r,
+        _ = &mut conn => answer.await,
     }
+}
+
+/// An error and its causes, `: `-separated (hyper's own messages are terse).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
+    }
+    s
 }
 
 /// An `https://` URL split for fetching.
@@ -508,205 +522,9 @@ fn parse_https_url(url: &str, default_port: u16) -> Result<Url, String> {
     Ok(Url { host, port, path })
 }
 
-/// Result of parsing a (possibly partial) HTTP/1.x response.
-#[derive(Debug, PartialEq, Eq)]
-enum HttpParse {
-    Incomplete,
-    Done { status: u16, body: Vec<u8> },
-}
-
-/// Sans-IO HTTP/1.x response parser. `eof`: the connection has ended cleanly, so a body
-/// without `Content-Length` or chunked framing ends here.
-fn parse_response(buf: &[u8], eof: bool) -> Result<HttpParse, String> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        return if eof {
-            Err("connection closed before the end of the HTTP headers".to_owned())
-        } else {
-            Ok(HttpParse::Incomplete)
-        };
-    };
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| "HTTP headers are not UTF-8".to_owned())?;
-    let body = &buf[head_end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("not an HTTP/1.x response: {status_line:?}"));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .filter(|s| (100..=999).contains(s))
-        .ok_or_else(|| format!("bad HTTP status line: {status_line:?}"))?;
-    let mut content_length: Option<usize> = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("bad HTTP header line: {line:?}"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .parse()
-                .map_err(|_| format!("bad Content-Length: {value:?}"))?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err("conflicting Content-Length headers".to_owned());
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = value.rsplit(',').next().unwrap_or_default().trim();
-            if !last.eq_ignore_ascii_case("chunked") || value.contains(',') {
-                return Err(format!("unsupported Transfer-Encoding: {value:?}"));
-            }
-            chunked = true;
-        }
-    }
-    if chunked {
-        return match dechunk(body)? {
-            Some(body) => Ok(HttpParse::Done { status, body }),
-            None if eof => Err("connection closed inside a chunked body".to_owned()),
-            None => Ok(HttpParse::Incomplete),
-        };
-    }
-    if let Some(n) = content_length {
-        return if body.len() >= n {
-            Ok(HttpParse::Done {
-                status,
-                body: body[..n].to_vec(),
-            })
-        } else if eof {
-            Err(format!(
-                "body truncated: {} of {n} bytes (Content-Length)",
-                body.len()
-            ))
-        } else {
-            Ok(HttpParse::Incomplete)
-        };
-    }
-    if eof {
-        Ok(HttpParse::Done {
-            status,
-            body: body.to_vec(),
-        })
-    } else {
-        Ok(HttpParse::Incomplete)
-    }
-}
-
-/// Decodes a chunked body: `Ok(None)` while incomplete.
-fn dechunk(mut data: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let mut out = Vec::new();
-    loop {
-        let Some(line_end) = find(data, b"\r\n") else {
-            return Ok(None);
-        };
-        let line =
-            std::str::from_utf8(&data[..line_end]).map_err(|_| "bad chunk size line".to_owned())?;
-        let size_text = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            // Optional trailers, then an empty line.
-            if data.starts_with(b"\r\n") || find(data, b"\r\n\r\n").is_some() {
-                return Ok(Some(out));
-            }
-            return Ok(None);
-        }
-        if size > MAX_RESPONSE_BYTES {
-            return Err(format!("chunk of {size} bytes is too large"));
-        }
-        if data.len() < size + 2 {
-            return Ok(None);
-        }
-        if &data[size..size + 2] != b"\r\n" {
-            return Err("chunk not followed by CRLF".to_owned());
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn done(status: u16, body: &[u8]) -> HttpParse {
-        HttpParse::Done {
-            status,
-            body: body.to_vec(),
-        }
-    }
-
-    #[test]
-    fn content_length_framing() {
-        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello extra";
-        assert_eq!(parse_response(r, false).unwrap(), done(200, b"hello"));
-        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nhello";
-        assert_eq!(parse_response(short, false).unwrap(), HttpParse::Incomplete);
-        assert!(
-            parse_response(short, true)
-                .unwrap_err()
-                .contains("truncated")
-        );
-        let bad = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx";
-        assert!(
-            parse_response(bad, false)
-                .unwrap_err()
-                .contains("conflicting")
-        );
-    }
-
-    #[test]
-    fn close_delimited_and_statuses() {
-        let r = b"HTTP/1.0 404 Not Found\r\nServer: x\r\n\r\nnope";
-        assert_eq!(parse_response(r, false).unwrap(), HttpParse::Incomplete);
-        assert_eq!(parse_response(r, true).unwrap(), done(404, b"nope"));
-        assert_eq!(
-            parse_response(b"HTTP/1.1 200 OK\r\n", false).unwrap(),
-            HttpParse::Incomplete
-        );
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n", true).is_err());
-        assert!(parse_response(b"SSH-2.0-x\r\n\r\n", true).is_err());
-        assert!(parse_response(b"HTTP/1.1 abc\r\n\r\n", true).is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n", true).is_err());
-    }
-
-    #[test]
-    fn chunked_framing() {
-        let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n5\r\npedia\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r, false).unwrap(), done(200, b"Wikipedia"));
-        let with_trailer =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n";
-        assert_eq!(
-            parse_response(with_trailer, false).unwrap(),
-            done(200, b"ok")
-        );
-        let partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWi";
-        assert_eq!(
-            parse_response(partial, false).unwrap(),
-            HttpParse::Incomplete
-        );
-        assert!(parse_response(partial, true).is_err());
-        let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert!(
-            parse_response(bad, false)
-                .unwrap_err()
-                .contains("chunk size")
-        );
-        let gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
-        assert!(
-            parse_response(gzip, false)
-                .unwrap_err()
-                .contains("unsupported")
-        );
-    }
 
     #[test]
     fn https_urls() {
