@@ -55,8 +55,8 @@ pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 pub const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// How long a failure to get a document is cached: 60 s.
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
-/// Most domains kept in the cache (expired entries are dropped first, then arbitrary ones).
-pub const MAX_CACHE_ENTRIES: usize = 10_000;
+/// Most domains kept in the cache (past it, the least recently used go first).
+pub const MAX_CACHE_ENTRIES: u64 = 10_000;
 
 type Fingerprints = Arc<Vec<[u8; 32]>>;
 
@@ -64,6 +64,26 @@ type Fingerprints = Arc<Vec<[u8; 32]>>;
 struct Entry {
     until: Instant,
     result: Result<Fingerprints, String>,
+}
+
+/// Each cache entry expires at its own `until` (the document's `expires`, capped; or the
+/// negative time for a failure).
+struct UntilExpiry;
+
+impl moka::Expiry<String, Entry> for UntilExpiry {
+    fn expire_after_create(&self, _: &String, e: &Entry, now: Instant) -> Option<Duration> {
+        Some(e.until.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &String,
+        e: &Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(e.until.saturating_duration_since(now))
+    }
 }
 
 /// Fetches, caches and checks POSH documents of remote XMPP domains. Share it behind an `Arc`.
@@ -75,7 +95,8 @@ pub struct PoshClient {
     timeout: Duration,
     max_ttl: Duration,
     negative_ttl: Duration,
-    cache: Mutex<HashMap<String, Entry>>,
+    /// Documents and failures, each for its own time (bounded: [`MAX_CACHE_ENTRIES`]).
+    cache: moka::sync::Cache<String, Entry>,
     inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     fetches: AtomicU64,
 }
@@ -109,7 +130,10 @@ impl PoshClient {
             timeout: FETCH_TIMEOUT,
             max_ttl: MAX_TTL,
             negative_ttl: NEGATIVE_TTL,
-            cache: Mutex::new(HashMap::new()),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(MAX_CACHE_ENTRIES)
+                .expire_after(UntilExpiry)
+                .build(),
             inflight: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
         }
@@ -185,12 +209,7 @@ impl PoshClient {
     /// Number of domains with an unexpired cache entry (positive or negative).
     pub fn cache_len(&self) -> usize {
         let now = Instant::now();
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter(|e| e.until > now)
-            .count()
+        self.cache.iter().filter(|(_, e)| e.until > now).count()
     }
 
     /// Number of HTTPS document fetches started so far (a delegation counts two).
@@ -200,17 +219,15 @@ impl PoshClient {
 
     /// Forgets every cached document and failure.
     pub fn clear_cache(&self) {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.cache.invalidate_all();
     }
 
     fn cached(&self, domain: &str) -> Option<Result<Fingerprints, String>> {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = cache.get(domain)?;
+        let entry = self.cache.get(domain)?;
         if entry.until <= Instant::now() {
-            cache.remove(domain);
             return None;
         }
-        Some(entry.result.clone().map_err(|e| format!("{e} (cached)")))
+        Some(entry.result.map_err(|e| format!("{e} (cached)")))
     }
 
     fn store(&self, domain: &str, result: &Result<Fingerprints, String>, ttl: Duration) {
@@ -221,20 +238,10 @@ impl PoshClient {
         if ttl.is_zero() {
             return;
         }
-        let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() >= MAX_CACHE_ENTRIES && !cache.contains_key(domain) {
-            cache.retain(|_, e| e.until > now);
-            if cache.len() >= MAX_CACHE_ENTRIES
-                && let Some(k) = cache.keys().next().cloned()
-            {
-                cache.remove(&k);
-            }
-        }
-        cache.insert(
+        self.cache.insert(
             domain.to_owned(),
             Entry {
-                until: now + ttl,
+                until: Instant::now() + ttl,
                 result: result.clone(),
             },
         );
