@@ -185,6 +185,17 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time this process has used so far (user + system), from /proc (10 ms resolution).
+pub(crate) fn cpu_time() -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // /proc reports clock ticks of USER_HZ, which is 100 on Linux.
+    Some(std::time::Duration::from_millis(ticks * 10))
+}
+
 /// `n` with thousands separators.
 pub(crate) fn thousands(n: u64) -> String {
     let s = n.to_string();
