@@ -42,12 +42,16 @@ pub enum BenchMode {
         /// Offered rate (messages/s) of the latency run.
         #[arg(long, default_value_t = 50_000)]
         rate: u64,
-        /// Duration of the latency run.
+        /// Duration of the latency run (0: no latency run).
         #[arg(long, default_value_t = 5)]
         latency_secs: u64,
         /// Size of each message body.
         #[arg(long, default_value_t = 200)]
         body_bytes: usize,
+        /// Which runs: `both` (without and with acknowledgements, side by side), `on` or
+        /// `off` (one run; e.g. to count instructions of each under callgrind).
+        #[arg(long, default_value = "both", value_parser = ["both", "on", "off"])]
+        acks: String,
     },
     /// Open N authenticated s2s sessions (STARTTLS + SASL EXTERNAL, each from a distinct domain
     /// sNNNN.bench.test with one wildcard certificate *.bench.test from a bench CA) to a
@@ -117,12 +121,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             rate,
             latency_secs,
             body_bytes,
+            acks,
         } => {
             relay::run(relay::RelayOpts {
                 messages,
                 rate,
                 latency_secs,
                 body_bytes,
+                acks: match acks.as_str() {
+                    "on" => Some(true),
+                    "off" => Some(false),
+                    _ => None,
+                },
             })
             .await
         }

@@ -27,6 +27,8 @@ pub struct RelayOpts {
     pub rate: u64,
     pub latency_secs: u64,
     pub body_bytes: usize,
+    /// One run with (`Some(true)`) or without acknowledgements, or both side by side.
+    pub acks: Option<bool>,
 }
 
 /// Per-component queue cap written into the generated configs.
@@ -414,15 +416,19 @@ pub async fn run(o: RelayOpts) -> anyhow::Result<()> {
         sample.len(),
         o.body_bytes
     );
+    const OFF: &str = "== without acknowledgements (for comparison only: written counts as delivered, as before acknowledged delivery)";
+    const ON: &str = "== with acknowledgements (the product: XEP-0198 between the gateways, XEP-0199 pings on the component links)";
+    if let Some(acks) = o.acks {
+        println!();
+        println!("{}", if acks { ON } else { OFF });
+        run_once(&o, &pki, &body, &sample, acks).await?;
+        return Ok(());
+    }
     println!();
-    println!(
-        "== without acknowledgements (for comparison only: written counts as delivered, as before acknowledged delivery)"
-    );
+    println!("{OFF}");
     let off = run_once(&o, &pki, &body, &sample, false).await?;
     println!();
-    println!(
-        "== with acknowledgements (the product: XEP-0198 between the gateways, XEP-0199 pings on the component links)"
-    );
+    println!("{ON}");
     let on = run_once(&o, &pki, &body, &sample, true).await?;
     println!();
     println!("acknowledged delivery costs (with / without):");
@@ -535,12 +541,17 @@ async fn run_once(
     };
     println!("  CPU per relayed stanza (whole process, both directions): {cpu_us:.2} µs");
 
-    println!(
-        "latency a→b at {} stanzas/s offered for {} s (send time in the id; includes both gateways, s2s TLS and both component streams)",
-        thousands(o.rate),
-        o.latency_secs
-    );
-    let (v, achieved, writes) = latency(&mut ea, &eb, o.rate, o.latency_secs, body, epoch).await?;
+    let (v, achieved, writes) = if o.latency_secs == 0 {
+        println!("latency: not measured (--latency-secs 0)");
+        (vec![0], 0.0, 0)
+    } else {
+        println!(
+            "latency a→b at {} stanzas/s offered for {} s (send time in the id; includes both gateways, s2s TLS and both component streams)",
+            thousands(o.rate),
+            o.latency_secs
+        );
+        latency(&mut ea, &eb, o.rate, o.latency_secs, body, epoch).await?
+    };
     println!(
         "  offered {} stanzas/s in {} writes; {} samples",
         thousands(achieved as u64),
