@@ -43,6 +43,10 @@ pub struct Config {
     /// Intercluster peering (`[intercluster]`, see `crate::intercluster_runtime`).
     #[serde(default)]
     pub intercluster: Option<crate::intercluster_runtime::InterclusterConfig>,
+    /// Several nodes of the same domains acting as one gateway (`[cluster]`, see
+    /// `crate::cluster`); none: a single node.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Where the file came from (not a key).
     #[serde(skip)]
     pub source: String,
@@ -521,6 +525,17 @@ impl Config {
         if let Some(ic) = &mut cfg.intercluster {
             ic.resolve_paths(base);
             ic.validate().map_err(|(k, m)| err(file, k, m))?;
+        }
+        if let Some(c) = &mut cfg.cluster {
+            c.resolve_paths(base);
+            c.validate().map_err(|(k, m)| err(file, k, m))?;
+            if cfg.s2s.dialback_secret.is_none() {
+                return Err(err(
+                    file,
+                    "s2s.dialback_secret",
+                    "required with [cluster]: every node verifies the others' dialback keys with it",
+                ));
+            }
         }
         cfg.validate()?;
         Ok(cfg)
