@@ -1,6 +1,6 @@
 //! One connection to the store: TCP (or TLS with our rustls and its ring provider, for
 //! `rediss://`), `AUTH` with the password file read at every connection, RESP3 so that change
-//! notifications arrive on the same multiplexed connection as command replies.
+//! notifications arrive as pushes (on a connection of their own).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,6 +13,14 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::config::{ClusterConfig, RedisUrl};
+
+/// A node's connections to the store.
+pub struct Link {
+    pub cmd: MultiplexedConnection,
+    /// Subscribed to the change notifications only.
+    pub sub: MultiplexedConnection,
+    pub pushes: UnboundedReceiver<PushInfo>,
+}
 
 /// How to reach the store.
 #[derive(Clone)]
@@ -99,11 +107,24 @@ impl Endpoint {
         })
     }
 
-    /// A multiplexed connection whose change notifications (pushes) arrive on the receiver,
-    /// and the task that drives it.
-    pub async fn connect(
+    /// The two connections a node keeps: one for commands, one that only receives change
+    /// notifications (so that no notification is ever in the way of a command's reply).
+    pub async fn link(&self) -> Result<Link, String> {
+        let (cmd, _) = self.connect(false).await?;
+        let (sub, pushes) = self.connect(true).await?;
+        Ok(Link {
+            cmd,
+            sub,
+            pushes: pushes.expect("asked for notifications"),
+        })
+    }
+
+    /// A multiplexed connection (with `notifications`, its pushes arrive on the receiver),
+    /// its driver spawned.
+    async fn connect(
         &self,
-    ) -> Result<(MultiplexedConnection, UnboundedReceiver<PushInfo>), String> {
+        notifications: bool,
+    ) -> Result<(MultiplexedConnection, Option<UnboundedReceiver<PushInfo>>), String> {
         let mut info = RedisConnectionInfo::default()
             .set_protocol(ProtocolVersion::RESP3)
             .set_db(self.url.db)
@@ -114,10 +135,14 @@ impl Endpoint {
         if let Some(f) = &self.password_file {
             info = info.set_password(read_password(f)?);
         }
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let config = AsyncConnectionConfig::new()
-            .set_push_sender(tx)
-            .set_response_timeout(Some(self.timeout));
+        let mut config = AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
+        let rx = if notifications {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            config = config.set_push_sender(tx);
+            Some(rx)
+        } else {
+            None
+        };
         let addr = (self.url.host.as_str(), self.url.port);
         let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(addr))
             .await

@@ -27,15 +27,16 @@ use fedgate_s2s::driver::Components;
 use fedgate_s2s::driver::stream_limit::SharedStreams;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncCommands as _, PushInfo, PushKind, Value};
+use redis::{AsyncCommands as _, PushKind, Value};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::{Notify, watch};
 
 use super::config::ClusterConfig;
-use super::connect::Endpoint;
+use super::connect::{Endpoint, Link};
 use super::facts::join_check;
 use super::rate::{
-    Fetch, RateVerdict, SharedBucket, SharedRate, TAKE_SCRIPT, batch_size, per_node_share,
+    ACTIVE_WINDOW_MS, Answer, Fetch, RateVerdict, SharedBucket, SharedRate, TAKE_SCRIPT,
+    per_node_share,
 };
 use super::replica::{NodeRecord, Replica};
 use crate::policy_runtime::PolicyRuntime;
@@ -227,18 +228,23 @@ impl RedisStore {
             fallback_logged: [AtomicBool::new(false), AtomicBool::new(false)],
             inconsistent: Mutex::new(Vec::new()),
         });
-        store
-            .replica_mut()
-            .apply(own, store.lease, HashMap::new(), Instant::now());
+        store.replica_mut().apply(own, store.lease, HashMap::new(), Instant::now());
         store.metrics.nodes.set(1);
         let url = store.endpoint.url.to_string();
-        let first = match store.endpoint.connect().await {
-            Ok((mut conn, pushes)) => {
+        let first = match store.endpoint.link().await {
+            Ok(mut link) => {
                 store
-                    .join(&mut conn)
+                    .join(&mut link.cmd)
                     .await
                     .map_err(|e| anyhow::anyhow!("{source}: cluster: {e}"))?;
-                Some((conn, pushes))
+                // Started means registered: the lease is written and the replica read.
+                match store.establish(&mut link).await {
+                    Ok(()) => Some(link),
+                    Err(e) => {
+                        store.set_down(e);
+                        None
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(store = %url, error = %e, "cluster store unreachable at start: starting degraded (limits per node, consistency with the other nodes unchecked until it answers)");
@@ -384,8 +390,12 @@ impl RedisStore {
         p.publish(self.channel(), message).ignore();
         let () = io(p.query_async(conn).await)?;
         let now = Instant::now();
-        self.replica_mut()
-            .apply(record, self.lease, streams.into_iter().collect(), now);
+        self.replica_mut().apply(
+            record,
+            self.lease,
+            streams.into_iter().collect(),
+            now,
+        );
         Ok(())
     }
 
@@ -418,10 +428,7 @@ impl RedisStore {
                 .map(|(node, d)| {
                     format!(
                         "{node}: {}",
-                        d.iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("; ")
+                        d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
                     )
                 })
                 .collect();
@@ -432,9 +439,7 @@ impl RedisStore {
         let mut last = lock(&self.inconsistent);
         if *last != problems {
             if problems.is_empty() {
-                tracing::info!(
-                    "cluster consistent again: every node has the same dialback secret, hosted domains and policy"
-                );
+                tracing::info!("cluster consistent again: every node has the same dialback secret, hosted domains and policy");
             } else {
                 for p in &problems {
                     tracing::warn!(difference = %p, "cluster nodes differ");
@@ -513,7 +518,7 @@ impl RedisStore {
     /// notifications and timers until the connection fails or the gateway stops.
     async fn drive(
         self: Arc<Self>,
-        mut first: Option<(MultiplexedConnection, UnboundedReceiver<PushInfo>)>,
+        mut first: Option<Link>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut backoff = Duration::from_millis(100);
@@ -521,9 +526,9 @@ impl RedisStore {
             if *shutdown.borrow() {
                 return;
             }
-            let (conn, pushes) = match first.take() {
+            let link = match first.take() {
                 Some(c) => c,
-                None => match self.endpoint.connect().await {
+                None => match self.connect_and_establish().await {
                     Ok(c) => c,
                     Err(e) => {
                         self.set_down(e);
@@ -536,7 +541,7 @@ impl RedisStore {
                     }
                 },
             };
-            match self.session(conn, pushes, &mut shutdown).await {
+            match self.session(link, &mut shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
                     self.set_down(e);
@@ -546,19 +551,35 @@ impl RedisStore {
         }
     }
 
+    async fn connect_and_establish(&self) -> Result<Link, String> {
+        let mut link = self.endpoint.link().await?;
+        self.establish(&mut link).await?;
+        Ok(link)
+    }
+
+    /// Subscribes, writes this node's state, reads everything, and marks the store up.
+    async fn establish(&self, link: &mut Link) -> Result<(), String> {
+        // Subscribed before the full read, so that no change falls between the two.
+        io(link.sub.subscribe(self.channel()).await)?;
+        self.refresh_own();
+        self.write_own(&mut link.cmd, "state").await?;
+        self.resync(&mut link.cmd).await?;
+        self.set_up(link.cmd.clone());
+        self.after_replica_change();
+        Ok(())
+    }
+
+    /// Follows notifications and timers on an established connection.
     async fn session(
         &self,
-        mut conn: MultiplexedConnection,
-        mut pushes: UnboundedReceiver<PushInfo>,
+        link: Link,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
-        // Subscribed before the full read, so that no change falls between the two.
-        io(conn.subscribe(self.channel()).await)?;
-        self.refresh_own();
-        self.write_own(&mut conn, "state").await?;
-        self.resync(&mut conn).await?;
-        self.set_up(conn.clone());
-        self.after_replica_change();
+        let Link {
+            cmd: mut conn,
+            sub: _sub,
+            mut pushes,
+        } = link;
         let mut heartbeat = tokio::time::interval(self.heartbeat);
         let mut resync = tokio::time::interval(self.resync);
         let mut local = tokio::time::interval(LOCAL_CHECK);
@@ -638,11 +659,7 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn refresh_node(
-        &self,
-        conn: &mut MultiplexedConnection,
-        name: &str,
-    ) -> Result<(), String> {
+    async fn refresh_node(&self, conn: &mut MultiplexedConnection, name: &str) -> Result<(), String> {
         match self.read_node(conn, name).await? {
             Some((r, ttl, s)) => {
                 let known = self.replica().get(name).is_some();
@@ -673,12 +690,8 @@ impl RedisStore {
             .ignore();
         match tokio::time::timeout(self.endpoint.timeout, p.query_async::<()>(conn)).await {
             Ok(Ok(())) => tracing::info!(node = %self.name, "left the cluster"),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not leave the cluster: the lease runs out instead")
-            }
-            Err(_) => {
-                tracing::warn!("could not leave the cluster in time: the lease runs out instead")
-            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the cluster: the lease runs out instead"),
+            Err(_) => tracing::warn!("could not leave the cluster in time: the lease runs out instead"),
         }
     }
 
@@ -698,28 +711,38 @@ impl RedisStore {
                             .arg(per_second)
                             .arg(burst)
                             .arg(fetch.debt)
-                            .arg(fetch.want);
-                        io(inv.invoke_async::<(u32, u64)>(&mut c).await)
+                            .arg(fetch.want)
+                            .arg(&this.name)
+                            .arg(ACTIVE_WINDOW_MS);
+                        io(inv.invoke_async::<(u32, u64, i64, u32)>(&mut c).await)
                     }
                     None => Err("the store is unreachable".into()),
                 };
-                let failed = {
+                let (failed, next) = {
                     let mut map = lock(&this.buckets);
                     let b = map.get_mut(&key);
                     match (&result, b) {
-                        (Ok((granted, wait_ms)), Some(b)) => {
-                            b.fetched(*granted, Duration::from_millis(*wait_ms), Instant::now());
-                            None
+                        (Ok((granted, wait_ms, left, active)), Some(b)) => {
+                            let answer = Answer {
+                                granted: *granted,
+                                wait: Duration::from_millis(*wait_ms),
+                                left: *left,
+                                active: *active,
+                            };
+                            (None, b.fetched(answer, Instant::now()))
                         }
-                        (Ok(_), None) => None,
+                        (Ok(_), None) => (None, None),
                         (Err(e), b) => {
                             if let Some(b) = b {
                                 b.fetch_failed();
                             }
-                            Some(e.clone())
+                            (Some(e.clone()), None)
                         }
                     }
                 };
+                if let Some(f) = next {
+                    let _ = this.fetches.send((key, per_second, burst, f));
+                }
                 let label = if failed.is_some() { "error" } else { "ok" };
                 this.metrics.rate_requests.with_label_values(&[label]).inc();
                 if let Some(e) = failed
@@ -739,11 +762,7 @@ impl RedisStore {
     fn fallback(&self, which: usize, limit: &str, detail: &str) {
         self.metrics.fallback.with_label_values(&[limit]).inc();
         if !self.fallback_logged[which].swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                limit,
-                detail,
-                "cluster store unreachable: enforcing a per-node share of the limit (counted in fedgate_cluster_limit_fallback_total)"
-            );
+            tracing::warn!(limit, detail, "cluster store unreachable: enforcing a per-node share of the limit (counted in fedgate_cluster_limit_fallback_total)");
         }
     }
 
@@ -778,9 +797,9 @@ fn parse_node(name: &str, v: &[Value]) -> Option<(NodeRecord, Duration, HashMap<
 impl SharedStreams for RedisStore {
     fn admit(&self, remote: &str, local: u32, max: u32) -> Result<(), u32> {
         if self.is_up() {
-            let others =
-                self.replica()
-                    .streams_elsewhere(&self.name, remote, Instant::now(), false);
+            let others = self
+                .replica()
+                .streams_elsewhere(&self.name, remote, Instant::now(), false);
             if local + others >= max {
                 return Err(local + others);
             }
@@ -834,12 +853,12 @@ impl SharedRate for RedisStore {
             if map.len() >= MAX_BUCKETS {
                 map.retain(|_, b| !b.idle());
             }
-            let b = map.entry(key.clone()).or_insert_with(|| {
-                SharedBucket::new(per_second, burst, batch_size(burst, nodes), now)
-            });
+            let b = map
+                .entry(key.clone())
+                .or_insert_with(|| SharedBucket::new(per_second, burst, nodes, now));
             if b.per_second != per_second || b.burst != burst {
                 // The policy changed the limit.
-                *b = SharedBucket::new(per_second, burst, batch_size(burst, nodes), now);
+                *b = SharedBucket::new(per_second, burst, nodes, now);
             }
             b.take(now)
         };
