@@ -36,7 +36,10 @@ pub enum RateVerdict {
     Refused,
     /// The store is unreachable: apply a per-node bucket with these (the cluster's limits
     /// divided by the number of nodes).
-    PerNode { per_second: f64, burst: u32 },
+    PerNode {
+        per_second: f64,
+        burst: u32,
+    },
 }
 
 /// The cluster-wide rate limits the policy runtime consults (set when `[cluster]` is
@@ -190,7 +193,11 @@ impl SharedBucket {
         let paused = self
             .last
             .is_some_and(|(_, at, _)| now.saturating_duration_since(at) > window);
-        self.fresh = if paused { 1 } else { self.fresh.saturating_add(1) };
+        self.fresh = if paused {
+            1
+        } else {
+            self.fresh.saturating_add(1)
+        };
         self.last = Some((a.left, now, a.active));
         // Not a whole token left: no credit until the next one is due.
         self.known_empty = a.left < 1;
@@ -461,7 +468,10 @@ mod tests {
         };
         assert_eq!(b.fetched(empty, t0), None);
         let (ok, f) = b.take(t0 + s(1));
-        assert!(!ok && f.is_none(), "no credit and no request before the token is due");
+        assert!(
+            !ok && f.is_none(),
+            "no credit and no request before the token is due"
+        );
         // Once it is due: credit (at least a batch) and a request.
         let (ok, f) = b.take(t0 + s(3));
         assert!(ok);

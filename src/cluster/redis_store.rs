@@ -153,11 +153,14 @@ pub struct RedisStore {
     take: redis::Script,
     pub(super) metrics: Metrics,
     components: Arc<Components>,
-    policy: Arc<PolicyRuntime>,
+    /// Weak: the policy runtime holds this store (its shared rate).
+    policy: std::sync::Weak<PolicyRuntime>,
     /// Whether the fallback of each limit was logged in this outage.
     fallback_logged: [AtomicBool; 2],
     /// The inconsistencies last logged.
     inconsistent: Mutex<Vec<String>>,
+    /// The live nodes last logged.
+    members: Mutex<Vec<String>>,
 }
 
 fn io<T>(r: redis::RedisResult<T>) -> Result<T, String> {
@@ -224,11 +227,14 @@ impl RedisStore {
             take: redis::Script::new(TAKE_SCRIPT),
             metrics: Metrics::new(registry)?,
             components,
-            policy,
+            policy: Arc::downgrade(&policy),
             fallback_logged: [AtomicBool::new(false), AtomicBool::new(false)],
             inconsistent: Mutex::new(Vec::new()),
+            members: Mutex::new(Vec::new()),
         });
-        store.replica_mut().apply(own, store.lease, HashMap::new(), Instant::now());
+        store
+            .replica_mut()
+            .apply(own, store.lease, HashMap::new(), Instant::now());
         store.metrics.nodes.set(1);
         let url = store.endpoint.url.to_string();
         let first = match store.endpoint.link().await {
@@ -252,8 +258,8 @@ impl RedisStore {
                 None
             }
         };
+        tokio::spawn(store.clone().fetch_worker(fetch_rx, shutdown.clone()));
         tokio::spawn(store.clone().drive(first, shutdown));
-        tokio::spawn(store.clone().fetch_worker(fetch_rx));
         Ok(store)
     }
 
@@ -390,12 +396,8 @@ impl RedisStore {
         p.publish(self.channel(), message).ignore();
         let () = io(p.query_async(conn).await)?;
         let now = Instant::now();
-        self.replica_mut().apply(
-            record,
-            self.lease,
-            streams.into_iter().collect(),
-            now,
-        );
+        self.replica_mut()
+            .apply(record, self.lease, streams.into_iter().collect(), now);
         Ok(())
     }
 
@@ -418,28 +420,39 @@ impl RedisStore {
     fn after_replica_change(&self) {
         let now = Instant::now();
         let own = lock(&self.own).facts.clone();
-        let (n, problems) = {
+        let (members, problems) = {
             let r = self.replica();
             let frozen = !self.is_up();
-            let n = r.live(now, frozen).count();
+            let members: Vec<String> = r.live(now, frozen).map(|n| n.record.name.clone()).collect();
             let problems: Vec<String> = r
                 .inconsistencies(&self.name, &own, now, frozen)
                 .into_iter()
                 .map(|(node, d)| {
                     format!(
                         "{node}: {}",
-                        d.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                        d.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     )
                 })
                 .collect();
-            (n, problems)
+            (members, problems)
         };
-        self.metrics.nodes.set(n as i64);
+        self.metrics.nodes.set(members.len() as i64);
+        let mut last = lock(&self.members);
+        if *last != members {
+            tracing::info!(nodes = ?members, "cluster members");
+            *last = members;
+        }
+        drop(last);
         self.metrics.consistent.set(i64::from(problems.is_empty()));
         let mut last = lock(&self.inconsistent);
         if *last != problems {
             if problems.is_empty() {
-                tracing::info!("cluster consistent again: every node has the same dialback secret, hosted domains and policy");
+                tracing::info!(
+                    "cluster consistent again: every node has the same dialback secret, hosted domains and policy"
+                );
             } else {
                 for p in &problems {
                     tracing::warn!(difference = %p, "cluster nodes differ");
@@ -458,7 +471,10 @@ impl RedisStore {
     fn refresh_own(&self) -> bool {
         let mut components = self.components.connected();
         components.sort();
-        let revision = self.policy.active().revision().to_owned();
+        let Some(policy) = self.policy.upgrade() else {
+            return false;
+        };
+        let revision = policy.active().revision().to_owned();
         let mut own = lock(&self.own);
         let mut changed = false;
         if own.components != components {
@@ -516,11 +532,7 @@ impl RedisStore {
 
     /// The driver: connect (again), write this node's state, read everything, then follow
     /// notifications and timers until the connection fails or the gateway stops.
-    async fn drive(
-        self: Arc<Self>,
-        mut first: Option<Link>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn drive(self: Arc<Self>, mut first: Option<Link>, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             if *shutdown.borrow() {
@@ -591,6 +603,7 @@ impl RedisStore {
             tokio::select! {
                 _ = shutdown.changed() => {
                     self.leave(&mut conn).await;
+                    *lock(&self.conn) = None;
                     return Ok(());
                 }
                 _ = heartbeat.tick() => {
@@ -659,7 +672,11 @@ impl RedisStore {
         Ok(())
     }
 
-    async fn refresh_node(&self, conn: &mut MultiplexedConnection, name: &str) -> Result<(), String> {
+    async fn refresh_node(
+        &self,
+        conn: &mut MultiplexedConnection,
+        name: &str,
+    ) -> Result<(), String> {
         match self.read_node(conn, name).await? {
             Some((r, ttl, s)) => {
                 let known = self.replica().get(name).is_some();
@@ -690,8 +707,12 @@ impl RedisStore {
             .ignore();
         match tokio::time::timeout(self.endpoint.timeout, p.query_async::<()>(conn)).await {
             Ok(Ok(())) => tracing::info!(node = %self.name, "left the cluster"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "could not leave the cluster: the lease runs out instead"),
-            Err(_) => tracing::warn!("could not leave the cluster in time: the lease runs out instead"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not leave the cluster: the lease runs out instead")
+            }
+            Err(_) => {
+                tracing::warn!("could not leave the cluster in time: the lease runs out instead")
+            }
         }
     }
 
@@ -699,8 +720,16 @@ impl RedisStore {
     async fn fetch_worker(
         self: Arc<Self>,
         mut rx: UnboundedReceiver<(BucketKey, f64, u32, Fetch)>,
+        mut shutdown: watch::Receiver<bool>,
     ) {
-        while let Some((key, per_second, burst, fetch)) = rx.recv().await {
+        loop {
+            let (key, per_second, burst, fetch) = tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            };
             let conn = lock(&self.conn).clone();
             let this = self.clone();
             tokio::spawn(async move {
@@ -762,7 +791,11 @@ impl RedisStore {
     fn fallback(&self, which: usize, limit: &str, detail: &str) {
         self.metrics.fallback.with_label_values(&[limit]).inc();
         if !self.fallback_logged[which].swap(true, Ordering::Relaxed) {
-            tracing::warn!(limit, detail, "cluster store unreachable: enforcing a per-node share of the limit (counted in fedgate_cluster_limit_fallback_total)");
+            tracing::warn!(
+                limit,
+                detail,
+                "cluster store unreachable: enforcing a per-node share of the limit (counted in fedgate_cluster_limit_fallback_total)"
+            );
         }
     }
 
@@ -797,9 +830,9 @@ fn parse_node(name: &str, v: &[Value]) -> Option<(NodeRecord, Duration, HashMap<
 impl SharedStreams for RedisStore {
     fn admit(&self, remote: &str, local: u32, max: u32) -> Result<(), u32> {
         if self.is_up() {
-            let others = self
-                .replica()
-                .streams_elsewhere(&self.name, remote, Instant::now(), false);
+            let others =
+                self.replica()
+                    .streams_elsewhere(&self.name, remote, Instant::now(), false);
             if local + others >= max {
                 return Err(local + others);
             }

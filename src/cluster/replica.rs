@@ -92,7 +92,11 @@ impl Replica {
     }
 
     /// A full read: exactly these nodes.
-    pub fn replace_all(&mut self, nodes: Vec<(NodeRecord, Duration, HashMap<String, u32>)>, now: Instant) {
+    pub fn replace_all(
+        &mut self,
+        nodes: Vec<(NodeRecord, Duration, HashMap<String, u32>)>,
+        now: Instant,
+    ) {
         self.nodes.clear();
         for (r, ttl, s) in nodes {
             self.apply(r, ttl, s, now);
@@ -179,12 +183,19 @@ mod tests {
         r.apply(rec("b", &[], "r"), s(10), HashMap::new(), t0);
         assert_eq!(r.live(t0 + s(5), false).count(), 2);
         assert!(r.renew("a", s(10), t0 + s(8)));
-        assert!(!r.renew("c", s(10), t0), "unknown nodes are read, not invented");
+        assert!(
+            !r.renew("c", s(10), t0),
+            "unknown nodes are read, not invented"
+        );
         fn names(r: &Replica, now: Instant, frozen: bool) -> Vec<String> {
             r.live(now, frozen).map(|n| n.record.name.clone()).collect()
         }
         assert_eq!(names(&r, t0 + s(11), false), ["a"], "b's lease ran out");
-        assert_eq!(names(&r, t0 + s(11), true), ["a", "b"], "frozen: the last read");
+        assert_eq!(
+            names(&r, t0 + s(11), true),
+            ["a", "b"],
+            "frozen: the last read"
+        );
         // A renewal never shortens a lease.
         assert!(r.renew("a", s(1), t0 + s(9)));
         assert_eq!(names(&r, t0 + s(17), false), ["a"]);

@@ -192,7 +192,9 @@ async fn nodes_see_each_other_and_drop_a_dead_one_when_its_lease_runs_out() {
     assert!(table.contains("node node-2 — store redis://"), "{table}");
     for line in ["node-1 ", "node-2 (this)", "node-3 "] {
         assert!(
-            table.lines().any(|l| l.starts_with(line) && l.contains(" yes ")),
+            table
+                .lines()
+                .any(|l| l.starts_with(line) && l.contains(" yes ")),
             "{line}: {table}"
         );
     }
@@ -218,7 +220,11 @@ async fn nodes_see_each_other_and_drop_a_dead_one_when_its_lease_runs_out() {
 
 /// Stanzas received on the components: (delivered to a.test, refused back to b.test), until
 /// every one of `total` is accounted for.
-async fn count(a: &mut [ComponentClient], b: &mut [ComponentClient], total: usize) -> (usize, usize) {
+async fn count(
+    a: &mut [ComponentClient],
+    b: &mut [ComponentClient],
+    total: usize,
+) -> (usize, usize) {
     let (mut delivered, mut refused) = (0, 0);
     let deadline = Instant::now() + WAIT * 2;
     while delivered + refused < total {
@@ -310,7 +316,10 @@ async fn a_partners_rate_holds_for_the_cluster_as_a_whole() {
             "the store was up: {m}"
         );
     }
-    assert!(requests >= 3, "every node asked the cluster bucket: {requests}");
+    assert!(
+        requests >= 3,
+        "every node asked the cluster bucket: {requests}"
+    );
     shutdown_all(ga).await;
     shutdown_all(gb).await;
 }
@@ -362,7 +371,14 @@ async fn max_streams_holds_across_nodes() {
     let mut cb = components(&b, &gb).await;
     let m2 = ga[1].metrics_addr.unwrap();
     wait_members(m2, &["node-1", "node-2"]).await;
-    assert_delivered(&mut cb[0], &mut ca[0], "bob@b.test", "alice@a.test", "first").await;
+    assert_delivered(
+        &mut cb[0],
+        &mut ca[0],
+        "bob@b.test",
+        "alice@a.test",
+        "first",
+    )
+    .await;
     wait_until("node-2 counts b.test's stream on node-1", || async move {
         let c = cluster_status(m2).await;
         match node(&c, "node-1")["inbound_streams"].as_u64() {
@@ -372,7 +388,12 @@ async fn max_streams_holds_across_nodes() {
     })
     .await;
     cb[1]
-        .send(&message("carl@b.test", "alice@a.test", "m2", "second stream"))
+        .send(&message(
+            "carl@b.test",
+            "alice@a.test",
+            "m2",
+            "second stream",
+        ))
         .await
         .unwrap();
     let e = cb[1].recv(T).await.unwrap();
@@ -461,7 +482,10 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
         metric(&m, "fedgate_cluster_limit_fallback_total{limit=\"rate\"}") >= 20,
         "{m}"
     );
-    assert!(metric(&m, "fedgate_cluster_store_failures_total ") >= 1, "{m}");
+    assert!(
+        metric(&m, "fedgate_cluster_store_failures_total ") >= 1,
+        "{m}"
+    );
     // The last replica is kept: node-1 still sees node-2.
     assert_eq!(live(&cluster_status(m1).await), ["node-1", "node-2"]);
     // A component attaches to node-2 meanwhile.
@@ -477,7 +501,9 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
     }
     wait_until("node-1 sees node-2's new component", || async {
         let c = cluster_status(m1).await;
-        if live(&c) == ["node-1", "node-2"] && node(&c, "node-2")["components"] == serde_json::json!(["a.test"]) {
+        if live(&c) == ["node-1", "node-2"]
+            && node(&c, "node-2")["components"] == serde_json::json!(["a.test"])
+        {
             Ok(())
         } else {
             Err(c.to_string())
@@ -499,10 +525,7 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
 async fn a_node_that_differs_from_the_cluster_is_refused_at_start() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = pki.leaf(
-        "redis-localhost",
-        &LeafSpec::dns(&["localhost"]),
-    );
+    let (cert, key) = pki.leaf("redis-localhost", &LeafSpec::dns(&["localhost"]));
     let tls = RedisTls {
         cert,
         key,
@@ -534,7 +557,8 @@ async fn a_node_that_differs_from_the_cluster_is_refused_at_start() {
     other_secret.dialback_secret = "another-dialback-secret".into();
     let e = other_secret.start_error().await;
     assert!(
-        e.contains("may not join the cluster") && e.contains("node node-1: the dialback secret differs"),
+        e.contains("may not join the cluster")
+            && e.contains("node node-1: the dialback secret differs"),
         "{e}"
     );
     let other_domains = a_node(
@@ -561,7 +585,10 @@ async fn a_node_that_differs_from_the_cluster_is_refused_at_start() {
     // The same name as a live node elsewhere.
     let twin = a_node(&pki, "node-1", &url, "", &secure);
     let e = twin.start_error().await;
-    assert!(e.contains("the node name 'node-1' is held by a live node"), "{e}");
+    assert!(
+        e.contains("the node name 'node-1' is held by a live node"),
+        "{e}"
+    );
     let c = cluster_status(m1).await;
     assert_eq!(live(&c), ["node-1"], "{c}");
     g1.shutdown().await;

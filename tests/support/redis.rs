@@ -58,7 +58,10 @@ impl Redis {
     /// Starts redis-server on `addr` (a loopback address), with `password` (`requirepass`)
     /// and TLS only when `tls` is given.
     pub fn start(addr: SocketAddr, password: Option<&str>, tls: Option<RedisTls>) -> Redis {
-        assert!(addr.ip().is_loopback(), "redis test instances bind to loopback only");
+        assert!(
+            addr.ip().is_loopback(),
+            "redis test instances bind to loopback only"
+        );
         let dir = tempfile::Builder::new()
             .prefix("fedgate-redis-")
             .tempdir()
@@ -120,7 +123,10 @@ impl Redis {
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_err() {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("redis-server exited at start ({status}):\n{}", self.log_text());
+                panic!(
+                    "redis-server exited at start ({status}):\n{}",
+                    self.log_text()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -150,9 +156,7 @@ impl Redis {
 
     fn signal(&self, sig: &str) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .args([sig, &pid.to_string()])
-                .status();
+            let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
         }
     }
 
