@@ -133,10 +133,10 @@ async fn components(specs: &[GwSpec], gws: &[Gateway]) -> Vec<ComponentClient> {
     v
 }
 
+/// Stops the gateways together (each waits up to 2 s for its inbound streams' last
+/// acknowledgements).
 async fn shutdown_all(gws: Vec<Gateway>) {
-    for g in gws {
-        g.shutdown().await;
-    }
+    futures_join(gws.into_iter().map(Gateway::shutdown)).await;
 }
 
 /// Three nodes see each other with what is attached to them; a node killed (no goodbye) is
@@ -147,9 +147,13 @@ async fn nodes_see_each_other_and_drop_a_dead_one_when_its_lease_runs_out() {
     let pki = Pki::new();
     let redis = Redis::start(redis_addr(), None, None);
     let url = redis.url("");
+    // The same policy, each node with its own copy of the file.
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let policy = "default = \"allow\"\n";
     let specs: Vec<GwSpec> = ["node-1", "node-2", "node-3"]
         .iter()
-        .map(|n| a_node(&pki, n, &url, "", ""))
+        .zip(&dirs)
+        .map(|(n, d)| a_node(&pki, n, &url, &policy_file(d.path(), policy), ""))
         .collect();
     let g1 = specs[0].start().await;
     let g2 = specs[1].start().await;
@@ -205,10 +209,47 @@ async fn nodes_see_each_other_and_drop_a_dead_one_when_its_lease_runs_out() {
         "{table}"
     );
 
+    // A policy reload on one node is not refused: the others flag the difference until it
+    // is undone.
+    let m2 = g2.metrics_addr.unwrap();
+    std::fs::write(dirs[0].path().join("policy.toml"), "default = \"deny\"\n").unwrap();
+    wait_until("node-2 flags node-1's policy", || async move {
+        let c = cluster_status(m2).await;
+        let d = c["consistency"]["differences"].to_string();
+        if c["consistency"]["ok"] == false && d.contains("node-1: the policy revision differs") {
+            Ok(())
+        } else {
+            Err(c.to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &http_get(&g2, "/metrics").await,
+            "fedgate_cluster_consistent "
+        ),
+        0
+    );
+    std::fs::write(dirs[0].path().join("policy.toml"), policy).unwrap();
+    wait_until("consistent again", || async move {
+        let c = cluster_status(m2).await;
+        if c["consistency"]["ok"] == true {
+            Ok(())
+        } else {
+            Err(c.to_string())
+        }
+    })
+    .await;
+
     // A crash: no goodbye, the lease (2 s) runs out.
     g3.kill();
+    let killed = Instant::now();
     wait_members(g1.metrics_addr.unwrap(), &["node-1", "node-2"]).await;
     wait_members(g2.metrics_addr.unwrap(), &["node-1", "node-2"]).await;
+    eprintln!(
+        "membership: node-3 dropped {:.1} s after SIGKILL (lease 2 s, heartbeat 0.4 s)",
+        killed.elapsed().as_secs_f64()
+    );
     // A stop: the node leaves.
     g2.shutdown().await;
     wait_members(g1.metrics_addr.unwrap(), &["node-1"]).await;
@@ -320,8 +361,7 @@ async fn a_partners_rate_holds_for_the_cluster_as_a_whole() {
         requests >= 3,
         "every node asked the cluster bucket: {requests}"
     );
-    shutdown_all(ga).await;
-    shutdown_all(gb).await;
+    shutdown_all(ga.into_iter().chain(gb).collect()).await;
 }
 
 /// Runs the futures concurrently (no futures crate in the tests).
@@ -404,8 +444,7 @@ async fn max_streams_holds_across_nodes() {
         "{text}"
     );
     assert!(ca[1].recv(Duration::from_millis(300)).await.is_err());
-    shutdown_all(gb).await;
-    shutdown_all(ga).await;
+    shutdown_all(ga.into_iter().chain(gb).collect()).await;
 }
 
 /// Redis stops (by PID) and starts again, empty: meanwhile traffic flows, `/healthz` says
@@ -439,6 +478,7 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
     assert_eq!(http_get(&ga[0], "/healthz").await, "ok\n");
 
     redis.stop();
+    let stopped = Instant::now();
     for g in &ga {
         wait_until("degraded", || async {
             let h = http_get(g, "/healthz").await;
@@ -450,6 +490,10 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
         })
         .await;
     }
+    eprintln!(
+        "outage: both nodes degraded {:.2} s after redis stopped",
+        stopped.elapsed().as_secs_f64()
+    );
     // The HTTP status stays 200: a load balancer keeps a degraded node.
     let raw = {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -492,6 +536,7 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
     let _ca2 = a[1].component(&ga[1]).await;
 
     redis.restart();
+    let restarted = Instant::now();
     for g in &ga {
         wait_until("healthy again", || async {
             let h = http_get(g, "/healthz").await;
@@ -511,11 +556,14 @@ async fn traffic_flows_while_redis_is_down_and_state_converges_after() {
     })
     .await;
     wait_members(m2, &["node-1", "node-2"]).await;
+    eprintln!(
+        "outage: state converged {:.2} s after redis started again",
+        restarted.elapsed().as_secs_f64()
+    );
     assert_delivered(&mut cb1, &mut ca1, "bob@b.test", "alice@a.test", "after").await;
     let m = http_get(&ga[0], "/metrics").await;
     assert_eq!(metric(&m, "fedgate_cluster_store_up "), 1, "{m}");
-    shutdown_all(gb).await;
-    shutdown_all(ga).await;
+    shutdown_all(ga.into_iter().chain(gb).collect()).await;
 }
 
 /// Over `rediss://` with a password file: a node with another dialback secret, one with
