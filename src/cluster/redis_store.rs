@@ -147,7 +147,10 @@ pub struct RedisStore {
     pub(super) replica: RwLock<Replica>,
     conn: Mutex<Option<MultiplexedConnection>>,
     health: Mutex<Health>,
+    /// A command on the data side failed: the driver connects again (the flag tells a
+    /// request of this connection from a permit left over from an earlier one).
     reconnect: Notify,
+    reconnect_wanted: AtomicBool,
     buckets: Mutex<HashMap<BucketKey, SharedBucket>>,
     fetches: UnboundedSender<(BucketKey, f64, u32, Fetch)>,
     take: redis::Script,
@@ -222,6 +225,7 @@ impl RedisStore {
                 last_sync: None,
             }),
             reconnect: Notify::new(),
+            reconnect_wanted: AtomicBool::new(false),
             buckets: Mutex::new(HashMap::new()),
             fetches,
             take: redis::Script::new(TAKE_SCRIPT),
@@ -527,6 +531,7 @@ impl RedisStore {
     /// A command on the data side failed: the driver sets the connection up again.
     fn fail(&self, reason: String) {
         self.set_down(reason);
+        self.reconnect_wanted.store(true, Ordering::Relaxed);
         self.reconnect.notify_one();
     }
 
@@ -571,6 +576,7 @@ impl RedisStore {
 
     /// Subscribes, writes this node's state, reads everything, and marks the store up.
     async fn establish(&self, link: &mut Link) -> Result<(), String> {
+        self.reconnect_wanted.store(false, Ordering::Relaxed);
         // Subscribed before the full read, so that no change falls between the two.
         io(link.sub.subscribe(self.channel()).await)?;
         self.refresh_own();
@@ -599,6 +605,9 @@ impl RedisStore {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t.reset();
         }
+        // Every heartbeat comes back as a notification on the other connection: one silent
+        // for three heartbeats is dead even if no error says so.
+        let mut last_push = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.changed() => {
@@ -607,6 +616,9 @@ impl RedisStore {
                     return Ok(());
                 }
                 _ = heartbeat.tick() => {
+                    if last_push.elapsed() > self.heartbeat * 3 {
+                        return Err("no notification for three heartbeats".into());
+                    }
                     self.refresh_own();
                     self.write_own(&mut conn, "hb").await?;
                     self.after_replica_change();
@@ -624,12 +636,15 @@ impl RedisStore {
                     self.write_own(&mut conn, "state").await?;
                 }
                 _ = self.reconnect.notified() => {
-                    return Err(lock(&self.health).reason.clone().unwrap_or_else(|| "a command failed".into()));
+                    if self.reconnect_wanted.swap(false, Ordering::Relaxed) {
+                        return Err(lock(&self.health).reason.clone().unwrap_or_else(|| "a command failed".into()));
+                    }
                 }
                 p = pushes.recv() => match p {
                     None => return Err("the connection closed".into()),
                     Some(p) if p.kind == PushKind::Disconnection => return Err("the connection was lost".into()),
                     Some(p) if p.kind == PushKind::Message => {
+                        last_push = Instant::now();
                         let text = p.data.get(1).and_then(|v| redis::from_redis_value_ref::<String>(v).ok());
                         if let Some(text) = text {
                             self.on_event(&mut conn, &text).await?;
