@@ -183,14 +183,25 @@ async fn nodes_see_each_other_and_drop_a_dead_one_when_its_lease_runs_out() {
     assert_eq!(c["consistency"]["ok"], true, "{c}");
 
     let http = g2.metrics_addr.unwrap().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_fedgate"))
-            .args(["cluster", "--http", &http, "status"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let cli = |json: bool| {
+        let http = http.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args = vec!["cluster", "--http", &http, "status"];
+            if json {
+                args.push("--json");
+            }
+            std::process::Command::new(env!("CARGO_BIN_EXE_fedgate"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(true).await.unwrap();
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["node"], "node-2");
+    assert_eq!(live(&doc), all);
+    let out = cli(false).await.unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{table}");
     assert!(table.contains("node node-2 — store redis://"), "{table}");
