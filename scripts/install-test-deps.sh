@@ -4,6 +4,7 @@
 #   * Debian bookworm packages: prosody, lua-unbound, ejabberd (XMPP peers);
 #     sip-tester (sipp), socat, openssl (s_client), kamailio + kamailio-tls-modules (SIP peers);
 #     slapd + ldap-utils (the LDAP user source) (+ their deps),
+#     redis-server (the cluster store: tests start their own instance on loopback),
 #     prometheus (for promtool: the alert rules are checked and unit-tested; the server is
 #     never started), systemd (for systemd-analyze: the package's unit is verified),
 #     man-db (`man -w` finds the package's man pages; systemd-analyze checks the unit's),
@@ -51,14 +52,14 @@ daemon_pids() {
         pid="${pid#/proc/}"
         cmd="$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" || continue
         case "$cmd" in
-            *bin/prosody*|*beam.smp*ejabberd*|*/epmd\ *|*/epmd|epmd\ *|*sbin/slapd*|*sbin/kamailio*|*bin/prometheus\ *|*bin/prometheus) echo "$pid" ;;
+            *bin/prosody*|*beam.smp*ejabberd*|*/epmd\ *|*/epmd|epmd\ *|*sbin/slapd*|*sbin/kamailio*|*bin/prometheus\ *|*bin/prometheus|*bin/redis-server*) echo "$pid" ;;
         esac
     done
 }
 
 # ---------------------------------------------------------------- apt packages
 missing=()
-peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils prometheus systemd man-db adduser)
+peer_pkgs=(prosody lua-unbound ejabberd sip-tester socat openssl kamailio kamailio-tls-modules slapd ldap-utils redis-server prometheus systemd man-db adduser)
 for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
@@ -159,7 +160,7 @@ for pkg in "${peer_pkgs[@]}"; do
     pkg_installed "$pkg" || problems+=("package $pkg is not installed")
 done
 find_bin() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" 2>/dev/null; }
-for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat openssl kamailio slapd slapadd ldapsearch promtool systemd-analyze cargo-deb; do
+for bin in prosody prosodyctl ejabberdctl lua5.4 sipp socat openssl kamailio slapd slapadd ldapsearch redis-server redis-cli promtool systemd-analyze cargo-deb; do
     find_bin "$bin" >/dev/null || problems+=("$bin not found")
 done
 if find_bin lua5.4 >/dev/null && ! lua5.4 -e 'require "lunbound"' >/dev/null 2>&1; then
@@ -182,6 +183,7 @@ echo "sipp        $(pkg_version sip-tester)"
 echo "socat       $(pkg_version socat)"
 echo "kamailio    $(pkg_version kamailio) (tls $(pkg_version kamailio-tls-modules))"
 echo "slapd       $(pkg_version slapd)"
+echo "redis       $(pkg_version redis-server)"
 echo "promtool    $(pkg_version prometheus)"
 echo "systemd     $(pkg_version systemd)"
 echo "cargo-deb   $(cargo-deb --version 2>/dev/null)"

@@ -43,6 +43,10 @@ pub struct Config {
     /// Intercluster peering (`[intercluster]`, see `crate::intercluster_runtime`).
     #[serde(default)]
     pub intercluster: Option<crate::intercluster_runtime::InterclusterConfig>,
+    /// Several nodes of the same domains acting as one gateway (`[cluster]`, see
+    /// `crate::cluster`); none: a single node.
+    #[serde(default)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Where the file came from (not a key).
     #[serde(skip)]
     pub source: String,
@@ -522,6 +526,17 @@ impl Config {
             ic.resolve_paths(base);
             ic.validate().map_err(|(k, m)| err(file, k, m))?;
         }
+        if let Some(c) = &mut cfg.cluster {
+            c.resolve_paths(base);
+            c.validate().map_err(|(k, m)| err(file, k, m))?;
+            if cfg.s2s.dialback_secret.is_none() {
+                return Err(err(
+                    file,
+                    "s2s.dialback_secret",
+                    "required with [cluster]: every node verifies the others' dialback keys with it",
+                ));
+            }
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -996,6 +1011,56 @@ mod tests {
             ]
         );
         assert!(parse(OK).unwrap().tls.crls.is_empty());
+    }
+
+    #[test]
+    fn the_cluster_section_is_checked() {
+        let ok = format!(
+            "{OK}[s2s]\ndialback_secret = \"sixteen characters!\"\n[cluster]\nname = \"node-a\"\n\
+             redis = \"rediss://fedgate@redis.example.test\"\nnode_link = \"10.0.0.11:7410\"\n\
+             password_file = \"redis.pw\"\n"
+        );
+        let c = parse(&ok).unwrap();
+        let cc = c.cluster.as_ref().unwrap();
+        assert_eq!(
+            cc.password_file.as_deref(),
+            Some(Path::new("/etc/fedgate/redis.pw"))
+        );
+        assert_eq!(
+            (cc.lease_ms, cc.heartbeat_ms, cc.key_prefix.as_str()),
+            (10_000, 2_000, "fedgate")
+        );
+        assert_eq!(cc.url().port, 6379);
+        assert!(
+            parse(OK).unwrap().cluster.is_none(),
+            "a single node needs nothing"
+        );
+        let e = parse(&format!("{ok}lease = 5\n")).unwrap_err();
+        assert!(e.to_string().contains("unknown field `lease`"), "{e}");
+        let e = parse(&ok.replace("rediss://fedgate@", "redis://fedgate:pw@")).unwrap_err();
+        assert_eq!(e.key, "cluster.redis", "{e}");
+        assert!(e.message.contains("password_file"), "{e}");
+        let e = parse(&ok.replace("10.0.0.11:7410", "node-a")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: cluster.node_link: 'node-a' is not an ip:port address"
+        );
+        let e = parse(&format!("{ok}heartbeat_ms = 6000\n")).unwrap_err();
+        assert_eq!(e.key, "cluster.heartbeat_ms", "{e}");
+        let e = parse(
+            &ok.replace("rediss://", "redis://")
+                .replace("password_file", "tls_ca"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml: cluster.tls_ca: only with a rediss:// store"
+        );
+        let e = parse(&ok.replace("dialback_secret = \"sixteen characters!\"\n", "")).unwrap_err();
+        assert_eq!(e.key, "s2s.dialback_secret", "{e}");
+        assert!(e.message.contains("[cluster]"), "{e}");
+        let e = parse(&ok.replace("node-a", "node a")).unwrap_err();
+        assert_eq!(e.key, "cluster.name", "{e}");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Gateway {
     pub sip_addrs: Vec<SocketAddr>,
     /// Intercluster peering, when configured.
     pub intercluster: Option<Arc<crate::intercluster_runtime::IcRuntime>>,
+    /// The cluster state: embedded (a single node), or in Redis with `[cluster]`.
+    pub cluster: Arc<crate::cluster::ClusterStore>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -340,6 +342,8 @@ impl Gateway {
         let certs = CertReloader::new(cfg, ctx.identities.clone(), anchors, &registry);
         let pool = Pool::new(ctx.clone());
         let components = Arc::new(Components::default());
+        // Before any listener: a node that may not join its cluster never serves.
+        let cluster = crate::cluster::start(cfg, &ctx, &components, &policy, &registry).await?;
         let internal_domains: Arc<HashSet<String>> = Arc::new(
             cfg.domains
                 .iter()
@@ -402,6 +406,7 @@ impl Gateway {
             components: components.clone(),
             sip: sip.clone(),
             intercluster: intercluster.clone(),
+            cluster: cluster.clone(),
         });
 
         let mut tasks = Vec::new();
@@ -544,6 +549,7 @@ impl Gateway {
             sip,
             sip_addrs,
             intercluster,
+            cluster,
             tasks,
         })
     }

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod cert_reload;
 pub mod certs_cli;
 pub mod classify;
+pub mod cluster;
 pub mod component_client;
 pub mod config;
 pub mod demo;

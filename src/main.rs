@@ -46,6 +46,9 @@ enum Cmd {
     /// The intercluster directory of a running gateway (peers, lookup, conflicts, assign),
     /// through its HTTP endpoint.
     Directory(fedgate::directory_cli::DirectoryArgs),
+    /// The cluster a running gateway is a node of (nodes, leases, attached services, the
+    /// store's health), through its HTTP endpoint.
+    Cluster(fedgate::cluster::cli::ClusterArgs),
     /// Check a config file and exit (non-zero with file: key: problem on error).
     CheckConfig {
         #[arg(long, short)]
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
         }
         Cmd::Policy { cmd } => fedgate::policy_cli::run(cmd),
         Cmd::Directory(args) => fedgate::directory_cli::run(args),
+        Cmd::Cluster(args) => fedgate::cluster::cli::run(args),
         Cmd::Certs { cmd } => fedgate::certs_cli::run(cmd),
         Cmd::Probe(args) => ExitCode::from(fedgate::probe::cli(args)),
         Cmd::Demo(args) => {

@@ -95,6 +95,8 @@ pub struct PolicyRuntime {
     verifier_builder: std::sync::OnceLock<VerifierBuilder>,
     /// Domains configured as SIP partners (`[[sip.partners]]`).
     sip_partners: std::sync::OnceLock<std::collections::HashSet<String>>,
+    /// The cluster's shared buckets (`[cluster]`): `rate` holds for the cluster as a whole.
+    cluster_rate: std::sync::OnceLock<Arc<dyn crate::cluster::SharedRate>>,
 }
 
 /// How the gateway turns trust anchors into a peer verifier.
@@ -152,6 +154,7 @@ impl PolicyRuntime {
             partner_verifiers: Mutex::new(HashMap::new()),
             verifier_builder: std::sync::OnceLock::new(),
             sip_partners: std::sync::OnceLock::new(),
+            cluster_rate: std::sync::OnceLock::new(),
         });
         rt.loaded("active", &rt.active.load(), &active_warnings, "start");
         if let Some(s) = &rt.shadow {
@@ -171,6 +174,11 @@ impl PolicyRuntime {
     /// How per-partner verifiers are built (set once by the gateway).
     pub fn set_verifier_builder(&self, b: VerifierBuilder) {
         let _ = self.verifier_builder.set(b);
+    }
+
+    /// Rate limits from now on hold for the cluster as a whole (set once, at start).
+    pub fn set_cluster_rate(&self, shared: Arc<dyn crate::cluster::SharedRate>) {
+        let _ = self.cluster_rate.set(shared);
     }
 
     pub fn set_sip_partners(&self, partners: std::collections::HashSet<String>) {
@@ -330,6 +338,19 @@ impl PolicyRuntime {
             return Ok(());
         };
         let inbound = direction == Direction::Inbound;
+        // In a cluster the shared bucket decides; while its store is unreachable, this node's
+        // share of the limit does, in the local bucket below.
+        use crate::cluster::RateVerdict;
+        let (per_second, burst) = match self.cluster_rate.get() {
+            None => (per_second, burst),
+            Some(c) => match c.take(remote_domain, inbound, per_second, burst) {
+                RateVerdict::Allowed => return Ok(()),
+                RateVerdict::Refused => {
+                    return Err(self.rate_limited(remote_domain, direction, settings));
+                }
+                RateVerdict::PerNode { per_second, burst } => (per_second, burst),
+            },
+        };
         let mut b = self.buckets.lock().expect("buckets lock");
         let now = Instant::now();
         if b.len() >= MAX_BUCKETS {
@@ -351,19 +372,32 @@ impl PolicyRuntime {
             e.tokens -= 1.0;
             Ok(())
         } else {
-            self.metrics
-                .rate_limited
-                .with_label_values(&[direction.as_str()])
-                .inc();
-            Err(format!(
-                "limit: {remote_domain} exceeds {per_second} stanzas/s (burst {burst}){}",
-                settings
-                    .rule
-                    .as_ref()
-                    .map(|r| format!(" set by rule {} (line {})", r.id, r.line))
-                    .unwrap_or_default()
-            ))
+            drop(b);
+            Err(self.rate_limited(remote_domain, direction, settings))
         }
+    }
+
+    /// Counts a refusal by a rate limit and says which (the policy's limit, also when a
+    /// node's share of a cluster's limit refused it).
+    fn rate_limited(
+        &self,
+        remote_domain: &str,
+        direction: Direction,
+        settings: &fedgate_policy::DomainSettings,
+    ) -> String {
+        self.metrics
+            .rate_limited
+            .with_label_values(&[direction.as_str()])
+            .inc();
+        let (per_second, burst) = settings.rate.unwrap_or_default();
+        format!(
+            "limit: {remote_domain} exceeds {per_second} stanzas/s (burst {burst}){}",
+            settings
+                .rule
+                .as_ref()
+                .map(|r| format!(" set by rule {} (line {})", r.id, r.line))
+                .unwrap_or_default()
+        )
     }
 }
 

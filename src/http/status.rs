@@ -26,6 +26,8 @@ pub struct HttpState {
     pub sip: Option<Arc<crate::sip_route::SipRoute>>,
     /// Intercluster peering, when configured (also serves `GET /intercluster/…`).
     pub intercluster: Option<Arc<crate::intercluster_runtime::IcRuntime>>,
+    /// The cluster state (`/healthz` says `degraded` while its store is unreachable).
+    pub cluster: Arc<crate::cluster::ClusterStore>,
 }
 
 /// Serves the status listener until the gateway shuts down.
@@ -65,7 +67,11 @@ pub fn handle(state: &HttpState, req: &Request<Incoming>) -> Response<Body> {
             "text/plain; version=0.0.4",
             metrics_text(state),
         ),
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        // Degraded still serves: 200, so that a load balancer keeps the node.
+        "/healthz" => match state.cluster.degraded() {
+            None => text(StatusCode::OK, "ok\n"),
+            Some(why) => text(StatusCode::OK, format!("degraded: {why}\n")),
+        },
         "/status" => respond(
             StatusCode::OK,
             "application/json",
@@ -166,6 +172,9 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
     }
     if let (Some(ic), Some(o)) = (&state.intercluster, doc.as_object_mut()) {
         o.insert("intercluster".into(), ic.status());
+    }
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("cluster".into(), state.cluster.status());
     }
     doc
 }

@@ -5,10 +5,14 @@ mod acks;
 mod addresses;
 mod aliases;
 mod certs;
+mod cluster;
 mod crl;
 mod dane;
 mod dashboards;
 mod expiry;
+#[path = "../support/gw_child.rs"]
+#[allow(dead_code)]
+mod gw_child;
 mod http;
 mod intercluster;
 mod internal;
@@ -17,6 +21,8 @@ mod package;
 mod policy;
 mod posh;
 mod probe;
+#[path = "../support/redis.rs"]
+mod redis_server;
 #[path = "../support/relay.rs"]
 #[allow(dead_code)]
 mod relay;

@@ -5,14 +5,38 @@
 //! streams themselves (which the listener bounds) and nothing is ever evicted: no eviction can
 //! lift a limit. Checking the limit and counting the new stream is one step under one lock, so
 //! two streams authenticating at once cannot both pass a limit of one.
+//!
+//! In a cluster ([`SharedStreams`], set by the gateway) the limit holds for the cluster: the
+//! streams the other nodes have open count too, and every change of this node's count is
+//! handed over for publication.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The other nodes of a cluster, for a cluster-wide `max_streams`.
+pub trait SharedStreams: Send + Sync {
+    /// Whether one more stream of `remote` may open on this node, which has `local` open,
+    /// under a limit of `max` (`Err`: the count that reached the limit).
+    fn admit(&self, remote: &str, local: u32, max: u32) -> Result<(), u32>;
+    /// This node now has `local` streams of `remote` open. Called under the lock: must not
+    /// block.
+    fn changed(&self, remote: &str, local: u32);
+}
 
 /// Open inbound streams per remote domain.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct StreamLimits {
     open: Mutex<HashMap<String, u32>>,
+    shared: OnceLock<Arc<dyn SharedStreams>>,
+}
+
+impl std::fmt::Debug for StreamLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamLimits")
+            .field("open", &self.open)
+            .field("shared", &self.shared.get().is_some())
+            .finish()
+    }
 }
 
 /// One counted stream of a remote domain; the count goes down when it is dropped.
@@ -31,14 +55,27 @@ impl StreamLimits {
     pub fn try_open(self: &Arc<Self>, remote: &str, max: Option<u32>) -> Result<StreamSlot, u32> {
         let mut open = self.open.lock().expect("stream limits lock");
         let n = open.get(remote).copied().unwrap_or(0);
-        if max.is_some_and(|max| n >= max) {
-            return Err(n);
+        let shared = self.shared.get();
+        if let Some(max) = max {
+            match shared {
+                Some(s) => s.admit(remote, n, max)?,
+                None if n >= max => return Err(n),
+                None => {}
+            }
         }
         open.insert(remote.to_owned(), n + 1);
+        if let Some(s) = shared {
+            s.changed(remote, n + 1);
+        }
         Ok(StreamSlot {
             limits: self.clone(),
             remote: remote.to_owned(),
         })
+    }
+
+    /// Makes the limits cluster-wide (once, before the first stream).
+    pub fn set_shared(&self, shared: Arc<dyn SharedStreams>) {
+        let _ = self.shared.set(shared);
     }
 
     /// Streams of `remote` open now.
@@ -62,8 +99,12 @@ impl Drop for StreamSlot {
         let mut open = self.limits.open.lock().expect("stream limits lock");
         if let Some(n) = open.get_mut(&self.remote) {
             *n -= 1;
-            if *n == 0 {
+            let left = *n;
+            if left == 0 {
                 open.remove(&self.remote);
+            }
+            if let Some(s) = self.limits.shared.get() {
+                s.changed(&self.remote, left);
             }
         }
     }
@@ -104,6 +145,48 @@ mod tests {
         });
         assert_eq!(won.iter().filter(|w| **w).count(), 3);
         assert_eq!(l.open("b.test"), 3);
+    }
+
+    /// Two nodes' streams in one count.
+    struct OtherNode {
+        open: u32,
+        seen: Mutex<Vec<(String, u32)>>,
+    }
+
+    impl SharedStreams for OtherNode {
+        fn admit(&self, _remote: &str, local: u32, max: u32) -> Result<(), u32> {
+            if local + self.open >= max {
+                Err(local + self.open)
+            } else {
+                Ok(())
+            }
+        }
+        fn changed(&self, remote: &str, local: u32) {
+            self.seen.lock().unwrap().push((remote.to_owned(), local));
+        }
+    }
+
+    #[test]
+    fn a_shared_count_decides_and_hears_every_change() {
+        let l = StreamLimits::new();
+        let other = Arc::new(OtherNode {
+            open: 2,
+            seen: Mutex::new(Vec::new()),
+        });
+        l.set_shared(other.clone());
+        let a = l.try_open("b.test", Some(3)).unwrap();
+        assert_eq!(l.try_open("b.test", Some(3)).unwrap_err(), 3);
+        let b = l.try_open("b.test", None).unwrap();
+        drop((a, b));
+        assert_eq!(
+            *other.seen.lock().unwrap(),
+            [
+                ("b.test".to_owned(), 1),
+                ("b.test".to_owned(), 2),
+                ("b.test".to_owned(), 1),
+                ("b.test".to_owned(), 0)
+            ]
+        );
     }
 
     #[test]
