@@ -138,12 +138,24 @@ pub fn status_json(state: &HttpState) -> serde_json::Value {
         .snapshot()
         .into_iter()
         .map(|(d, s)| {
+            // Per direction and local domain: how the pair last authenticated.
+            let mut auth = serde_json::Map::new();
+            for ((direction, local), a) in &s.auth {
+                let side = auth
+                    .entry(*direction)
+                    .or_insert_with(|| serde_json::json!({}));
+                side[local.as_str()] = serde_json::json!({
+                    "mechanism": a.mechanism,
+                    "method": a.method,
+                    "at": unix(a.at),
+                });
+            }
             (
                 d,
                 serde_json::json!({
                     "inbound_streams": s.inbound_streams,
                     "outbound_streams": s.outbound_streams,
-                    "auth": s.auth_methods,
+                    "auth": auth,
                     "last_success": s.last_success.map(unix),
                     "last_error": s.last_error.map(|(t, f)| serde_json::json!({
                         "at": unix(t), "kind": f.kind.as_str(), "detail": f.detail,

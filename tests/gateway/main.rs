@@ -141,11 +141,17 @@ async fn message_presence_and_iq_cross_the_federation() {
             "fedgate_stanzas_routed_total{path=\"local-to-remote\",remote_domain=\"b.test\"}"
         ) >= 3
     );
+    // /status says how each direction of the pair authenticated (a.test's stream into b.test,
+    // b.test's own stream to a.test).
     let s: serde_json::Value = serde_json::from_str(&http_get(&gb, "/status").await).unwrap();
-    assert_eq!(
-        s["remote_domains"]["a.test"]["auth"]["b.test"], "pkix",
-        "{s}"
-    );
+    for direction in ["in", "out"] {
+        let pair = &s["remote_domains"]["a.test"]["auth"][direction]["b.test"];
+        assert_eq!(
+            (&pair["mechanism"], &pair["method"]),
+            (&"sasl-external".into(), &"pkix".into()),
+            "{direction}: {s}"
+        );
+    }
     assert_eq!(http_get(&ga, "/healthz").await, "ok\n");
     ga.shutdown().await;
     gb.shutdown().await;
@@ -306,9 +312,18 @@ async fn untrusted_certificate_uses_dialback_or_is_refused() {
     )
     .await;
     let s: serde_json::Value = serde_json::from_str(&http_get(&ga, "/status").await).unwrap();
+    let auth = &s["remote_domains"]["b.test"]["auth"];
+    assert_eq!(auth["in"]["a.test"]["method"], "dialback", "{s}");
+    assert_eq!(auth["in"]["a.test"]["mechanism"], "dialback", "{s}");
+    assert!(auth["out"].is_null(), "a.test never sent to b.test: {s}");
+    let m = http_get(&ga, "/metrics").await;
     assert_eq!(
-        s["remote_domains"]["b.test"]["auth"]["a.test"], "dialback",
-        "{s}"
+        metric(
+            &m,
+            "fedgate_auth_total{direction=\"in\",mechanism=\"dialback\",method=\"dialback\",remote_domain=\"b.test\",result=\"ok\"}"
+        ),
+        1,
+        "{m}"
     );
     ga.shutdown().await;
 
@@ -517,7 +532,8 @@ fn demo_and_check_config_binaries() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "{text}\n{}",
+        "{}\n{text}\n{}",
+        out.status,
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("subscription complete"), "{text}");
@@ -528,7 +544,7 @@ fn demo_and_check_config_binaries() {
     );
     assert!(
         text.contains(
-            "fedgate_auth_total{direction=\"out\",mechanism=\"sasl-external\",method=\"pkix\",result=\"ok\"} 1"
+            "fedgate_auth_total{direction=\"out\",mechanism=\"sasl-external\",method=\"pkix\",remote_domain=\"south.test\",result=\"ok\"} 1"
         ),
         "{text}"
     );

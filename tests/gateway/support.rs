@@ -235,10 +235,50 @@ pub async fn fedgate_cli(args: &[&str]) -> (Option<i32>, String) {
 
 /// The value of a metric line that starts with `prefix` (0 if absent).
 pub fn metric(text: &str, prefix: &str) -> u64 {
+    // A whole selector (`name{a="x",b="y"}`) matches every series of that name carrying at
+    // least those labels, so that a label added later does not blind a test; anything else
+    // is a plain prefix of the series line.
+    if let Some((name, want)) = prefix.strip_suffix('}').and_then(|s| s.split_once('{')) {
+        let want = labels(want);
+        return text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let (n, have) = series.split_once('{').unwrap_or((series, "}"));
+                let have = labels(have.strip_suffix('}')?);
+                (n == name && want.iter().all(|w| have.contains(w)))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
+            .sum::<f64>() as u64;
+    }
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// `a="x",b="y,z"` → [`a="x"`, `b="y,z"`] (commas inside quotes kept).
+fn labels(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < s.len() {
+        out.push(&s[start..]);
+    }
+    out
 }
 
 /// a.test and b.test, each found through SRV in one test DNS server.

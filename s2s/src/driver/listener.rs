@@ -243,9 +243,16 @@ async fn run(
                     }
                     ctx.metrics
                         .auth
-                        .with_label_values(&["in", method.as_str(), mechanism, "ok"])
+                        .with_label_values(&[
+                            "in",
+                            method.as_str(),
+                            mechanism,
+                            "ok",
+                            &ctx.metrics.domain_label(&remote),
+                        ])
                         .inc();
-                    ctx.status.authenticated(&remote, &local, method.as_str());
+                    ctx.status
+                        .authenticated(&remote, &local, false, mechanism, method.as_str());
                     tracing::info!(%local, %remote, method = method.as_str(), mechanism, tls = ?conn.io.tls_version(), "inbound s2s pair authenticated");
                     if !marks.remotes.contains(&remote) {
                         let max = ctx.gate().floor(&remote, true).max_streams;

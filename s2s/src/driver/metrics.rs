@@ -127,7 +127,7 @@ impl Metrics {
                 "fedgate_remote_auth_pairs",
                 "Domain pairs authenticated with a remote domain since start, by how its identity was last established",
             ),
-            &["remote_domain", "method"],
+            &["remote_domain", "direction", "mechanism", "method"],
         )
         .expect("valid metric");
         r.register(Box::new(remote_auth.clone()))
@@ -171,8 +171,14 @@ impl Metrics {
             auth: vec_counter(
                 r,
                 "fedgate_auth_total",
-                "Domain-pair authentications",
-                &["direction", "method", "mechanism", "result"],
+                "Domain-pair authentications (remote_domain: capped label set, see fedgate_remote_*)",
+                &[
+                    "direction",
+                    "method",
+                    "mechanism",
+                    "result",
+                    "remote_domain",
+                ],
             ),
             routed: vec_counter(
                 r,
@@ -237,8 +243,10 @@ impl Metrics {
                     .with_label_values(&[&label, direction])
                     .add(i64::from(n));
             }
-            for method in s.auth_methods.values() {
-                self.remote_auth.with_label_values(&[&label, method]).inc();
+            for ((direction, _), a) in &s.auth {
+                self.remote_auth
+                    .with_label_values(&[label.as_str(), direction, a.mechanism, a.method.as_str()])
+                    .inc();
             }
         }
     }

@@ -251,7 +251,13 @@ impl Pool {
                         | FailureKind::Policy
                 ) {
                     m.auth
-                        .with_label_values(&["out", "failed", "none", f.kind.as_str()])
+                        .with_label_values(&[
+                            "out",
+                            "failed",
+                            "none",
+                            f.kind.as_str(),
+                            &m.domain_label(&remote),
+                        ])
                         .inc();
                 }
                 m.streams_closed
@@ -272,11 +278,18 @@ impl Pool {
         };
         self.backoff.invalidate(&remote);
         m.auth
-            .with_label_values(&["out", method.as_str(), mechanism, "ok"])
+            .with_label_values(&[
+                "out",
+                method.as_str(),
+                mechanism,
+                "ok",
+                &m.domain_label(&remote),
+            ])
             .inc();
         m.streams.with_label_values(&["out", "established"]).inc();
         ctx.status.stream_opened(&remote, true);
-        ctx.status.authenticated(&remote, &local, method.as_str());
+        ctx.status
+            .authenticated(&remote, &local, true, mechanism, method.as_str());
         let span = tracing::Span::current();
         span.record("target", target.to_string());
         span.record("auth", method.as_str());

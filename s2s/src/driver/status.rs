@@ -7,12 +7,24 @@ use std::time::{Duration, SystemTime};
 
 use crate::wire::Failure;
 
+/// How one domain pair authenticated in one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairAuth {
+    /// `sasl-external` or `dialback`.
+    pub mechanism: &'static str,
+    /// How the identity was established: `pkix`, `dane`, `posh` or `dialback`.
+    pub method: String,
+    pub at: SystemTime,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct DomainStatus {
     pub inbound_streams: u32,
     pub outbound_streams: u32,
-    /// (local domain, method) for each authenticated pair with this remote domain.
-    pub auth_methods: BTreeMap<String, String>,
+    /// How each domain pair with this remote domain last authenticated, per direction: the
+    /// key is (direction `in`/`out`, local domain). A partner that accepts us only by
+    /// dialback shows it on `out`, whatever it does on `in`.
+    pub auth: BTreeMap<(&'static str, String), PairAuth>,
     pub last_success: Option<SystemTime>,
     pub last_error: Option<(SystemTime, Failure)>,
     /// The last attempts: when, target, result.
@@ -73,10 +85,26 @@ impl Status {
         });
     }
 
-    pub fn authenticated(&self, remote: &str, local: &str, method: &str) {
+    /// The pair (`local`, `remote`) authenticated: `outbound` when we initiated the stream.
+    pub fn authenticated(
+        &self,
+        remote: &str,
+        local: &str,
+        outbound: bool,
+        mechanism: &'static str,
+        method: &str,
+    ) {
+        let now = SystemTime::now();
         self.with(remote, |d| {
-            d.auth_methods.insert(local.to_owned(), method.to_owned());
-            d.last_success = Some(SystemTime::now());
+            d.auth.insert(
+                (if outbound { "out" } else { "in" }, local.to_owned()),
+                PairAuth {
+                    mechanism,
+                    method: method.to_owned(),
+                    at: now,
+                },
+            );
+            d.last_success = Some(now);
         });
     }
 
